@@ -1,0 +1,1 @@
+"""TensorFlow building blocks shared by the strategies."""

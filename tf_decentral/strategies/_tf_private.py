@@ -1,0 +1,29 @@
+"""Every private TensorFlow API tf_decentral uses, imported in one place.
+
+`tf.distribute` has no public extension API (tensorflow/tensorflow#32355): a
+new strategy must subclass the implementation classes under
+`tensorflow.python.distribute`. Each import below names what it is used for,
+so a TensorFlow upgrade can be checked against this list. The tests in
+`tests/strategies/` assert that every hook built on these actually fires.
+"""
+
+# pylint: disable=g-direct-tensorflow-import,unused-import
+# MirroredExtended: base of the single-host GossipStrategy implementation
+# (`_update`, `_create_variable`, `_devices`, `_num_replicas_in_sync`,
+# `_get_variable_creator_initial_value`, `_use_merge_call`).
+# DistributedValues, MirroredVariable, PerReplica: the per-replica values and
+# the variable class whose cross-replica read we replace by the average.
+# distribute_utils.create_mirrored_variable and the class/policy mappings:
+# creating our variable class in `_create_variable`.
+# distribute_lib.has_strategy / get_update_replica_id: telling an
+# out-of-scope read (get_weights, save) from a replica or update read.
+# numpy_dataset.SingleDevice: `colocate_with` handling copied from TF.
+# context.device_policy / record.stop_recording: as in TF's variable creator.
+from tensorflow.python.distribute import distribute_lib  # noqa: F401
+from tensorflow.python.distribute import distribute_utils  # noqa: F401
+from tensorflow.python.distribute import mirrored_strategy  # noqa: F401
+from tensorflow.python.distribute import numpy_dataset  # noqa: F401
+from tensorflow.python.distribute import values as values_lib  # noqa: F401
+from tensorflow.python.eager import context  # noqa: F401
+from tensorflow.python.eager import record  # noqa: F401
+from tensorflow.python.ops import variable_scope  # noqa: F401

@@ -1,0 +1,485 @@
+"""GossipStrategy: decentralized parallel SGD (D-PSGD).
+
+Vocabulary. A *node* is one model copy: a local device (replica) on one host.
+The *topology* is a doubly stochastic mixing matrix `W` (or a sequence `W_t`
+for time-varying graphs) with `W[i, j]` the weight node `i` gives to node
+`j`'s value. *Mixing* is one gossip round `x_i <- sum_j W[i, j] x_j`. The
+*consensus distance* is `(1/n) sum_i ||x_i - x_bar||^2` over all trainable
+parameters, where `x_bar` is the average of the `n` copies.
+
+Every replica keeps its own copy of every variable (parameters, optimizer
+slots, batch-normalization statistics). Gradients stay local: the global
+gradient all-reduce of synchronous training is replaced by mixing with the
+neighbours of the topology. Two update rules:
+
+- `"dpsgd"` (Lian et al. 2017, Algorithm 1):
+  `x_i <- sum_j W_ij x_j - lr * g_i(x_i)`, the gradient computed at the copy
+  before mixing.
+- `"atc"` (adapt-then-combine):
+  `x_i <- sum_j W_ij (x_j - lr * g_j(x_j))`, every copy first takes its own
+  optimizer step, then the results are mixed.
+
+With a non-SGD optimizer "`- lr * g`" stands for the optimizer's update, with
+the optimizer's slots (momentum, Adam moments) local to each replica.
+
+Reading a variable outside `strategy.run` (`get_weights`, `model.save`,
+`save_weights`, `tf.train.Checkpoint`, `model.export`) returns the average of
+the copies; assigning one (`set_weights`, `load_weights`, checkpoint restore)
+sets every copy.
+
+References:
+    Lian, Zhang, Zhang, Hsieh, Zhang, Liu. "Can Decentralized Algorithms
+    Outperform Centralized Algorithms? A Case Study for Decentralized Parallel
+    Stochastic Gradient Descent." NeurIPS 2017.
+"""
+
+import collections
+import itertools
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tf_decentral import topology as topology_lib
+from tf_decentral.ops import packing
+from tf_decentral.strategies import _keras_hooks
+from tf_decentral.strategies._tf_private import context
+from tf_decentral.strategies._tf_private import distribute_lib
+from tf_decentral.strategies._tf_private import distribute_utils
+from tf_decentral.strategies._tf_private import mirrored_strategy
+from tf_decentral.strategies._tf_private import numpy_dataset
+from tf_decentral.strategies._tf_private import record
+from tf_decentral.strategies._tf_private import values_lib
+from tf_decentral.strategies._tf_private import variable_scope
+
+UPDATE_RULES = ("dpsgd", "atc")
+
+_ONLY_FIRST_REPLICA = variable_scope.VariableAggregation.ONLY_FIRST_REPLICA
+
+
+class GossipVariable(values_lib.MirroredVariable):
+    """A mirrored variable whose per-replica copies may differ.
+
+    Inside `strategy.run` each replica reads and writes its own copy. A
+    cross-replica read, and any read outside a strategy scope, returns the
+    average of the copies for floating-point variables (integer counters such
+    as the optimizer's `iterations` are identical on every replica and return
+    the first copy). Cross-replica assignment sets every copy.
+    """
+
+    def _is_averaged(self):
+        return (
+            self.dtype.is_floating and self.aggregation != _ONLY_FIRST_REPLICA
+        )
+
+    def _get_cross_replica(self):
+        if not self._is_averaged():
+            return super()._get_cross_replica()
+        extended = self._distribute_strategy.extended
+        extended.hook_counts["average_reads"] += 1
+        with tf.device(self._primary.device):
+            total = tf.math.add_n([v.read_value() for v in self._values])
+            return total / tf.cast(len(self._values), self.dtype)
+
+    def _get(self):
+        # Outside any strategy scope TF's default replica context reports
+        # replica 0, so the stock `_get` would return the first copy to
+        # `np.array(var)`, checkpoints and Keras' .weights.h5 writer. Such a
+        # read is a cross-replica read of the model: return the average.
+        if (
+            not distribute_lib.has_strategy()
+            and distribute_lib.get_update_replica_id() is None
+        ):
+            return self._get_cross_replica()
+        return super()._get()
+
+
+_CLASS_MAPPING = dict(distribute_utils.VARIABLE_CLASS_MAPPING)
+_CLASS_MAPPING[variable_scope.VariableSynchronization.ON_WRITE] = GossipVariable
+_CLASS_MAPPING[variable_scope.VariableSynchronization.AUTO] = GossipVariable
+
+
+class _GossipExtended(
+    mirrored_strategy.MirroredExtended, _keras_hooks.OptimizerHooks
+):
+    """Implementation of `GossipStrategy` on the devices of one host."""
+
+    def __init__(self, container_strategy, devices, topology, update):
+        super().__init__(container_strategy, devices=devices)
+        self._topology = topology
+        self._update_rule = update
+        table = topology.weights_table()
+        self._weights_table = table
+        # support[i]: the nodes node i ever mixes in (itself included).
+        self._support = [
+            tuple(int(j) for j in np.flatnonzero(table[:, i, :].max(axis=0)))
+            for i in range(topology.num_nodes)
+        ]
+        self.hook_counts = collections.Counter()
+
+    # Keras and tf.distribute internals -----------------------------------
+
+    def _use_merge_call(self):
+        # The optimizer hooks run in `merge_call`; MirroredExtended skips it
+        # only under XLA on all-GPU devices, which Keras never requests under
+        # a strategy. Keep it unconditional so the hooks always see every
+        # variable of a step in cross-replica context.
+        return True
+
+    def _create_variable(self, next_creator, **kwargs):
+        """Creates a `GossipVariable` with one copy per device.
+
+        A copy of `MirroredExtended._create_variable` (TF 2.21) that passes
+        our class mapping to `create_mirrored_variable`.
+        """
+        self.hook_counts["create_variable"] += 1
+        colocate_with = kwargs.pop("colocate_with", None)
+        if colocate_with is None:
+            devices = self._devices
+        elif isinstance(colocate_with, numpy_dataset.SingleDevice):
+            with tf.device(colocate_with.device):
+                return next_creator(**kwargs)
+        else:
+            devices = colocate_with._devices
+
+        def _real_mirrored_creator(**kwargs):
+            value_list = []
+            for i, d in enumerate(devices):
+                with tf.device(d):
+                    kwargs["initial_value"] = (
+                        self._get_variable_creator_initial_value(
+                            replica_id=i,
+                            device=d,
+                            primary_var=value_list[0] if value_list else None,
+                            **kwargs,
+                        )
+                    )
+                    if i > 0:
+                        var0name = value_list[0].name.split(":")[0]
+                        kwargs["name"] = f"{var0name}/replica_{i}/"
+                    with context.device_policy(context.DEVICE_PLACEMENT_SILENT):
+                        with record.stop_recording():
+                            v = next_creator(**kwargs)
+                    value_list.append(v)
+            return value_list
+
+        return distribute_utils.create_mirrored_variable(
+            self._container_strategy(),
+            _real_mirrored_creator,
+            _CLASS_MAPPING,
+            distribute_utils.VARIABLE_POLICY_MAPPING,
+            **kwargs,
+        )
+
+    # Optimizer hooks (see _keras_hooks) ---------------------------------
+
+    def keras_reduce_gradients(self, optimizer, grads_and_vars):
+        """Keeps each replica's gradient local (no all-reduce).
+
+        Keras divided the loss by `num_replicas_in_sync` so that a SUM
+        all-reduce gives the global mean; multiplying by the number of
+        replicas gives back the replica's own mean gradient.
+        """
+        self.hook_counts["local_gradients"] += 1
+        scale = self._num_replicas_in_sync
+        out = []
+        for grad, var in grads_and_vars:
+            if grad is None:
+                out.append((grad, var))
+            elif isinstance(grad, tf.IndexedSlices):
+                values = grad.values * tf.cast(scale, grad.values.dtype)
+                out.append(
+                    (
+                        tf.IndexedSlices(
+                            values, grad.indices, grad.dense_shape
+                        ),
+                        var,
+                    )
+                )
+            else:
+                out.append((grad * tf.cast(scale, grad.dtype), var))
+        return out
+
+    def keras_apply_gradients(
+        self, optimizer, grads_and_vars, learning_rate, apply_fn
+    ):
+        """Mixes updated variables before (dpsgd) or after (atc) the step."""
+        variables = [
+            v
+            for g, v in grads_and_vars
+            if g is not None and isinstance(v, GossipVariable)
+        ]
+        step = optimizer.iterations
+        if self._update_rule == "dpsgd":
+            self.mix(variables, step=step)
+        result = apply_fn()
+        if self._update_rule == "atc":
+            self.mix(variables, step=step)
+        return result
+
+    # Mixing --------------------------------------------------------------
+
+    def mix(self, variables, step=0):
+        """One gossip round `x_i <- sum_j W_t[i, j] x_j` over `variables`.
+
+        All variables of one dtype are packed into one buffer per replica, so
+        a round costs one weighted sum per device whatever the number of
+        variables. Must run in cross-replica context.
+
+        Args:
+            variables: `GossipVariable`s of this strategy.
+            step: Round number `t` (int or scalar integer tensor), selecting
+                `W_t` of a time-varying topology.
+        """
+        if not variables:
+            return
+        self.hook_counts["mix"] += 1
+        period = self._topology.period
+        by_dtype = collections.defaultdict(list)
+        for v in variables:
+            by_dtype[v.dtype.base_dtype].append(v)
+        if period > 1:
+            step = tf.convert_to_tensor(step)
+            row_index = tf.cast(step, tf.int64) % period
+        for dtype, group in by_dtype.items():
+            shapes = [v.shape for v in group]
+            buffers = []
+            for r, device in enumerate(self._devices):
+                with tf.device(device):
+                    buffers.append(
+                        packing.pack([v.values[r].read_value() for v in group])
+                    )
+            mixed = []
+            for i, device in enumerate(self._devices):
+                support = self._support[i]
+                with tf.device(device):
+                    if period == 1:
+                        w = tf.constant(
+                            self._weights_table[0, i, support], dtype
+                        )
+                    else:
+                        rows = tf.constant(
+                            self._weights_table[:, i, support], dtype
+                        )
+                        w = tf.gather(rows, row_index)
+                    stacked = tf.stack([buffers[j] for j in support])
+                    mixed.append(tf.tensordot(w, stacked, axes=1))
+            for i, device in enumerate(self._devices):
+                with tf.device(device):
+                    parts = packing.unpack(mixed[i], shapes)
+                    for v, part in zip(group, parts):
+                        v.values[i].assign(part, read_value=False)
+
+
+def _default_devices():
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) >= 2:
+        return [d.name for d in gpus]
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def _resolve_devices(devices):
+    if devices is None:
+        resolved = _default_devices()
+        if len(resolved) < 2:
+            raise ValueError(
+                "GossipStrategy needs at least 2 devices, one per model copy. "
+                f"Received: devices=None, and this host has only {resolved}. "
+                "Pass `devices=[...]`, or split the CPU into logical devices "
+                "with `tf_decentral.testing.logical_cpus(4)` at the start of "
+                "the program."
+            )
+        return resolved
+    if isinstance(devices, str) or not isinstance(devices, Sequence):
+        raise TypeError(
+            "`devices` must be a list of device names or None. "
+            f"Received: devices={devices!r}"
+        )
+    devices = list(devices)
+    if len(devices) < 2:
+        raise ValueError(
+            "GossipStrategy needs at least 2 devices, one per model copy. "
+            f"Received: devices={devices}"
+        )
+    if len(set(devices)) != len(devices):
+        raise ValueError(
+            f"`devices` must be distinct. Received: devices={devices}"
+        )
+    return devices
+
+
+def _check_single_host():
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except (ValueError, AttributeError):
+        return
+    num_tasks = sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+    if num_tasks > 1:
+        raise NotImplementedError(
+            "GossipStrategy runs on the devices of one host; gossip across "
+            "the workers of a TF_CONFIG cluster is not implemented yet. "
+            f"Received: TF_CONFIG with {num_tasks} chief/worker tasks. Unset "
+            "TF_CONFIG to train on this host's devices."
+        )
+
+
+class GossipStrategy(tf.distribute.Strategy):
+    """Decentralized parallel SGD (D-PSGD) across the devices of one host.
+
+    Every device keeps its own copy of the model. Each step, every replica
+    computes a gradient on its own shard of the global batch with its own
+    copy, and mixes its copy with its neighbours' through the topology's
+    doubly stochastic matrix instead of all-reducing gradients. Drop it into
+    unmodified Keras code:
+
+    ```python
+    strategy = tfd.GossipStrategy("ring")
+    with strategy.scope():
+        model = make_model()
+        model.compile(optimizer="adam", loss=..., metrics=[...])
+    model.fit(dataset, epochs=...)
+    model.save("model.keras")  # the average of the copies
+    ```
+
+    `evaluate` and `predict` run every replica's own copy on its shard of
+    the data, so `evaluate` reports the average over the local models; call
+    `average_weights(model)` first to evaluate the averaged model.
+
+    Args:
+        topology: A topology name (see `tf_decentral.topology.NAMES`), a
+            `tf_decentral.topology.Topology`, or a doubly stochastic matrix of
+            shape `(n, n)` (or `(period, n, n)`), with one node per device.
+        devices: Device names, one replica each. `None` means every GPU if
+            there are at least two, else every logical CPU.
+        update: `"dpsgd"` (mix, then apply the local gradient computed before
+            mixing; Lian et al. 2017) or `"atc"` (apply the local update, then
+            mix).
+
+    Raises:
+        ValueError: For fewer than 2 devices, an unknown `update` or topology
+            name, or a topology whose size is not the number of devices.
+
+    __Known issues__: like `tf.distribute.MirroredStrategy`, it does not
+    support Keras' `gradient_accumulation_steps` or `use_ema` with
+    `ema_overwrite_frequency`. `BatchNormalization(synchronized=True)` still
+    all-reduces its batch statistics across replicas.
+
+    References:
+        Lian et al. "Can Decentralized Algorithms Outperform Centralized
+        Algorithms?" NeurIPS 2017.
+    """
+
+    # MirroredExtended.__init__ numbers its collective groups (used by the
+    # metric reductions and any replica all-reduce) from this base. Stock
+    # strategies all start at 0, so two of them with different device sets in
+    # one process clash ("joining a group with size 2, but that group has
+    # size 4"). Give every GossipStrategy its own range.
+    _collective_key_base = 0
+    _instances = itertools.count(1)
+
+    def __init__(self, topology="ring", devices=None, *, update="dpsgd"):
+        if update not in UPDATE_RULES:
+            raise ValueError(
+                f"`update` must be one of {UPDATE_RULES}. "
+                f"Received: update={update!r}"
+            )
+        _check_single_host()
+        devices = _resolve_devices(devices)
+        topo = topology_lib.resolve(topology, len(devices))
+        _keras_hooks.install()
+        self._collective_key_base = 1_000_000 + 1_000 * next(self._instances)
+        super().__init__(_GossipExtended(self, devices, topo, update))
+
+    @property
+    def topology(self) -> topology_lib.Topology:
+        """The `Topology` whose nodes are this strategy's replicas."""
+        return self.extended._topology
+
+    @property
+    def update(self) -> str:
+        """The update rule, `"dpsgd"` or `"atc"`."""
+        return self.extended._update_rule
+
+    def consensus_distance(self, model_or_variables) -> float:
+        """Returns `(1/n) sum_i ||x_i - x_bar||^2` over trainable parameters.
+
+        `x_i` is replica `i`'s copy of all trainable variables and `x_bar`
+        their average; 0 means every copy is identical.
+
+        Args:
+            model_or_variables: A Keras model (its trainable weights are
+                used) or a list of variables created under this strategy.
+        """
+        variables = self._gossip_variables(model_or_variables, trainable=True)
+        if not variables:
+            return 0.0
+        n = self.num_replicas_in_sync
+        total = 0.0
+        by_dtype = collections.defaultdict(list)
+        for v in variables:
+            by_dtype[v.dtype.base_dtype].append(v)
+        for group in by_dtype.values():
+            primary = self.extended._devices[0]
+            copies = []
+            for r, device in enumerate(self.extended._devices):
+                with tf.device(device):
+                    buf = packing.pack(
+                        [v.values[r].read_value() for v in group]
+                    )
+                copies.append(tf.cast(buf, tf.float64))
+            with tf.device(primary):
+                stacked = tf.stack(copies)
+                mean = tf.reduce_mean(stacked, axis=0, keepdims=True)
+                total += float(tf.reduce_sum(tf.square(stacked - mean)))
+        return total / n
+
+    def average_weights(self, model_or_variables) -> None:
+        """Sets every copy of every model variable to the exact average.
+
+        Averages trainable and non-trainable floating-point variables (e.g.
+        batch-normalization statistics), not the optimizer's slots. Call it
+        outside `strategy.run`, e.g. before evaluating the consensus model.
+
+        Args:
+            model_or_variables: A Keras model or a list of variables created
+                under this strategy.
+        """
+        variables = self._gossip_variables(model_or_variables, trainable=False)
+        for v in variables:
+            if not v._is_averaged():
+                continue
+            mean = v._get_cross_replica()
+            for component in v.values:
+                component.assign(mean, read_value=False)
+
+    def _gossip_variables(self, model_or_variables, trainable):
+        if hasattr(model_or_variables, "trainable_weights"):
+            candidates = (
+                model_or_variables.trainable_weights
+                if trainable
+                else model_or_variables.weights
+            )
+        else:
+            candidates = list(model_or_variables)
+        out = []
+        for v in candidates:
+            v = getattr(v, "value", v) if not isinstance(v, tf.Variable) else v
+            if not isinstance(v, GossipVariable):
+                raise ValueError(
+                    "Every variable must be created under this "
+                    "GossipStrategy's scope. Received: a "
+                    f"{type(v).__name__} named {getattr(v, 'name', '?')!r}. "
+                    "Build and compile the model inside `strategy.scope()`."
+                )
+            if v.distribute_strategy is not self:
+                raise ValueError(
+                    f"Variable {v.name!r} belongs to another strategy. "
+                    "Received: a variable of a different GossipStrategy."
+                )
+            out.append(v)
+        return out
