@@ -20,6 +20,10 @@ __version__ = "0.1.0"
 
 _LAZY_ATTRIBUTES = {
     "GossipStrategy": ("tf_decentral.strategies.gossip", "GossipStrategy"),
+    "AllReduceStrategy": (
+        "tf_decentral.strategies.all_reduce",
+        "AllReduceStrategy",
+    ),
 }
 _LAZY_MODULES = (
     "callbacks",
@@ -30,7 +34,7 @@ _LAZY_MODULES = (
     "topology",
 )
 
-__all__ = ("GossipStrategy", *_LAZY_MODULES, "__version__")
+__all__ = ("AllReduceStrategy", "GossipStrategy", *_LAZY_MODULES, "__version__")
 
 
 def __getattr__(name):

@@ -304,14 +304,15 @@ class GossipValidationTest(tf.test.TestCase):
         with self.assertRaisesRegex(TypeError, "list of device names"):
             tfd.GossipStrategy("ring", "/device:CPU:0")
 
-    def test_multi_worker_tf_config_is_refused(self):
+    def test_single_worker_tf_config_trains_on_local_devices(self):
         config = (
-            '{"cluster": {"worker": ["localhost:1", "localhost:2"]},'
+            '{"cluster": {"worker": ["localhost:1"]},'
             ' "task": {"type": "worker", "index": 0}}'
         )
         with mock.patch.dict(os.environ, {"TF_CONFIG": config}):
-            with self.assertRaisesRegex(NotImplementedError, "TF_CONFIG"):
-                tfd.GossipStrategy("ring", DEVICES)
+            strategy = tfd.GossipStrategy("ring", DEVICES)
+        self.assertFalse(strategy.is_multi_worker)
+        self.assertEqual(strategy.num_replicas_in_sync, N)
 
     def test_average_weights_rejects_foreign_variables(self):
         strategy = tfd.GossipStrategy("ring", DEVICES)

@@ -1,8 +1,15 @@
 """The strategies: `GossipStrategy` and a name registry for flags."""
 
+from tf_decentral.strategies.all_reduce import AllReduceStrategy
 from tf_decentral.strategies.gossip import GossipStrategy
 from tf_decentral.strategies.gossip import GossipVariable
 from tf_decentral.strategies.registry import NAMES
 from tf_decentral.strategies.registry import get
 
-__all__ = ("GossipStrategy", "GossipVariable", "NAMES", "get")
+__all__ = (
+    "AllReduceStrategy",
+    "GossipStrategy",
+    "GossipVariable",
+    "NAMES",
+    "get",
+)

@@ -29,10 +29,12 @@ import threading
 import keras
 import tensorflow as tf
 
-# Private Keras module: the TensorFlow backend's optimizer base class
+# Private Keras modules: the TensorFlow backend's optimizer base class
 # `TFOptimizer`, whose `_all_reduce_sum_gradients` and
-# `_distributed_tf_update_step` we wrap.
+# `_distributed_tf_update_step` we wrap, and its trainer, whose
+# `make_train_function` we wrap to explain communication failures.
 from keras.src.backend.tensorflow import optimizer as _keras_tf_optimizer
+from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
 
 _HOOKED_METHODS = ("_all_reduce_sum_gradients", "_distributed_tf_update_step")
 _lock = threading.Lock()
@@ -62,6 +64,23 @@ class OptimizerHooks:
     ):
         """Replaces the cross-replica update; must call `apply_fn()` once."""
         raise NotImplementedError
+
+    def explain_communication_error(self, error):
+        """Returns a clearer message for `error` raised by a train step.
+
+        Returns None to let the original error through unchanged.
+        """
+        del error
+        return None
+
+
+_COMMUNICATION_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+    tf.errors.InternalError,
+)
 
 
 def _hooks_of(strategy):
@@ -123,6 +142,33 @@ def install():
                 self, grads_and_vars, learning_rate, apply_fn
             )
 
+        trainer_cls = _keras_tf_trainer.TensorFlowTrainer
+        original_make_train_function = trainer_cls.make_train_function
+
+        def make_train_function(self, force=False):
+            hooks = _hooks_of(getattr(self, "_distribute_strategy", None))
+            function = original_make_train_function(self, force=force)
+            if hooks is None or getattr(
+                self.train_function, "_tfd_explained", False
+            ):
+                return function
+            hook_counts["make_train_function"] += 1
+            train_function = self.train_function
+
+            def explained(*args, **kwargs):
+                try:
+                    return train_function(*args, **kwargs)
+                except _COMMUNICATION_ERRORS as e:
+                    message = hooks.explain_communication_error(e)
+                    if message is None:
+                        raise
+                    raise type(e)(e.node_def, e.op, message) from e
+
+            explained._tfd_explained = True
+            self.train_function = explained
+            return function if function is None else explained
+
         cls._all_reduce_sum_gradients = _all_reduce_sum_gradients
         cls._distributed_tf_update_step = _distributed_tf_update_step
+        trainer_cls.make_train_function = make_train_function
         _installed = True

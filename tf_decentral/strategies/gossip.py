@@ -35,7 +35,6 @@ References:
 
 import collections
 import itertools
-import json
 import os
 from collections.abc import Sequence
 
@@ -43,16 +42,16 @@ import numpy as np
 import tensorflow as tf
 
 from tf_decentral import topology as topology_lib
+from tf_decentral._tf_private import context
+from tf_decentral._tf_private import distribute_lib
+from tf_decentral._tf_private import distribute_utils
+from tf_decentral._tf_private import mirrored_strategy
+from tf_decentral._tf_private import numpy_dataset
+from tf_decentral._tf_private import record
+from tf_decentral._tf_private import values_lib
+from tf_decentral._tf_private import variable_scope
 from tf_decentral.ops import packing
 from tf_decentral.strategies import _keras_hooks
-from tf_decentral.strategies._tf_private import context
-from tf_decentral.strategies._tf_private import distribute_lib
-from tf_decentral.strategies._tf_private import distribute_utils
-from tf_decentral.strategies._tf_private import mirrored_strategy
-from tf_decentral.strategies._tf_private import numpy_dataset
-from tf_decentral.strategies._tf_private import record
-from tf_decentral.strategies._tf_private import values_lib
-from tf_decentral.strategies._tf_private import variable_scope
 
 UPDATE_RULES = ("dpsgd", "atc")
 
@@ -101,32 +100,8 @@ _CLASS_MAPPING[variable_scope.VariableSynchronization.ON_WRITE] = GossipVariable
 _CLASS_MAPPING[variable_scope.VariableSynchronization.AUTO] = GossipVariable
 
 
-class _GossipExtended(
-    mirrored_strategy.MirroredExtended, _keras_hooks.OptimizerHooks
-):
-    """Implementation of `GossipStrategy` on the devices of one host."""
-
-    def __init__(self, container_strategy, devices, topology, update):
-        super().__init__(container_strategy, devices=devices)
-        self._topology = topology
-        self._update_rule = update
-        table = topology.weights_table()
-        self._weights_table = table
-        # support[i]: the nodes node i ever mixes in (itself included).
-        self._support = [
-            tuple(int(j) for j in np.flatnonzero(table[:, i, :].max(axis=0)))
-            for i in range(topology.num_nodes)
-        ]
-        self.hook_counts = collections.Counter()
-
-    # Keras and tf.distribute internals -----------------------------------
-
-    def _use_merge_call(self):
-        # The optimizer hooks run in `merge_call`; MirroredExtended skips it
-        # only under XLA on all-GPU devices, which Keras never requests under
-        # a strategy. Keep it unconditional so the hooks always see every
-        # variable of a step in cross-replica context.
-        return True
+class GossipVariableCreator:
+    """Mixin for `MirroredExtended` subclasses: creates `GossipVariable`s."""
 
     def _create_variable(self, next_creator, **kwargs):
         """Creates a `GossipVariable` with one copy per device.
@@ -172,6 +147,36 @@ class _GossipExtended(
             distribute_utils.VARIABLE_POLICY_MAPPING,
             **kwargs,
         )
+
+
+class _GossipExtended(
+    GossipVariableCreator,
+    mirrored_strategy.MirroredExtended,
+    _keras_hooks.OptimizerHooks,
+):
+    """Implementation of `GossipStrategy` on the devices of one host."""
+
+    def __init__(self, container_strategy, devices, topology, update):
+        super().__init__(container_strategy, devices=devices)
+        self._topology = topology
+        self._update_rule = update
+        table = topology.weights_table()
+        self._weights_table = table
+        # support[i]: the nodes node i ever mixes in (itself included).
+        self._support = [
+            tuple(int(j) for j in np.flatnonzero(table[:, i, :].max(axis=0)))
+            for i in range(topology.num_nodes)
+        ]
+        self.hook_counts = collections.Counter()
+
+    # Keras and tf.distribute internals -----------------------------------
+
+    def _use_merge_call(self):
+        # The optimizer hooks run in `merge_call`; MirroredExtended skips it
+        # only under XLA on all-GPU devices, which Keras never requests under
+        # a strategy. Keep it unconditional so the hooks always see every
+        # variable of a step in cross-replica context.
+        return True
 
     # Optimizer hooks (see _keras_hooks) ---------------------------------
 
@@ -310,22 +315,27 @@ def _resolve_devices(devices):
     return devices
 
 
-def _check_single_host():
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return
-    try:
-        cluster = json.loads(raw).get("cluster", {})
-    except (ValueError, AttributeError):
-        return
-    num_tasks = sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
-    if num_tasks > 1:
-        raise NotImplementedError(
-            "GossipStrategy runs on the devices of one host; gossip across "
-            "the workers of a TF_CONFIG cluster is not implemented yet. "
-            f"Received: TF_CONFIG with {num_tasks} chief/worker tasks. Unset "
-            "TF_CONFIG to train on this host's devices."
-        )
+DEFAULT_TIMEOUT_SECONDS = 120.0
+"""Collective timeout of multi-worker gossip when none is given."""
+
+
+def _multi_worker_resolver_from_env():
+    """Returns a TF_CONFIG cluster resolver if it names several workers."""
+    if not os.environ.get("TF_CONFIG"):
+        return None
+    from tf_decentral.cluster import tf_config
+
+    config = tf_config.from_env()
+    if config is None or config.num_workers + int(config.has_chief) < 2:
+        return None
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+
+def _by_dtype(variables):
+    groups = collections.defaultdict(list)
+    for v in variables:
+        groups[v.dtype.base_dtype].append(v)
+    return groups
 
 
 class GossipStrategy(tf.distribute.Strategy):
@@ -382,18 +392,60 @@ class GossipStrategy(tf.distribute.Strategy):
     _collective_key_base = 0
     _instances = itertools.count(1)
 
-    def __init__(self, topology="ring", devices=None, *, update="dpsgd"):
+    def __init__(
+        self,
+        topology="ring",
+        devices=None,
+        *,
+        update="dpsgd",
+        cluster_resolver=None,
+        communication_options=None,
+    ):
         if update not in UPDATE_RULES:
             raise ValueError(
                 f"`update` must be one of {UPDATE_RULES}. "
                 f"Received: update={update!r}"
             )
-        _check_single_host()
-        devices = _resolve_devices(devices)
-        topo = topology_lib.resolve(topology, len(devices))
+        if cluster_resolver is None:
+            cluster_resolver = _multi_worker_resolver_from_env()
         _keras_hooks.install()
         self._collective_key_base = 1_000_000 + 1_000 * next(self._instances)
-        super().__init__(_GossipExtended(self, devices, topo, update))
+        if cluster_resolver is not None:
+            if devices is not None:
+                raise ValueError(
+                    "`devices` cannot be set with a cluster: each worker "
+                    "uses its own GPUs, or its CPU. Received: "
+                    f"devices={devices!r} and a cluster of workers."
+                )
+            # Imported here: it subclasses this module's classes.
+            from tf_decentral.strategies import _multi_worker_gossip
+            from tf_decentral.strategies.all_reduce import (
+                make_communication_options,
+            )
+
+            options = make_communication_options(
+                communication_options, DEFAULT_TIMEOUT_SECONDS
+            )
+            extended = _multi_worker_gossip.MultiWorkerGossipExtended(
+                self, cluster_resolver, options, topology, update
+            )
+        else:
+            if communication_options is not None:
+                raise ValueError(
+                    "`communication_options` applies to gossip across the "
+                    "workers of a cluster; on one host the replicas mix by "
+                    "device copies. Received: communication_options="
+                    f"{communication_options!r} and no cluster."
+                )
+            devices = _resolve_devices(devices)
+            topo = topology_lib.resolve(topology, len(devices))
+            extended = _GossipExtended(self, devices, topo, update)
+        super().__init__(extended)
+
+    @property
+    def is_multi_worker(self) -> bool:
+        """Whether the gossip nodes are the workers of a cluster."""
+        return not isinstance(self.extended, _GossipExtended)
 
     @property
     def topology(self) -> topology_lib.Topology:
@@ -418,12 +470,11 @@ class GossipStrategy(tf.distribute.Strategy):
         variables = self._gossip_variables(model_or_variables, trainable=True)
         if not variables:
             return 0.0
+        if self.is_multi_worker:
+            return self._multi_worker_consensus_distance(variables)
         n = self.num_replicas_in_sync
         total = 0.0
-        by_dtype = collections.defaultdict(list)
-        for v in variables:
-            by_dtype[v.dtype.base_dtype].append(v)
-        for group in by_dtype.values():
+        for group in _by_dtype(variables).values():
             primary = self.extended._devices[0]
             copies = []
             for r, device in enumerate(self.extended._devices):
@@ -438,6 +489,20 @@ class GossipStrategy(tf.distribute.Strategy):
                 total += float(tf.reduce_sum(tf.square(stacked - mean)))
         return total / n
 
+    def _multi_worker_consensus_distance(self, variables):
+        extended = self.extended
+        total = 0.0
+        for group in _by_dtype(variables).values():
+            with tf.device(extended._devices[0]):
+                local = tf.cast(
+                    packing.pack([v.values[0].read_value() for v in group]),
+                    tf.float64,
+                )
+                mean = extended.global_mean(local)
+                own = tf.reduce_sum(tf.square(local - mean))
+                total += float(extended.global_mean(own))
+        return total
+
     def average_weights(self, model_or_variables) -> None:
         """Sets every copy of every model variable to the exact average.
 
@@ -450,12 +515,22 @@ class GossipStrategy(tf.distribute.Strategy):
                 under this strategy.
         """
         variables = self._gossip_variables(model_or_variables, trainable=False)
-        for v in variables:
-            if not v._is_averaged():
-                continue
-            mean = v._get_cross_replica()
-            for component in v.values:
-                component.assign(mean, read_value=False)
+        variables = [v for v in variables if v._is_averaged()]
+        if not self.is_multi_worker:
+            for v in variables:
+                mean = v._get_cross_replica()
+                for component in v.values:
+                    component.assign(mean, read_value=False)
+            return
+        extended = self.extended
+        for group in _by_dtype(variables).values():
+            with tf.device(extended._devices[0]):
+                local = packing.pack([v.values[0].read_value() for v in group])
+                mean = extended.global_mean(local)
+            parts = packing.unpack(mean, [v.shape for v in group])
+            for v, part in zip(group, parts):
+                for component in v.values:
+                    component.assign(part, read_value=False)
 
     def _gossip_variables(self, model_or_variables, trainable):
         if hasattr(model_or_variables, "trainable_weights"):

@@ -2,16 +2,18 @@
 
 import tensorflow as tf
 
-NAMES = ("gossip", "mirrored")
+NAMES = ("gossip", "allreduce", "mirrored")
 
 
 def get(name: str, **options) -> tf.distribute.Strategy:
     """Returns a new strategy for `name`, built with `options`.
 
     Args:
-        name: One of `NAMES`: `"gossip"` (`GossipStrategy`) or `"mirrored"`
-            (`tf.distribute.MirroredStrategy`, the single-host all-reduce
-            baseline; accepts `devices`).
+        name: One of `NAMES`: `"gossip"` (`GossipStrategy`), `"allreduce"`
+            (`AllReduceStrategy`: all-reduce SGD across the workers of a
+            TF_CONFIG cluster) or `"mirrored"` (`tf.distribute.
+            MirroredStrategy`, the single-host all-reduce baseline; accepts
+            `devices`).
         **options: Keyword arguments of the strategy's constructor.
 
     Raises:
@@ -28,6 +30,10 @@ def get(name: str, **options) -> tf.distribute.Strategy:
         from tf_decentral.strategies.gossip import GossipStrategy
 
         return GossipStrategy(**options)
+    if name == "allreduce":
+        from tf_decentral.strategies.all_reduce import AllReduceStrategy
+
+        return AllReduceStrategy(**options)
     if name == "mirrored":
         return tf.distribute.MirroredStrategy(**options)
     raise ValueError(

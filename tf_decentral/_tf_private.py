@@ -19,6 +19,19 @@ so a TensorFlow upgrade can be checked against this list. The tests in
 # out-of-scope read (get_weights, save) from a replica or update read.
 # numpy_dataset.SingleDevice: `colocate_with` handling copied from TF.
 # context.device_policy / record.stop_recording: as in TF's variable creator.
+# CollectiveAllReduceExtended: base of the multi-worker GossipStrategy and of
+# AllReduceStrategy (`_reduce_to`, `_num_workers`, `_id_in_cluster`,
+# `_num_devices_per_worker`, `_communication_options`).
+# CollectiveAllReduceStrategy: base class of AllReduceStrategy.
+# collective_util.Options: default communication options (timeouts).
+# collective_ops.broadcast_send_v2 / broadcast_recv_v2: the neighbour
+# exchange of multi-worker gossip (tf_decentral/ops/neighbor_exchange.py).
+# nest: Keras 3 passes nested structures to `Strategy.reduce`.
+from tensorflow.python.distribute import collective_all_reduce_strategy  # noqa: F401
+from tensorflow.python.distribute import collective_util  # noqa: F401
+
+# cross_device_ops.reduce_non_distributed_value: worker-local reductions.
+from tensorflow.python.distribute import cross_device_ops  # noqa: F401
 from tensorflow.python.distribute import distribute_lib  # noqa: F401
 from tensorflow.python.distribute import distribute_utils  # noqa: F401
 from tensorflow.python.distribute import mirrored_strategy  # noqa: F401
@@ -26,4 +39,6 @@ from tensorflow.python.distribute import numpy_dataset  # noqa: F401
 from tensorflow.python.distribute import values as values_lib  # noqa: F401
 from tensorflow.python.eager import context  # noqa: F401
 from tensorflow.python.eager import record  # noqa: F401
+from tensorflow.python.ops import collective_ops  # noqa: F401
 from tensorflow.python.ops import variable_scope  # noqa: F401
+from tensorflow.python.util import nest  # noqa: F401
