@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,7 +27,9 @@ WORKER = os.path.join(os.path.dirname(__file__), "gossip_worker.py")
 COLLECTIVE_TIMEOUT = 20
 
 
-def run_cluster(phase, topology="ring", update="dpsgd", num_workers=4):
+def run_cluster(
+    phase, topology="ring", update="dpsgd", num_workers=4, env=None
+):
     """Runs `phase` on every worker; returns their RESULT dicts by node.
 
     TF 2.21 workers occasionally crash while their servers start (a known
@@ -41,7 +44,7 @@ def run_cluster(phase, topology="ring", update="dpsgd", num_workers=4):
             command,
             num_workers=num_workers,
             timeout=200,
-            env=cluster.thread_env(intra_op=1, inter_op=2),
+            env={**cluster.thread_env(intra_op=1, inter_op=2), **(env or {})},
         ) as local:
             results = local.wait(fail_fast=False)
         reports = {}
@@ -134,9 +137,16 @@ def test_lr_zero_contracts_at_spectral_rate_on_every_worker():
     "topology_name, update",
     [("ring", "dpsgd"), ("one_peer_exponential", "atc")],
 )
-def test_multi_worker_equals_single_host(topology_name, update):
+def test_multi_worker_equals_single_host(topology_name, update, tmp_path):
     n = 4
-    reports = run_cluster("equiv", topology_name, update, num_workers=n)
+    saved = str(tmp_path / "consensus.keras")
+    reports = run_cluster(
+        "equiv",
+        topology_name,
+        update,
+        num_workers=n,
+        env={"GOSSIP_TEST_SAVE": saved},
+    )
     topology = topo.get(topology_name, n)
     x0, b0 = reports[0]["initial"]
     for report in reports.values():
@@ -165,6 +175,20 @@ def test_multi_worker_equals_single_host(topology_name, update):
         np.testing.assert_allclose(
             report["averaged"][0], w_ref.mean(0), atol=1e-5
         )
+    # Only the chief (worker 0) wrote the consensus model, and saving did
+    # not change any worker's own model.
+    assert [r["wrote"] for _, r in sorted(reports.items())] == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    for report in reports.values():
+        for got, want in zip(report["after_save"], report["weights"]):
+            np.testing.assert_allclose(got, want)
+    loaded = keras.saving.load_model(saved).get_weights()
+    np.testing.assert_allclose(loaded[0], w_ref.mean(0), atol=1e-5)
+    np.testing.assert_allclose(loaded[1], b_ref.mean(0), atol=1e-5)
     distance = np.mean(
         [((w_ref[i] - w_ref.mean(0)) ** 2).sum() for i in range(n)]
     ) + np.mean([((b_ref[i] - b_ref.mean(0)) ** 2).sum() for i in range(n)])

@@ -136,6 +136,9 @@ def main(phase, topology, update, timeout):
         result["weights"] = [w.tolist() for w in model.get_weights()]
         result["hook_counts"] = dict(strategy.extended.hook_counts)
         result["distance"] = strategy.consensus_distance(model)
+        path = os.environ["GOSSIP_TEST_SAVE"]
+        result["wrote"] = strategy.save(model, path)
+        result["after_save"] = [w.tolist() for w in model.get_weights()]
         strategy.average_weights(model)
         result["averaged"] = [w.tolist() for w in model.get_weights()]
     elif phase == "kill":

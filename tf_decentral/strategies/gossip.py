@@ -532,6 +532,44 @@ class GossipStrategy(tf.distribute.Strategy):
                 for component in v.values:
                     component.assign(part, read_value=False)
 
+    def save(self, model, filepath, **kwargs) -> bool:
+        """Saves the consensus (averaged) model; returns whether it wrote.
+
+        On one host this is `model.save(filepath, **kwargs)` (reads are
+        averages already). Across workers every worker must call it: the
+        model is averaged over all workers (a collective), the chief (or
+        worker 0) writes `filepath`, and every worker then gets its own
+        weights back, so training can continue undisturbed.
+
+        Args:
+            model: A Keras model built under this strategy.
+            filepath: Where `model.save` writes (`.keras` or `.h5`).
+            **kwargs: Passed to `model.save`.
+        """
+        return self._consensus_write(
+            model, lambda: model.save(filepath, **kwargs)
+        )
+
+    def export(self, model, filepath, **kwargs) -> bool:
+        """`model.export` of the consensus model; see `save`."""
+        return self._consensus_write(
+            model, lambda: model.export(filepath, **kwargs)
+        )
+
+    def _consensus_write(self, model, write):
+        if not self.is_multi_worker:
+            write()
+            return True
+        own = [w.copy() for w in model.get_weights()]
+        self.average_weights(model)
+        try:
+            if self.extended.should_checkpoint:
+                write()
+                return True
+            return False
+        finally:
+            model.set_weights(own)
+
     def _gossip_variables(self, model_or_variables, trainable):
         if hasattr(model_or_variables, "trainable_weights"):
             candidates = (
