@@ -1,17 +1,23 @@
-r"""Trains an image classifier with a tf_decentral strategy on one host.
+r"""Trains an image classifier with a tf_decentral scheme, on a host or cluster.
 
-Every replica is one device: a GPU if the host has at least `--num_replicas`
-of them, else a logical CPU (the CPU is split into `--num_replicas` logical
-devices that share its cores).
+One host: every replica is a device, a GPU if the host has at least
+`--num_replicas` of them, else a logical CPU (the CPU is split into
+`--num_replicas` logical devices that share its cores).
 
     python examples/train.py --strategy=gossip --topology=ring \
         --num_replicas=4 --dataset=fashion_mnist --epochs=3
 
-`--compare_allreduce` trains the same job again under synchronous all-reduce
-SGD (`tf.distribute.MirroredStrategy`) and prints both results side by side.
-Datasets load through `tf_decentral.datasets.load` (plain `tfds.load`, which
-prepares Fashion-MNIST from Debian's `dataset-fashion-mnist` files when the
-machine is offline).
+A cluster: the same script runs as every task, with `TF_CONFIG` set per task
+(the local launcher sets it; on real machines set it yourself, see
+`python -m tf_decentral.launch --dry-run`):
+
+    python -m tf_decentral.launch --workers 4 -- \
+        python examples/train.py --strategy=gossip --topology=ring
+
+`--compare_allreduce` (one host) trains the same job again under synchronous
+all-reduce SGD and prints both results. Datasets load through
+`tf_decentral.datasets.load` (`tfds.load`, which prepares Fashion-MNIST from
+Debian's `dataset-fashion-mnist` files when the machine is offline).
 """
 
 import json
@@ -25,25 +31,31 @@ from absl import logging
 
 import models  # examples/models.py, next to this script
 
+STRATEGIES = ("gossip", "allreduce", "mirrored")
+TOPOLOGIES = (
+    "ring",
+    "torus",
+    "exponential",
+    "complete",
+    "one_peer_exponential",
+    "random_matching",
+)
+
 _STRATEGY = flags.DEFINE_enum(
     "strategy",
     "gossip",
-    ["gossip", "mirrored"],
-    "gossip: tf_decentral.GossipStrategy (D-PSGD); mirrored: synchronous "
-    "all-reduce SGD with tf.distribute.MirroredStrategy.",
+    STRATEGIES,
+    "gossip: tf_decentral.GossipStrategy (D-PSGD; one host or the workers of "
+    "a cluster). allreduce: tf_decentral.AllReduceStrategy (synchronous "
+    "all-reduce SGD across the workers of a cluster; one worker without "
+    "one). mirrored: tf.distribute.MirroredStrategy (synchronous all-reduce "
+    "SGD on one host).",
 )
 _TOPOLOGY = flags.DEFINE_enum(
     "topology",
     "ring",
-    [
-        "ring",
-        "torus",
-        "exponential",
-        "complete",
-        "one_peer_exponential",
-        "random_matching",
-    ],
-    "Gossip topology over the replicas (see tf_decentral.topology).",
+    TOPOLOGIES,
+    "Gossip topology over the replicas or workers (tf_decentral.topology).",
 )
 _UPDATE = flags.DEFINE_enum(
     "update",
@@ -55,61 +67,123 @@ _UPDATE = flags.DEFINE_enum(
 _NUM_REPLICAS = flags.DEFINE_integer(
     "num_replicas",
     4,
-    "Number of replicas (model copies) on this host: GPUs if there are that "
-    "many, else logical CPUs.",
+    "One host only: number of replicas (model copies): GPUs if the host has "
+    "that many, else logical CPUs. In a cluster every worker uses its own "
+    "GPUs, or its CPU.",
     lower_bound=1,
 )
 _DATASET = flags.DEFINE_string(
-    "dataset", "fashion_mnist", "tfds dataset name with image/label features."
+    "dataset",
+    "fashion_mnist",
+    "tfds dataset name with image/label features and train/test splits.",
 )
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "tfds data directory (default: tfds' own default)."
 )
-_MODEL = flags.DEFINE_enum("model", "mlp", list(models.NAMES), "Model.")
+_SYNTHETIC_DATA = flags.DEFINE_bool(
+    "synthetic_data",
+    False,
+    "Use tfds.testing.mock_data: random data of the dataset's shape, for "
+    "smoke tests of the plumbing (accuracy is meaningless).",
+)
+_MODEL = flags.DEFINE_enum(
+    "model",
+    "mlp",
+    list(models.NAMES),
+    "Model: mlp, cnn, or resnet20 (the D-PSGD paper's CIFAR-10 model).",
+)
 _OPTIMIZER = flags.DEFINE_enum(
     "optimizer",
     "momentum",
-    ["sgd", "momentum", "adam", "adamw"],
-    "Optimizer: sgd, momentum (SGD with momentum 0.9), adam, adamw.",
+    ["sgd", "momentum", "adam", "adamw", "adagrad"],
+    "Optimizer: sgd, momentum (SGD with momentum 0.9), adam, adamw, adagrad.",
 )
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.02, "Learning rate.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size",
     32,
-    "Batch size PER REPLICA; the global batch is this times --num_replicas.",
+    "Batch size PER REPLICA: every replica (device) takes this many examples "
+    "per step; the global batch is this times the number of replicas.",
     lower_bound=1,
 )
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs.", lower_bound=1)
 _STEPS_PER_EPOCH = flags.DEFINE_integer(
     "steps_per_epoch",
     None,
-    "Training steps per epoch (default: one pass over the training split).",
+    "Training steps per epoch (default: one pass over this worker's share "
+    "of the training split).",
+    lower_bound=1,
 )
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir",
     None,
-    "If set: BackupAndRestore checkpoints, TensorBoard logs and the final "
-    "model.keras go here.",
+    "If set: BackupAndRestore checkpoints and TensorBoard logs (one folder "
+    "per task), results.json and the final model.keras (the consensus model "
+    "for gossip, written by the chief).",
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (model, data order).")
 _CONSENSUS_EVERY = flags.DEFINE_integer(
     "consensus_every",
     50,
-    "Gossip only: show the consensus distance every this many steps.",
+    "Gossip only: show the consensus distance every this many steps (0: only "
+    "at epoch ends). Across workers it is a collective call.",
     lower_bound=0,
+)
+_TIMEOUT = flags.DEFINE_float(
+    "collective_timeout",
+    120.0,
+    "Cluster only: seconds before a collective waiting for a dead or "
+    "unreachable worker raises instead of hanging.",
 )
 _COMPARE = flags.DEFINE_bool(
     "compare_allreduce",
     False,
-    "After training, train the same job with MirroredStrategy (all-reduce) "
-    "and print both results.",
+    "One host only: after training, train the same job with "
+    "MirroredStrategy (all-reduce) and print both results.",
 )
 _VERBOSE = flags.DEFINE_enum(
     "verbose", "auto", ["auto", "0", "1", "2"], "Keras fit verbosity."
 )
 
 
-def _make_devices(num_replicas):
+def _cluster():
+    """Returns the TF_CONFIG cluster (or None when training on one host)."""
+    from tf_decentral import cluster
+
+    config = cluster.from_env()
+    if config is None or config.num_workers + int(config.has_chief) < 2:
+        return None
+    return config
+
+
+def _check_flags(config):
+    if config is None:
+        if _STRATEGY.value == "gossip" and _NUM_REPLICAS.value < 2:
+            raise app.UsageError(
+                "--strategy=gossip needs at least 2 replicas. Received: "
+                f"--num_replicas={_NUM_REPLICAS.value}"
+            )
+        return
+    if config.num_ps:
+        raise app.UsageError(
+            f"--strategy={_STRATEGY.value} trains on chief and worker "
+            f"tasks only. Received: a TF_CONFIG with {config.num_ps} ps "
+            "tasks. Launch without --ps."
+        )
+    if _STRATEGY.value == "mirrored":
+        raise app.UsageError(
+            "--strategy=mirrored trains on one host. Received: a TF_CONFIG "
+            "cluster. Use --strategy=allreduce for all-reduce SGD across "
+            "workers."
+        )
+    if _COMPARE.value:
+        raise app.UsageError(
+            "--compare_allreduce runs on one host. Received: a TF_CONFIG "
+            "cluster. Launch a separate --strategy=allreduce run instead."
+        )
+
+
+def _local_devices(num_replicas):
     """Returns one device per replica, creating logical CPUs if needed."""
     import tensorflow as tf
 
@@ -130,70 +204,102 @@ def _optimizer(name, learning_rate):
         return keras.optimizers.SGD(learning_rate, momentum=0.9)
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(learning_rate)
     return keras.optimizers.AdamW(learning_rate, weight_decay=1e-4)
 
 
-def _datasets(name, data_dir, global_batch, seed):
+def _make_strategy(name, config, devices):
     import tensorflow as tf
 
-    from tf_decentral import datasets
-
-    train, info = datasets.load(
-        name, split="train", data_dir=data_dir, with_info=True
-    )
-    test = datasets.load(name, split="test", data_dir=data_dir)
-
-    def scale(image, label):
-        return tf.cast(image, tf.float32) / 255.0, label
-
-    # One host: the strategy splits each global batch across its replicas.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.OFF
-    )
-    train = (
-        train.with_options(options)
-        .shuffle(10_000, seed=seed)
-        .map(scale, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(global_batch, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    test = (
-        test.with_options(options)
-        .map(scale)
-        .batch(global_batch)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    shape = info.features["image"].shape
-    classes = info.features["label"].num_classes
-    return train, test, shape, classes
-
-
-def _strategy(name, devices):
     import tf_decentral as tfd
 
+    options = None
+    if config is not None:
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=_TIMEOUT.value
+        )
     if name == "gossip":
         return tfd.strategies.get(
             "gossip",
             topology=_TOPOLOGY.value,
             devices=devices,
             update=_UPDATE.value,
+            communication_options=options,
         )
+    if name == "allreduce":
+        return tfd.strategies.get("allreduce", communication_options=options)
     return tfd.strategies.get("mirrored", devices=devices)
 
 
-def train_once(strategy_name, devices):
+def _load(split, with_info=False):
+    from tf_decentral import datasets
+
+    return datasets.load(
+        _DATASET.value,
+        split=split,
+        data_dir=_DATA_DIR.value,
+        with_info=with_info,
+    )
+
+
+def _datasets(strategy, seed):
+    """Returns the distributed training data, the test data and the shapes.
+
+    Every worker reads its own shard of the training split (one input
+    pipeline per worker), batched per replica.
+    """
+    import tensorflow as tf
+
+    train, info = _load("train", with_info=True)
+    test = _load("test")
+    per_replica = _BATCH_SIZE.value
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF
+    )
+
+    def scale(image, label):
+        return tf.cast(image, tf.float32) / 255.0, label
+
+    def train_fn(context):
+        ds = train.with_options(options).shard(
+            context.num_input_pipelines, context.input_pipeline_id
+        )
+        return (
+            ds.shuffle(10_000, seed=seed + context.input_pipeline_id)
+            .map(scale, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(per_replica, drop_remainder=True)
+            .repeat()
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    distributed = strategy.distribute_datasets_from_function(train_fn)
+    # Evaluation: every worker evaluates the full test split.
+    test = (
+        test.with_options(options)
+        .map(scale)
+        .batch(per_replica * strategy.num_replicas_in_sync)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    num_train = int(train.cardinality())  # known for tfds (and mock) data
+    if num_train < 0:
+        num_train = info.splits["train"].num_examples
+    steps = num_train // (per_replica * strategy.num_replicas_in_sync)
+    shape = info.features["image"].shape
+    classes = info.features["label"].num_classes
+    return distributed, test, shape, classes, max(1, steps)
+
+
+def train_once(strategy_name, config, devices):
     """Trains and evaluates one run; returns a dict of results."""
     import keras
 
     import tf_decentral as tfd
 
     keras.utils.set_random_seed(_SEED.value)
-    global_batch = _BATCH_SIZE.value * len(devices)
-    train, test, shape, classes = _datasets(
-        _DATASET.value, _DATA_DIR.value, global_batch, _SEED.value
-    )
-    strategy = _strategy(strategy_name, devices)
+    strategy = _make_strategy(strategy_name, config, devices)
+    train, test, shape, classes, steps = _datasets(strategy, _SEED.value)
     with strategy.scope():
         model = models.build(_MODEL.value, shape, classes)
         model.compile(
@@ -201,57 +307,76 @@ def train_once(strategy_name, devices):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
-    callbacks = []
     gossip = strategy_name == "gossip"
+    callbacks = []
     if gossip:
         callbacks.append(
             tfd.callbacks.ConsensusMonitor(every_n_steps=_CONSENSUS_EVERY.value)
         )
+    task = config.task_name.replace(":", "_") if config else "local"
     run_dir = None
     if _MODEL_DIR.value:
         run_dir = os.path.join(_MODEL_DIR.value, strategy_name)
         callbacks += [
-            keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
-            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
+            keras.callbacks.BackupAndRestore(
+                os.path.join(run_dir, "backup", task)
+            ),
+            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs", task)),
         ]
-    label = (
-        f"gossip({_TOPOLOGY.value}, {_UPDATE.value})"
-        if gossip
-        else "all-reduce(MirroredStrategy)"
+    if gossip:
+        label = f"gossip({_TOPOLOGY.value}, {_UPDATE.value})"
+    elif strategy_name == "allreduce":
+        label = "all-reduce(AllReduceStrategy)"
+    else:
+        label = "all-reduce(MirroredStrategy)"
+    where = (
+        f"{config.task_name} of {config.num_workers + int(config.has_chief)} "
+        "workers"
+        if config
+        else f"{strategy.num_replicas_in_sync} replicas"
     )
-    print(f"Training {label} on {len(devices)} replicas: {devices}", flush=True)
+    print(f"Training {label} on {where}", flush=True)
     verbose = _VERBOSE.value
     verbose = verbose if verbose == "auto" else int(verbose)
     start = time.perf_counter()
-    model.fit(
+    history = model.fit(
         train,
         epochs=_EPOCHS.value,
-        steps_per_epoch=_STEPS_PER_EPOCH.value,
+        steps_per_epoch=_STEPS_PER_EPOCH.value or steps,
         callbacks=callbacks,
         verbose=verbose,
-        shuffle=False,  # the dataset is shuffled above
     )
     seconds = time.perf_counter() - start
-    result = {"label": label, "replicas": len(devices), "seconds": seconds}
+    result = {
+        "label": label,
+        "where": where,
+        "replicas": strategy.num_replicas_in_sync,
+        "seconds": seconds,
+        "final_loss": history.history["loss"][-1],
+    }
     if gossip:
         result["consensus_distance"] = strategy.consensus_distance(model)
-        # Each replica evaluates its own copy on its shard of the test set.
+        # Each replica (or worker) evaluates its own copy.
         result["local_accuracy"] = model.evaluate(test, verbose=0)[1]
         strategy.average_weights(model)
     result["accuracy"] = model.evaluate(test, verbose=0)[1]
     if run_dir:
-        model.save(os.path.join(run_dir, "model.keras"))
+        path = os.path.join(run_dir, "model.keras")
+        if gossip:
+            strategy.save(model, path)
+        elif config is None or config.is_chief:
+            model.save(path)
     return result
 
 
 def _describe(result):
     text = (
-        f"{result['label']} on {result['replicas']} replicas: test accuracy "
+        f"{result['label']} on {result['where']}: test accuracy "
         f"{result['accuracy']:.4f}"
     )
     if "consensus_distance" in result:
         text += (
-            f" (averaged model; local copies {result['local_accuracy']:.4f}), "
+            f" (averaged model; local copy {result['local_accuracy']:.4f}), "
             f"consensus distance {result['consensus_distance']:.3g}"
         )
     return text + f", {result['seconds']:.1f} s"
@@ -260,23 +385,32 @@ def _describe(result):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if _STRATEGY.value == "gossip" and _NUM_REPLICAS.value < 2:
-        raise app.UsageError(
-            "--strategy=gossip needs --num_replicas >= 2. "
-            f"Received: --num_replicas={_NUM_REPLICAS.value}"
-        )
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # tfds logs every file it opens
-    devices = _make_devices(_NUM_REPLICAS.value)
-    results = [train_once(_STRATEGY.value, devices)]
-    if _COMPARE.value and _STRATEGY.value != "mirrored":
-        results.append(train_once("mirrored", devices))
-    if _MODEL_DIR.value:
+    config = _cluster()
+    _check_flags(config)
+    devices = None
+    if config is None and _STRATEGY.value != "allreduce":
+        devices = _local_devices(_NUM_REPLICAS.value)
+    if _SYNTHETIC_DATA.value:
+        import tensorflow_datasets as tfds
+
+        with tfds.testing.mock_data(num_examples=512):
+            results = _run(config, devices)
+    else:
+        results = _run(config, devices)
+    if _MODEL_DIR.value and (config is None or config.is_chief):
         with open(os.path.join(_MODEL_DIR.value, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
-    line = "RESULT " + " | ".join(_describe(r) for r in results)
-    print(line, flush=True)
+    print("RESULT " + " | ".join(_describe(r) for r in results), flush=True)
     return 0
+
+
+def _run(config, devices):
+    results = [train_once(_STRATEGY.value, config, devices)]
+    if _COMPARE.value and _STRATEGY.value != "mirrored":
+        results.append(train_once("mirrored", config, devices))
+    return results
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ fixes, the baseline every benchmark compares with.
 """
 
 import collections
+import itertools
 
 import tensorflow as tf
 
@@ -110,7 +111,13 @@ class AllReduceStrategy(
             `timeout_seconds` so that a dead worker raises instead of hanging.
     """
 
+    # Own collective group-key range per instance (stock strategies all start
+    # at 0 and clash in one process when their device sets differ). Every
+    # worker creates its strategies in the same order, so keys agree.
+    _instances = itertools.count(1)
+
     def __init__(self, cluster_resolver=None, communication_options=None):
+        self._collective_key_base = 2_000_000 + 1_000 * next(self._instances)
         if cluster_resolver is None:
             cluster_resolver = (
                 tf.distribute.cluster_resolver.TFConfigClusterResolver()

@@ -1,8 +1,26 @@
 """Maps strategy names (as used by flags) to strategy objects."""
 
+import itertools
+
 import tensorflow as tf
 
 NAMES = ("gossip", "allreduce", "mirrored")
+
+
+class _MirroredStrategy(tf.distribute.MirroredStrategy):
+    """`tf.distribute.MirroredStrategy` with its own collective key range.
+
+    Every stock MirroredStrategy numbers its collective groups from 1, so two
+    of them in one process (e.g. a run and its all-reduce comparison) clash:
+    "joining a group with size 2, but that group has size 4", or "Shape
+    mismatch in the collective instance". This one draws its own range.
+    """
+
+    _instances = itertools.count(1)
+
+    def __init__(self, devices=None, cross_device_ops=None):
+        self._collective_key_base = 3_000_000 + 1_000 * next(self._instances)
+        super().__init__(devices=devices, cross_device_ops=cross_device_ops)
 
 
 def get(name: str, **options) -> tf.distribute.Strategy:
@@ -35,7 +53,7 @@ def get(name: str, **options) -> tf.distribute.Strategy:
 
         return AllReduceStrategy(**options)
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(**options)
+        return _MirroredStrategy(**options)
     raise ValueError(
         f"Unknown strategy name. Expected one of {NAMES}. Received: {name!r}"
     )
