@@ -138,17 +138,24 @@ def main(phase, topology, update, timeout):
         result["distance"] = strategy.consensus_distance(model)
         path = os.environ["GOSSIP_TEST_SAVE"]
         result["wrote"] = strategy.save(model, path)
+        strategy.export(model, path + ".exported")
         result["after_save"] = [w.tolist() for w in model.get_weights()]
         strategy.average_weights(model)
         result["averaged"] = [w.tolist() for w in model.get_weights()]
-    elif phase == "kill":
+    elif phase in ("kill", "hang"):
         model = linear_model(strategy, LR)
         victim = n - 1
 
         class _Die(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
                 if node == victim and batch == 1:
-                    os._exit(17)  # a crash: no cleanup, no goodbye
+                    if phase == "kill":
+                        os._exit(17)  # a crash: no cleanup, no goodbye
+                    # Hung: alive, its server still answering heartbeats,
+                    # but it never joins the next exchange. Only the
+                    # collective timeout can tell the peers.
+                    time.sleep(timeout + 25)
+                    os._exit(18)
 
         start = time.monotonic()
         try:

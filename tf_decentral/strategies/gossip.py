@@ -78,9 +78,10 @@ class GossipVariable(values_lib.MirroredVariable):
             return super()._get_cross_replica()
         extended = self._distribute_strategy.extended
         extended.hook_counts["average_reads"] += 1
-        with tf.device(self._primary.device):
-            total = tf.math.add_n([v.read_value() for v in self._values])
-            return total / tf.cast(len(self._values), self.dtype)
+        # No explicit device: a SavedModel traced through this read must not
+        # pin ops to this cluster's devices (`/job:worker/...`).
+        total = tf.math.add_n([v.read_value() for v in self._values])
+        return total / tf.cast(len(self._values), self.dtype)
 
     def _get(self):
         # Outside any strategy scope TF's default replica context reports
