@@ -31,7 +31,7 @@ from absl import logging
 
 import models  # examples/models.py, next to this script
 
-STRATEGIES = ("gossip", "allreduce", "mirrored")
+STRATEGIES = ("gossip", "downpour", "allreduce", "mirrored")
 TOPOLOGIES = (
     "ring",
     "torus",
@@ -46,7 +46,10 @@ _STRATEGY = flags.DEFINE_enum(
     "gossip",
     STRATEGIES,
     "gossip: tf_decentral.GossipStrategy (D-PSGD; one host or the workers of "
-    "a cluster). allreduce: tf_decentral.AllReduceStrategy (synchronous "
+    "a cluster). downpour: tf_decentral.DownpourParameterServerStrategy "
+    "(Downpour SGD / the PS protocols of --protocol; a cluster with a chief, "
+    "workers and ps tasks: the chief trains, the other tasks serve). "
+    "allreduce: tf_decentral.AllReduceStrategy (synchronous "
     "all-reduce SGD across the workers of a cluster; one worker without "
     "one). mirrored: tf.distribute.MirroredStrategy (synchronous all-reduce "
     "SGD on one host).",
@@ -71,6 +74,40 @@ _NUM_REPLICAS = flags.DEFINE_integer(
     "that many, else logical CPUs. In a cluster every worker uses its own "
     "GPUs, or its CPU.",
     lower_bound=1,
+)
+_PROTOCOL = flags.DEFINE_enum(
+    "protocol",
+    "async",
+    ["async", "softsync", "sync"],
+    "downpour only: async (Downpour / A-PSGD), softsync (the PS applies the "
+    "average of every --softsync_n pushes) or sync (S-PSGD).",
+)
+_N_FETCH = flags.DEFINE_integer(
+    "n_fetch",
+    1,
+    "downpour only: fetch parameters every n steps.",
+    lower_bound=1,
+)
+_N_PUSH = flags.DEFINE_integer(
+    "n_push", 1, "downpour only: push gradients every n steps.", lower_bound=1
+)
+_SOFTSYNC_N = flags.DEFINE_integer(
+    "softsync_n",
+    None,
+    "downpour --protocol=softsync only: pushes averaged per update "
+    "(1 <= n <= workers).",
+    lower_bound=1,
+)
+_STALENESS_LR = flags.DEFINE_bool(
+    "staleness_lr",
+    False,
+    "downpour only: divide the learning rate by the measured staleness.",
+)
+_WARM_START_STEPS = flags.DEFINE_integer(
+    "warm_start_steps",
+    0,
+    "downpour only: run the first steps one at a time (no staleness).",
+    lower_bound=0,
 )
 _DATASET = flags.DEFINE_string(
     "dataset",
@@ -151,12 +188,29 @@ def _cluster():
     from tf_decentral import cluster
 
     config = cluster.from_env()
-    if config is None or config.num_workers + int(config.has_chief) < 2:
+    if config is None:
+        return None
+    if config.num_workers + int(config.has_chief) < 2 and not config.num_ps:
         return None
     return config
 
 
 def _check_flags(config):
+    if _PROTOCOL.value == "softsync" and _SOFTSYNC_N.value is None:
+        raise app.UsageError(
+            "--protocol=softsync needs --softsync_n (the number of pushes "
+            "the PS averages per update). Received: no --softsync_n."
+        )
+    if _STRATEGY.value == "downpour":
+        if config is None or not config.num_ps:
+            raise app.UsageError(
+                "--strategy=downpour needs a cluster with ps tasks. Received: "
+                + ("no TF_CONFIG" if config is None else "no ps tasks")
+                + ". Run it under `python -m tf_decentral.launch --workers 2 "
+                "--ps 1 --chief -- python examples/train.py "
+                "--strategy=downpour ...`."
+            )
+        return
     if config is None:
         if _STRATEGY.value == "gossip" and _NUM_REPLICAS.value < 2:
             raise app.UsageError(
@@ -227,6 +281,16 @@ def _make_strategy(name, config, devices):
             update=_UPDATE.value,
             communication_options=options,
         )
+    if name == "downpour":
+        return tfd.strategies.get(
+            "downpour",
+            n_fetch=_N_FETCH.value,
+            n_push=_N_PUSH.value,
+            protocol=_PROTOCOL.value,
+            softsync_n=_SOFTSYNC_N.value,
+            staleness_lr=_STALENESS_LR.value,
+            warm_start_steps=_WARM_START_STEPS.value,
+        )
     if name == "allreduce":
         return tfd.strategies.get("allreduce", communication_options=options)
     return tfd.strategies.get("mirrored", devices=devices)
@@ -274,7 +338,11 @@ def _datasets(strategy, seed):
             .prefetch(tf.data.AUTOTUNE)
         )
 
-    distributed = strategy.distribute_datasets_from_function(train_fn)
+    if _STRATEGY.value == "downpour":
+        # The chief's coordinator hands batches to the workers' closures.
+        distributed = train_fn(tf.distribute.InputContext())
+    else:
+        distributed = strategy.distribute_datasets_from_function(train_fn)
     # Evaluation: every worker evaluates the full test split.
     test = (
         test.with_options(options)
@@ -325,16 +393,22 @@ def train_once(strategy_name, config, devices):
         ]
     if gossip:
         label = f"gossip({_TOPOLOGY.value}, {_UPDATE.value})"
+    elif strategy_name == "downpour":
+        label = (
+            f"downpour({_PROTOCOL.value}, n_fetch={_N_FETCH.value}, "
+            f"n_push={_N_PUSH.value})"
+        )
     elif strategy_name == "allreduce":
         label = "all-reduce(AllReduceStrategy)"
     else:
         label = "all-reduce(MirroredStrategy)"
-    where = (
-        f"{config.task_name} of {config.num_workers + int(config.has_chief)} "
-        "workers"
-        if config
-        else f"{strategy.num_replicas_in_sync} replicas"
-    )
+    if config is None:
+        where = f"{strategy.num_replicas_in_sync} replicas"
+    elif strategy_name == "downpour":
+        where = f"{config.num_workers} workers and {config.num_ps} ps"
+    else:
+        trainers = config.num_workers + int(config.has_chief)
+        where = f"{config.task_name} of {trainers} workers"
     print(f"Training {label} on {where}", flush=True)
     verbose = _VERBOSE.value
     verbose = verbose if verbose == "auto" else int(verbose)
@@ -359,6 +433,9 @@ def train_once(strategy_name, config, devices):
         # Each replica (or worker) evaluates its own copy.
         result["local_accuracy"] = model.evaluate(test, verbose=0)[1]
         strategy.average_weights(model)
+    if strategy_name == "downpour":
+        result["staleness"] = strategy.staleness_histogram()
+        result["ps_stats"] = strategy.ps_stats()
     result["accuracy"] = model.evaluate(test, verbose=0)[1]
     if run_dir:
         path = os.path.join(run_dir, "model.keras")
@@ -379,6 +456,14 @@ def _describe(result):
             f" (averaged model; local copy {result['local_accuracy']:.4f}), "
             f"consensus distance {result['consensus_distance']:.3g}"
         )
+    if "staleness" in result:
+        histogram = result["staleness"]
+        pushes = sum(histogram.values())
+        mean = sum(k * v for k, v in histogram.items()) / max(pushes, 1)
+        text += (
+            f", {pushes} pushes, mean staleness {mean:.2f} "
+            f"(max {max(histogram, default=0)})"
+        )
     return text + f", {result['seconds']:.1f} s"
 
 
@@ -389,6 +474,12 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # tfds logs every file it opens
     config = _cluster()
     _check_flags(config)
+    if _STRATEGY.value == "downpour" and config.task_type != "chief":
+        import tf_decentral as tfd
+
+        print(f"{config.task_name} serving for the chief", flush=True)
+        tfd.cluster.run_server(config)  # returns only on the chief
+        return 0
     devices = None
     if config is None and _STRATEGY.value != "allreduce":
         devices = _local_devices(_NUM_REPLICAS.value)

@@ -24,9 +24,14 @@ _LAZY_ATTRIBUTES = {
         "tf_decentral.strategies.all_reduce",
         "AllReduceStrategy",
     ),
+    "DownpourParameterServerStrategy": (
+        "tf_decentral.strategies.downpour",
+        "DownpourParameterServerStrategy",
+    ),
 }
 _LAZY_MODULES = (
     "callbacks",
+    "cluster",
     "datasets",
     "ops",
     "strategies",
@@ -34,7 +39,13 @@ _LAZY_MODULES = (
     "topology",
 )
 
-__all__ = ("AllReduceStrategy", "GossipStrategy", *_LAZY_MODULES, "__version__")
+__all__ = (
+    "AllReduceStrategy",
+    "DownpourParameterServerStrategy",
+    "GossipStrategy",
+    *_LAZY_MODULES,
+    "__version__",
+)
 
 
 def __getattr__(name):

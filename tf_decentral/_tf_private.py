@@ -27,6 +27,22 @@ so a TensorFlow upgrade can be checked against this list. The tests in
 # collective_ops.broadcast_send_v2 / broadcast_recv_v2: the neighbour
 # exchange of multi-worker gossip (tf_decentral/ops/neighbor_exchange.py).
 # nest: Keras 3 passes nested structures to `Strategy.reduce`.
+# OneDeviceExtended: base of AsyncGossipStrategy's implementation (one
+# replica per worker process; `_input_workers_with_options`).
+# input_util.get_distributed_datasets_from_function: AsyncGossipStrategy
+# gives `dataset_fn` an InputContext naming the worker's input pipeline.
+# parameter_server_strategy_v2.ParameterServerStrategyV2Extended: base of the
+# DownpourParameterServerStrategy implementation (`_create_variable`,
+# `_create_variable_round_robin`, `_variable_partitioner`, `_num_ps`,
+# `_num_workers`, `_allow_run_without_coordinator`).
+# sharded_variable.ShardedVariable: the container of a row-sharded Downpour
+# variable (our subclass adds `__array__`).
+# ops.colocate_with(None, ignore_existing=True): clearing the colocation scope
+# when placing a Downpour variable, as ParameterServerStrategy does (the
+# public tf.compat.v1.colocate_with logs a deprecation warning).
+# coordinator_values.serialize_dataset_to_graph /
+# deserialize_dataset_from_graph: shipping the chief's input pipeline to every
+# Downpour worker (as ClusterCoordinator.create_per_worker_dataset does).
 from tensorflow.python.distribute import collective_all_reduce_strategy  # noqa: F401
 from tensorflow.python.distribute import collective_util  # noqa: F401
 
@@ -34,11 +50,19 @@ from tensorflow.python.distribute import collective_util  # noqa: F401
 from tensorflow.python.distribute import cross_device_ops  # noqa: F401
 from tensorflow.python.distribute import distribute_lib  # noqa: F401
 from tensorflow.python.distribute import distribute_utils  # noqa: F401
+from tensorflow.python.distribute import input_util  # noqa: F401
 from tensorflow.python.distribute import mirrored_strategy  # noqa: F401
 from tensorflow.python.distribute import numpy_dataset  # noqa: F401
+from tensorflow.python.distribute import one_device_strategy  # noqa: F401
+from tensorflow.python.distribute import parameter_server_strategy_v2  # noqa: F401
+from tensorflow.python.distribute import sharded_variable  # noqa: F401
 from tensorflow.python.distribute import values as values_lib  # noqa: F401
+from tensorflow.python.distribute.coordinator import (  # noqa: F401
+    values as coordinator_values,
+)
 from tensorflow.python.eager import context  # noqa: F401
 from tensorflow.python.eager import record  # noqa: F401
+from tensorflow.python.framework import ops  # noqa: F401
 from tensorflow.python.ops import collective_ops  # noqa: F401
 from tensorflow.python.ops import variable_scope  # noqa: F401
 from tensorflow.python.util import nest  # noqa: F401

@@ -77,36 +77,48 @@ def test_compare_allreduce_prints_both(capsys):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("strategy", ["gossip", "allreduce"])
+@pytest.mark.parametrize("strategy", ["gossip", "allreduce", "downpour"])
 def test_through_the_launcher(strategy):
     env = dict(
         os.environ, TF_NUM_INTEROP_THREADS="2", TF_NUM_INTRAOP_THREADS="1"
     )
+    tasks = ["--workers", "2"]
+    extra = ["--collective_timeout=60"]
+    trainers = ("worker:0", "worker:1")
+    if strategy == "downpour":
+        tasks += ["--ps", "1", "--chief"]
+        extra = ["--optimizer=adagrad", "--learning_rate=0.05"]
+        trainers = ("chief:0",)
     command = [
         sys.executable,
         "-m",
         "tf_decentral.launch",
-        "--workers",
-        "2",
+        *tasks,
         "--",
         sys.executable,
         os.path.join(EXAMPLES, "train.py"),
         f"--strategy={strategy}",
         *SMOKE,
-        "--collective_timeout=60",
+        *extra,
     ]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=240, env=env
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for task in ("worker:0", "worker:1"):
+    for task in trainers:
         lines = [
             line
             for line in done.stdout.splitlines()
             if line.startswith(f"[{task}] RESULT ")
         ]
         assert len(lines) == 1, done.stdout[-3000:]
-        assert f"on {task} of 2 workers" in lines[0]
+        if strategy == "downpour":
+            assert "downpour(async" in lines[0] and "pushes" in lines[0]
+        else:
+            assert f"on {task} of 2 workers" in lines[0]
+    if strategy == "downpour":
+        for task in ("worker:0", "worker:1", "ps:0"):
+            assert f"[{task}] {task} serving for the chief" in done.stdout
 
 
 def _tf_config(num_workers, num_ps=0):
@@ -125,6 +137,13 @@ def _tf_config(num_workers, num_ps=0):
         (["--strategy=mirrored"], _tf_config(2), "--strategy=allreduce"),
         (["--compare_allreduce"], _tf_config(2), "one host"),
         (["--strategy=gossip"], _tf_config(2, num_ps=1), "Launch without --ps"),
+        (["--strategy=downpour"], None, "needs a cluster with ps tasks"),
+        (["--strategy=downpour"], _tf_config(2), "no ps tasks"),
+        (
+            ["--strategy=downpour", "--protocol=softsync"],
+            _tf_config(2, num_ps=1),
+            "needs --softsync_n",
+        ),
     ],
 )
 def test_flag_errors_are_clear(argv, tf_config, message, monkeypatch):

@@ -6,6 +6,8 @@ Pure Python: importing this package never imports TensorFlow or Keras.
 * `launch` runs a command once per task of a local cluster described by
   `local_cluster_configs`; `python -m tf_decentral.launch` is its command
   line (see `tf_decentral.cluster.local_launcher`).
+* `run_server` serves a worker or ps task of a parameter-server cluster
+  (`DownpourParameterServerStrategy`); it imports TensorFlow when called.
 
 Example:
     >>> from tf_decentral import cluster
@@ -22,6 +24,7 @@ from tf_decentral.cluster.local_launcher import launch
 from tf_decentral.cluster.local_launcher import local_cluster_configs
 from tf_decentral.cluster.local_launcher import main
 from tf_decentral.cluster.local_launcher import pick_unused_ports
+from tf_decentral.cluster.server import run_server
 from tf_decentral.cluster.tf_config import ClusterConfig
 from tf_decentral.cluster.tf_config import from_env
 from tf_decentral.cluster.tf_config import parse_tf_config
@@ -35,4 +38,5 @@ __all__ = (
     "main",
     "parse_tf_config",
     "pick_unused_ports",
+    "run_server",
 )

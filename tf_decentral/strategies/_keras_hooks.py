@@ -18,6 +18,21 @@ unchanged. Patching these two methods, rather than reinterpreting every
 replica-context all-reduce, keeps other all-reduces (synchronized batch
 normalization, user code) real all-reduces.
 
+A strategy that is a `FitDriver` (DownpourParameterServerStrategy) replaces
+Keras' whole training step instead: `fit` calls `make_train_function`, then
+`train_function(iterator)` once per `steps_per_execution` batches. For such a
+strategy three more guarded patches apply, and do nothing for any other:
+
+* `TensorFlowTrainer.make_train_function` returns the strategy's own train
+  function (`FitDriver.keras_train_function`).
+* `TensorFlowTrainer._get_metrics_result_or_logs`, which `fit` calls once at
+  the end of every epoch before the epoch's callbacks, lets the strategy
+  finish the epoch's asynchronous work first (`FitDriver.keras_epoch_end`),
+  so that checkpoints and epoch logs see every committed update.
+* `TFOptimizer.__init__`: an optimizer created in the strategy's scope is
+  built on `FitDriver.keras_optimizer_variables(variables)` (e.g. the row
+  shards of a sharded variable) whichever code calls its `build`.
+
 The patch is installed once, when a strategy that needs it is created, and
 `hook_counts` records every time a hook fires so tests can prove the hooks
 are live on the installed Keras.
@@ -30,9 +45,11 @@ import keras
 import tensorflow as tf
 
 # Private Keras modules: the TensorFlow backend's optimizer base class
-# `TFOptimizer`, whose `_all_reduce_sum_gradients` and
-# `_distributed_tf_update_step` we wrap, and its trainer, whose
-# `make_train_function` we wrap to explain communication failures.
+# `TFOptimizer`, whose `_all_reduce_sum_gradients`,
+# `_distributed_tf_update_step` and `__init__` we wrap, and its trainer, whose
+# `make_train_function` we wrap to explain communication failures (and to
+# hand `fit` a `FitDriver`'s train function) and whose
+# `_get_metrics_result_or_logs` we wrap to end a `FitDriver`'s epochs.
 from keras.src.backend.tensorflow import optimizer as _keras_tf_optimizer
 from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
 
@@ -65,6 +82,15 @@ class OptimizerHooks:
         """Replaces the cross-replica update; must call `apply_fn()` once."""
         raise NotImplementedError
 
+    def keras_wrap_train_function(self, model, train_function):
+        """Returns the function `fit` calls per step instead of Keras' one.
+
+        The default keeps Keras' `train_function`; a strategy may run its
+        own work around each call (asynchronous gossip exchanges after it).
+        """
+        del model
+        return train_function
+
     def explain_communication_error(self, error):
         """Returns a clearer message for `error` raised by a train step.
 
@@ -72,6 +98,39 @@ class OptimizerHooks:
         """
         del error
         return None
+
+
+class FitDriver:
+    """Mixin for strategies that run Keras' training step themselves."""
+
+    def keras_train_function(self, model):
+        """Returns the callable `fit` uses as `model.train_function`."""
+        raise NotImplementedError
+
+    def keras_epoch_end(self, model, logs):
+        """Finishes `fit`'s epoch; returns the epoch's logs.
+
+        Returns None to let Keras compute the logs as usual (e.g. when
+        `evaluate`, not `fit`, asks).
+        """
+        del model, logs
+        return None
+
+    def keras_optimizer_variables(self, variables):
+        """Returns the variables an optimizer is built on, given the model's."""
+        return variables
+
+
+def overrides_train_step(model) -> bool:
+    """Returns whether `model`'s class replaces Keras' TF `train_step`."""
+    return (
+        type(model).train_step
+        is not _keras_tf_trainer.TensorFlowTrainer.train_step
+    )
+
+
+def _driver_of(strategy):
+    return strategy if isinstance(strategy, FitDriver) else None
 
 
 _COMMUNICATION_ERRORS = (
@@ -146,6 +205,12 @@ def install():
         original_make_train_function = trainer_cls.make_train_function
 
         def make_train_function(self, force=False):
+            driver = _driver_of(getattr(self, "_distribute_strategy", None))
+            if driver is not None:
+                if self.train_function is None or force:
+                    hook_counts["driver_train_function"] += 1
+                    self.train_function = driver.keras_train_function(self)
+                return self.train_function
             hooks = _hooks_of(getattr(self, "_distribute_strategy", None))
             function = original_make_train_function(self, force=force)
             if hooks is None or getattr(
@@ -153,7 +218,9 @@ def install():
             ):
                 return function
             hook_counts["make_train_function"] += 1
-            train_function = self.train_function
+            train_function = hooks.keras_wrap_train_function(
+                self, self.train_function
+            )
 
             def explained(*args, **kwargs):
                 try:
@@ -168,7 +235,41 @@ def install():
             self.train_function = explained
             return function if function is None else explained
 
+        original_epoch_logs = trainer_cls._get_metrics_result_or_logs
+
+        def _get_metrics_result_or_logs(self, logs):
+            driver = _driver_of(getattr(self, "_distribute_strategy", None))
+            if driver is not None:
+                epoch_logs = driver.keras_epoch_end(self, logs)
+                if epoch_logs is not None:
+                    hook_counts["driver_epoch_end"] += 1
+                    return epoch_logs
+            return original_epoch_logs(self, logs)
+
+        original_init = cls.__init__
+
+        def __init__(self, *args, **kwargs):
+            original_init(self, *args, **kwargs)
+            driver = _driver_of(self._distribution_strategy)
+            if driver is None:
+                return
+            hook_counts["driver_optimizer"] += 1
+            class_build = type(self).build
+
+            def build(variables):
+                hook_counts["driver_optimizer_build"] += 1
+                variables = driver.keras_optimizer_variables(list(variables))
+                return class_build(self, variables)
+
+            # An instance attribute, so that every caller of `build` (fit's
+            # symbolic build, BackupAndRestore, loading) gets the variables
+            # the strategy chose; `object.__setattr__` keeps it out of Keras'
+            # variable tracking.
+            object.__setattr__(self, "build", build)
+
         cls._all_reduce_sum_gradients = _all_reduce_sum_gradients
         cls._distributed_tf_update_step = _distributed_tf_update_step
+        cls.__init__ = __init__
         trainer_cls.make_train_function = make_train_function
+        trainer_cls._get_metrics_result_or_logs = _get_metrics_result_or_logs
         _installed = True

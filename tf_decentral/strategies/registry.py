@@ -4,7 +4,7 @@ import itertools
 
 import tensorflow as tf
 
-NAMES = ("gossip", "allreduce", "mirrored")
+NAMES = ("gossip", "downpour", "allreduce", "mirrored")
 
 
 class _MirroredStrategy(tf.distribute.MirroredStrategy):
@@ -27,7 +27,12 @@ def get(name: str, **options) -> tf.distribute.Strategy:
     """Returns a new strategy for `name`, built with `options`.
 
     Args:
-        name: One of `NAMES`: `"gossip"` (`GossipStrategy`), `"allreduce"`
+        name: One of `NAMES`: `"gossip"` (`GossipStrategy`),
+            `"downpour"`
+            (`DownpourParameterServerStrategy`: Downpour SGD and the
+            parameter-server protocols, on the chief of a cluster with ps
+            tasks; options `n_fetch`, `n_push`, `protocol`, `softsync_n`,
+            `staleness_lr`, `warm_start_steps`), `"allreduce"`
             (`AllReduceStrategy`: all-reduce SGD across the workers of a
             TF_CONFIG cluster) or `"mirrored"` (`tf.distribute.
             MirroredStrategy`, the single-host all-reduce baseline; accepts
@@ -48,6 +53,12 @@ def get(name: str, **options) -> tf.distribute.Strategy:
         from tf_decentral.strategies.gossip import GossipStrategy
 
         return GossipStrategy(**options)
+    if name == "downpour":
+        from tf_decentral.strategies.downpour import (
+            DownpourParameterServerStrategy,
+        )
+
+        return DownpourParameterServerStrategy(**options)
     if name == "allreduce":
         from tf_decentral.strategies.all_reduce import AllReduceStrategy
 

@@ -1,0 +1,335 @@
+"""The parameter-server side of Downpour: counters, pushes and applies.
+
+Vocabulary (used throughout `downpour.py`):
+
+* **fetch**: a worker reads every model variable from the ps tasks into
+  local tensors (its cache), together with the **clock**.
+* **clock**: the version of the parameters, the number of optimizer updates
+  (**applies**) started so far. It lives on ps task 0.
+* **push**: a worker sends a gradient (the sum of its gradients since its
+  last push). Every push has an id; a push whose id was already accepted is
+  a **duplicate** (the re-run of a closure whose worker died after pushing)
+  and is dropped, so that a push is applied at most once.
+* **staleness** of a push: `clock at apply - clock at fetch + 1`, i.e. 1
+  for a gradient of the current parameters; it counts the updates the
+  gradient did not see, its own apply included.
+* **apply**: the compiled Keras optimizer's `update_step` on every shard,
+  each on the ps task holding the shard and its slots: only gradients and
+  parameters cross the network.
+
+Protocols: `"async"` applies every push at once (Downpour, A-PSGD; applies
+of different pushes may interleave on a shard, as in DistBelief);
+`"softsync"` adds pushes to per-shard buffers and applies their average
+once `required` pushes are in (Rudra's n-softsync); `"sync"` is the same
+with `required` = the number of workers, plus a barrier on the chief. A
+`tf.CriticalSection` on ps task 0 makes claiming a push id (all protocols)
+and the whole buffer-and-apply (softsync, sync) atomic.
+"""
+
+import contextlib
+import dataclasses
+
+import tensorflow as tf
+
+from tf_decentral.strategies import _downpour_placement as placement
+
+PROTOCOLS = ("async", "softsync", "sync")
+
+
+@dataclasses.dataclass
+class Target:
+    """A trainable model variable and the optimizer variables it maps to.
+
+    Attributes:
+        variable: The model's Keras variable.
+        parts: What the optimizer was built on for it: `[variable]`, or its
+            row shards (TensorFlow variables).
+        rows: The shards' row counts, or None if the variable is whole.
+    """
+
+    variable: object
+    parts: list
+    rows: list | None
+
+
+def targets_of(trainable_variables) -> list:
+    """Returns a `Target` for every trainable model variable."""
+    targets = []
+    for variable in trainable_variables:
+        shards = placement.shards_of(variable)
+        if len(shards) == 1:
+            targets.append(Target(variable, [variable], None))
+        else:
+            rows = [int(s.shape[0]) for s in shards]
+            targets.append(Target(variable, shards, rows))
+    return targets
+
+
+def _written_ops(graph, first):
+    """Returns the ops created in `graph` since it had `first` ops."""
+    return graph.get_operations()[first:]
+
+
+class ParameterServerState:
+    """Downpour's state on the ps tasks for one model, and its pushes.
+
+    Created eagerly on the chief; `fetch` and `push` are called while
+    tracing a worker closure.
+
+    Args:
+        model: The compiled Keras model (variables on the ps tasks).
+        protocol: One of `PROTOCOLS`.
+        required: Pushes averaged per apply (softsync, sync).
+        staleness_lr: Divide the learning rate by the staleness.
+        ring_size: How many recent push ids are remembered; must exceed the
+            pushes of all closures that can be in flight at once.
+        pinned: Context manager under which variables are created exactly
+            on the device in scope (not placed by the strategy).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        protocol,
+        required,
+        staleness_lr,
+        ring_size,
+        pinned=contextlib.nullcontext,
+    ):
+        self.model = model
+        self.optimizer = model.optimizer
+        self.protocol = protocol
+        self.required = required
+        self.staleness_lr = staleness_lr
+        self.ring_size = ring_size
+        self.targets = targets_of(model.trainable_variables)
+        iterations = int(self.optimizer.iterations.numpy())
+        with tf.init_scope(), pinned():
+            with tf.device(placement.ps_device(0)):
+
+                def counter(name, value=0):
+                    return tf.Variable(
+                        value,
+                        dtype=tf.int64,
+                        trainable=False,
+                        name=f"downpour/{name}",
+                    )
+
+                self.clock = counter("clock", iterations)
+                self.pushes = counter("pushes")
+                self.duplicates = counter("duplicates")
+                self.pending = counter("pending")
+                self.staleness_sum = counter("staleness_sum")
+                self.claims = tf.Variable(
+                    tf.fill([ring_size], tf.constant(-1, tf.int64)),
+                    trainable=False,
+                    name="downpour/claims",
+                )
+                self.lock = tf.CriticalSection(name="downpour_lock")
+            self.buffers = []
+            if protocol != "async":
+                for target in self.targets:
+                    buffers = []
+                    for part in target.parts:
+                        with tf.device(placement.device_of(part)):
+                            buffers.append(
+                                tf.Variable(
+                                    tf.zeros(part.shape, part.dtype),
+                                    trainable=False,
+                                    name="downpour/buffer",
+                                )
+                            )
+                    self.buffers.append(buffers)
+
+    def stats(self) -> dict:
+        """Returns the counters as Python ints (eager, on the chief)."""
+        return {
+            "clock": int(self.clock.numpy()),
+            "pushes": int(self.pushes.numpy()),
+            "duplicates": int(self.duplicates.numpy()),
+            "pending": int(self.pending.numpy()),
+            "iterations": int(self.optimizer.iterations.numpy()),
+        }
+
+    # -- worker side (traced inside a closure) ------------------------------
+
+    def fetch(self, variables):
+        """Reads the clock, then `variables`; returns `(values, clock)`."""
+        clock = self.clock.read_value()
+        with tf.control_dependencies([clock]):
+            values = [tf.identity(tf.convert_to_tensor(v)) for v in variables]
+        return values, clock
+
+    def learning_rate(self):
+        """The optimizer's current learning rate as a float32 tensor."""
+        return tf.cast(
+            tf.convert_to_tensor(self.optimizer.learning_rate), tf.float32
+        )
+
+    def push(self, grads, fetched_clock, push_id):
+        """Pushes `grads` (one per target, or None); returns `(tau, fresh)`.
+
+        `tau` is the push's staleness (0 for a duplicate), `fresh` whether
+        it was accepted.
+        """
+        if self.protocol == "async":
+            return self._push_async(grads, fetched_clock, push_id)
+        return self._push_buffered(grads, fetched_clock, push_id)
+
+    def _claim(self, push_id):
+        """Records `push_id`; returns whether it is new. Run under the lock."""
+        slot = tf.math.floormod(push_id, self.ring_size)
+        previous = self.claims.sparse_read(slot)
+        with tf.control_dependencies([previous]):
+            written = self.claims.scatter_nd_update(
+                tf.reshape(slot, [1, 1]), tf.reshape(push_id, [1])
+            )
+        with tf.control_dependencies([written]):
+            return tf.not_equal(tf.identity(previous), push_id)
+
+    def _reject(self):
+        counted = self.duplicates.assign_add(1)
+        with tf.control_dependencies([counted]):
+            return tf.constant(0, tf.int64)
+
+    def _scaled_learning_rate(self, staleness):
+        rate = self.learning_rate()
+        if self.staleness_lr:
+            rate = rate / tf.maximum(tf.cast(staleness, tf.float32), 1.0)
+        return rate
+
+    def _apply(self, grads, rate):
+        """Runs the optimizer on every part with a gradient, on its ps."""
+        optimizer = self.optimizer
+        for target, grad in zip(self.targets, grads):
+            if grad is None:
+                continue
+            if target.rows is None:
+                pieces = [grad]
+            else:
+                pieces = tf.split(grad, target.rows, axis=0)
+            for part, piece in zip(target.parts, pieces):
+                with tf.device(placement.device_of(part)):
+                    if optimizer.weight_decay is not None and (
+                        optimizer._use_weight_decay(part)
+                    ):
+                        decay = tf.cast(optimizer.weight_decay, part.dtype)
+                        optimizer.assign_sub(
+                            part,
+                            tf.convert_to_tensor(part)
+                            * decay
+                            * tf.cast(rate, part.dtype),
+                        )
+                    optimizer.update_step(piece, part, rate)
+            constraint = getattr(target.variable, "constraint", None)
+            if constraint is not None:
+                value = tf.convert_to_tensor(target.variable)
+                target.variable.value.assign(constraint(value))
+
+    def _push_async(self, grads, fetched_clock, push_id):
+        fresh = self.lock.execute(
+            lambda: self._claim(push_id), exclusive_resource_access=False
+        )
+        present = [g for g in grads if g is not None]
+
+        def accept():
+            with tf.control_dependencies(present):
+                version = self.clock.assign_add(1, read_value=True)
+            staleness = version - fetched_clock
+            self._apply(grads, self._scaled_learning_rate(staleness))
+            counted = [
+                self.optimizer.iterations.value.assign_add(1),
+                self.pushes.assign_add(1),
+            ]
+            with tf.control_dependencies(counted):
+                return tf.identity(staleness)
+
+        return tf.cond(fresh, accept, self._reject), fresh
+
+    def _push_buffered(self, grads, fetched_clock, push_id):
+        def locked():
+            graph = tf.compat.v1.get_default_graph()
+            first = len(graph.get_operations())
+            fresh = self._claim(push_id)
+
+            def accept():
+                staleness = self.clock.read_value() - fetched_clock + 1
+                added = []
+                for grad, target, buffers in zip(
+                    grads, self.targets, self.buffers
+                ):
+                    if grad is None:
+                        continue
+                    if target.rows is None:
+                        pieces = [grad]
+                    else:
+                        pieces = tf.split(grad, target.rows, axis=0)
+                    for buffer, piece in zip(buffers, pieces):
+                        with tf.device(buffer.device):
+                            added.append(buffer.assign_add(piece))
+                with tf.control_dependencies(added):
+                    count = self.pending.assign_add(1, read_value=True)
+                    total = self.staleness_sum.assign_add(
+                        staleness, read_value=True
+                    )
+                    pushed = self.pushes.assign_add(1)
+
+                def flush():
+                    flush_graph = tf.compat.v1.get_default_graph()
+                    first_flush = len(flush_graph.get_operations())
+                    mean = tf.cast(total, tf.float32) / tf.cast(
+                        count, tf.float32
+                    )
+                    scale = 1.0 / tf.cast(count, tf.float32)
+                    averages = []
+                    for grad, buffers in zip(grads, self.buffers):
+                        if grad is None:
+                            averages.append(None)
+                            continue
+                        values = []
+                        for buffer in buffers:
+                            with tf.device(buffer.device):
+                                values.append(
+                                    buffer.read_value()
+                                    * tf.cast(scale, buffer.dtype)
+                                )
+                        averages.append(
+                            values[0]
+                            if len(values) == 1
+                            else tf.concat(values, axis=0)
+                        )
+                    self._apply(averages, self._scaled_learning_rate(mean))
+                    with tf.control_dependencies(
+                        _written_ops(flush_graph, first_flush)
+                    ):
+                        reset = [
+                            buffer.assign(tf.zeros_like(buffer))
+                            for buffers in self.buffers
+                            for buffer in buffers
+                        ]
+                        reset += [
+                            self.pending.assign(0),
+                            self.staleness_sum.assign(0),
+                            self.clock.assign_add(1),
+                            self.optimizer.iterations.value.assign_add(1),
+                        ]
+                    with tf.control_dependencies(reset):
+                        return tf.constant(True)
+
+                with tf.control_dependencies([pushed]):
+                    applied = tf.cond(
+                        count >= self.required,
+                        flush,
+                        lambda: tf.constant(False),
+                    )
+                with tf.control_dependencies([applied]):
+                    return tf.identity(staleness)
+
+            staleness = tf.cond(fresh, accept, self._reject)
+            # The lock is released once the returned tensors exist: make
+            # them depend on every write above.
+            with tf.control_dependencies(_written_ops(graph, first)):
+                return tf.identity(staleness), tf.identity(fresh)
+
+        return self.lock.execute(locked, exclusive_resource_access=False)

@@ -1,0 +1,187 @@
+"""The worker side of Downpour: one closure = a few steps of one worker.
+
+A closure runs on whichever worker the `ClusterCoordinator` gives it, on
+that worker's data shard:
+
+1. fetch the parameters (and non-trainable state) into local tensors;
+2. for each of its steps: compute the gradient of the model's compiled loss
+   with `model.stateless_call` on the local tensors, add it to the
+   accumulated gradient, update the local copy with a plain SGD step at the
+   optimizer's learning rate (DistBelief's local step; skipped when the next
+   step re-fetches anyway);
+3. push the accumulated gradient every `n_push` steps and at its end;
+4. re-fetch every `n_fetch` steps;
+5. at its end, add its metric updates to the model's metric variables on the
+   ps tasks and write back the non-trainable state it changed (e.g. batch
+   normalization statistics; the last writer wins) -- only if its last push
+   was accepted, so a re-run closure does not count twice.
+
+Keras internals used (Keras 3.15, the same the JAX trainer uses):
+`Model._call_has_training_arg`, `Layer._losses_override` (layer losses of a
+stateless call), `Model._loss_tracker` (the "loss" metric) and
+`BaseOptimizer._clip_gradients`.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def _unpack(data):
+    if isinstance(data, (list, tuple)):
+        if len(data) == 1:
+            return data[0], None, None
+        if len(data) == 2:
+            return data[0], data[1], None
+        if len(data) == 3:
+            return data[0], data[1], data[2]
+    return data, None, None
+
+
+def _add(accumulated, grads):
+    return [
+        g if a is None else (a if g is None else a + g)
+        for a, g in zip(accumulated, grads)
+    ]
+
+
+def _batch_size(x):
+    first = next(t for t in tf.nest.flatten(x) if t is not None)
+    return tf.shape(first)[0]
+
+
+class ClosureBuilder:
+    """Builds (and caches) the closure functions for one model.
+
+    Args:
+        model: The compiled Keras model.
+        state: Its `ParameterServerState`.
+        n_fetch: Steps between fetches.
+        n_push: Steps between pushes.
+        max_pushes: Pushes of the longest closure (spacing of push ids).
+    """
+
+    def __init__(self, model, state, *, n_fetch, n_push, max_pushes):
+        self.model = model
+        self.state = state
+        self.n_fetch = n_fetch
+        self.n_push = n_push
+        self.max_pushes = max_pushes
+        self._functions = {}
+
+    def function(self, num_steps: int):
+        """Returns the `tf.function(iterator, closure_id)` of `num_steps`."""
+        if num_steps not in self._functions:
+            self._functions[num_steps] = tf.function(
+                lambda iterator, closure_id: self._closure(
+                    iterator, closure_id, num_steps
+                )
+            )
+        return self._functions[num_steps]
+
+    def _step(self, params, state, metrics, data):
+        """One stateless training step; returns grads, state, metrics."""
+        model = self.model
+        optimizer = model.optimizer
+        x, y, sample_weight = _unpack(data)
+        kwargs = {"training": True} if model._call_has_training_arg else {}
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            y_pred, state, losses = model.stateless_call(
+                params, state, x, return_losses=True, **kwargs
+            )
+            if losses:
+                model._losses_override.clear()
+                model._losses_override = losses
+            loss, (_, state, metrics) = model.stateless_compute_loss(
+                params,
+                state,
+                metrics,
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                training=True,
+            )
+            if losses:
+                model._losses_override.clear()
+            scaled_loss = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, params)
+        grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]
+        if optimizer.loss_scale_factor is not None:
+            grads = [
+                None if g is None else g / optimizer.loss_scale_factor
+                for g in grads
+            ]
+        grads = optimizer._clip_gradients(grads)
+        mapping = list(zip(model.metrics_variables, metrics))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            model._loss_tracker.update_state(loss, sample_weight=_batch_size(x))
+            model.compute_metrics(x, y, y_pred, sample_weight)
+        updated = []
+        for variable, before in zip(model.metrics_variables, metrics):
+            after = scope.get_current_value(variable)
+            updated.append(before if after is None else after)
+        return grads, state, updated
+
+    def _closure(self, iterator, closure_id, num_steps):
+        model = self.model
+        ps = self.state
+        trainable = model.trainable_variables
+        non_trainable = model.non_trainable_variables
+        values, clock = ps.fetch(trainable + non_trainable)
+        params = values[: len(trainable)]
+        fetched_state = values[len(trainable) :]
+        state = list(fetched_state)
+        rate = ps.learning_rate()
+        metrics = [tf.zeros(v.shape, v.dtype) for v in model.metrics_variables]
+        accumulated = [None] * len(params)
+        stalenesses, freshes = [], []
+        for step in range(num_steps):
+            data = next(iterator)
+            grads, state, metrics = self._step(params, state, metrics, data)
+            accumulated = _add(accumulated, grads)
+            last = step == num_steps - 1
+            if (step + 1) % self.n_push == 0 or last:
+                push_id = closure_id * self.max_pushes + len(stalenesses)
+                staleness, fresh = ps.push(accumulated, clock, push_id)
+                stalenesses.append(staleness)
+                freshes.append(fresh)
+                accumulated = [None] * len(params)
+            if last:
+                break
+            if (step + 1) % self.n_fetch == 0:
+                after = stalenesses[-1:]
+                with tf.control_dependencies(after):
+                    params, clock = ps.fetch(trainable)
+                    rate = ps.learning_rate()
+            else:
+                params = [
+                    p if g is None else p - tf.cast(rate, p.dtype) * g
+                    for p, g in zip(params, grads)
+                ]
+
+        def commit():
+            writes = [
+                variable.value.assign_add(tf.cast(delta, variable.dtype))
+                for variable, delta in zip(model.metrics_variables, metrics)
+            ]
+            for variable, before, after in zip(
+                non_trainable, fetched_state, state
+            ):
+                if after is not before:
+                    writes.append(variable.value.assign(after))
+            with tf.control_dependencies(writes):
+                return tf.constant(True)
+
+        with tf.control_dependencies(stalenesses):
+            committed = tf.cond(freshes[-1], commit, lambda: tf.constant(False))
+        worker = (
+            tf.distribute.coordinator.experimental_get_current_worker_index()
+        )
+        return {
+            "worker": worker,
+            "closure": closure_id,
+            "staleness": tf.stack(stalenesses),
+            "fresh": tf.stack(freshes),
+            "committed": committed,
+        }
