@@ -21,10 +21,10 @@ from tf_decentral._tf_private import nest
 from tf_decentral._tf_private import values_lib
 from tf_decentral.ops import neighbor_exchange
 from tf_decentral.ops import packing
-from tf_decentral.strategies import _keras_hooks
 from tf_decentral.strategies.all_reduce import Keras3ExtendedFixes
-from tf_decentral.strategies.gossip import GossipVariable
+from tf_decentral.strategies.gossip import GossipOptimizerHooks
 from tf_decentral.strategies.gossip import GossipVariableCreator
+from tf_decentral.strategies.gossip import scale_gradients
 
 _SUM = tf.distribute.ReduceOp.SUM
 _MEAN = tf.distribute.ReduceOp.MEAN
@@ -34,7 +34,7 @@ class MultiWorkerGossipExtended(
     GossipVariableCreator,
     Keras3ExtendedFixes,
     collective_all_reduce_strategy.CollectiveAllReduceExtended,
-    _keras_hooks.OptimizerHooks,
+    GossipOptimizerHooks,
 ):
     """Gossip between workers; all-reduce among one worker's devices."""
 
@@ -72,23 +72,7 @@ class MultiWorkerGossipExtended(
         if self._num_devices_per_worker > 1:
             # GPU workers (not run here: no GPU was available to test it).
             grads_and_vars = self._local_all_reduce(grads_and_vars)
-        out = []
-        for grad, var in grads_and_vars:
-            if grad is None:
-                out.append((grad, var))
-            elif isinstance(grad, tf.IndexedSlices):
-                values = grad.values * tf.cast(scale, grad.values.dtype)
-                out.append(
-                    (
-                        tf.IndexedSlices(
-                            values, grad.indices, grad.dense_shape
-                        ),
-                        var,
-                    )
-                )
-            else:
-                out.append((grad * tf.cast(scale, grad.dtype), var))
-        return out
+        return scale_gradients(grads_and_vars, scale)
 
     def _local_all_reduce(self, grads_and_vars):
         ctx = tf.distribute.get_replica_context()
@@ -116,22 +100,6 @@ class MultiWorkerGossipExtended(
                 else tf.distribute.ReductionToOneDevice()
             )
         return self._local_cross_device_ops
-
-    def keras_apply_gradients(
-        self, optimizer, grads_and_vars, learning_rate, apply_fn
-    ):
-        variables = [
-            v
-            for g, v in grads_and_vars
-            if g is not None and isinstance(v, GossipVariable)
-        ]
-        step = optimizer.iterations
-        if self._update_rule == "dpsgd":
-            self.mix(variables, step=step)
-        result = apply_fn()
-        if self._update_rule == "atc":
-            self.mix(variables, step=step)
-        return result
 
     # Mixing -------------------------------------------------------------
 

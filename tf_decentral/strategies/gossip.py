@@ -101,6 +101,46 @@ _CLASS_MAPPING[variable_scope.VariableSynchronization.ON_WRITE] = GossipVariable
 _CLASS_MAPPING[variable_scope.VariableSynchronization.AUTO] = GossipVariable
 
 
+def scale_gradients(grads_and_vars, scale):
+    """Returns `(gradient * scale, variable)` pairs; None and sparse kept."""
+    out = []
+    for grad, var in grads_and_vars:
+        if grad is None:
+            out.append((grad, var))
+        elif isinstance(grad, tf.IndexedSlices):
+            values = grad.values * tf.cast(scale, grad.values.dtype)
+            out.append(
+                (tf.IndexedSlices(values, grad.indices, grad.dense_shape), var)
+            )
+        else:
+            out.append((grad * tf.cast(scale, grad.dtype), var))
+    return out
+
+
+class GossipOptimizerHooks(_keras_hooks.OptimizerHooks):
+    """The update rule shared by single-host and multi-worker gossip.
+
+    Subclasses provide `_update_rule` and `mix(variables, step)`.
+    """
+
+    def keras_apply_gradients(
+        self, optimizer, grads_and_vars, learning_rate, apply_fn
+    ):
+        """Mixes updated variables before (dpsgd) or after (atc) the step."""
+        variables = [
+            v
+            for g, v in grads_and_vars
+            if g is not None and isinstance(v, GossipVariable)
+        ]
+        step = optimizer.iterations
+        if self._update_rule == "dpsgd":
+            self.mix(variables, step=step)
+        result = apply_fn()
+        if self._update_rule == "atc":
+            self.mix(variables, step=step)
+        return result
+
+
 class GossipVariableCreator:
     """Mixin for `MirroredExtended` subclasses: creates `GossipVariable`s."""
 
@@ -153,7 +193,7 @@ class GossipVariableCreator:
 class _GossipExtended(
     GossipVariableCreator,
     mirrored_strategy.MirroredExtended,
-    _keras_hooks.OptimizerHooks,
+    GossipOptimizerHooks,
 ):
     """Implementation of `GossipStrategy` on the devices of one host."""
 
@@ -189,41 +229,7 @@ class _GossipExtended(
         replicas gives back the replica's own mean gradient.
         """
         self.hook_counts["local_gradients"] += 1
-        scale = self._num_replicas_in_sync
-        out = []
-        for grad, var in grads_and_vars:
-            if grad is None:
-                out.append((grad, var))
-            elif isinstance(grad, tf.IndexedSlices):
-                values = grad.values * tf.cast(scale, grad.values.dtype)
-                out.append(
-                    (
-                        tf.IndexedSlices(
-                            values, grad.indices, grad.dense_shape
-                        ),
-                        var,
-                    )
-                )
-            else:
-                out.append((grad * tf.cast(scale, grad.dtype), var))
-        return out
-
-    def keras_apply_gradients(
-        self, optimizer, grads_and_vars, learning_rate, apply_fn
-    ):
-        """Mixes updated variables before (dpsgd) or after (atc) the step."""
-        variables = [
-            v
-            for g, v in grads_and_vars
-            if g is not None and isinstance(v, GossipVariable)
-        ]
-        step = optimizer.iterations
-        if self._update_rule == "dpsgd":
-            self.mix(variables, step=step)
-        result = apply_fn()
-        if self._update_rule == "atc":
-            self.mix(variables, step=step)
-        return result
+        return scale_gradients(grads_and_vars, self._num_replicas_in_sync)
 
     # Mixing --------------------------------------------------------------
 
