@@ -24,6 +24,10 @@ _LAZY_ATTRIBUTES = {
         "tf_decentral.strategies.all_reduce",
         "AllReduceStrategy",
     ),
+    "AsyncGossipStrategy": (
+        "tf_decentral.strategies.async_gossip",
+        "AsyncGossipStrategy",
+    ),
     "DownpourParameterServerStrategy": (
         "tf_decentral.strategies.downpour",
         "DownpourParameterServerStrategy",
@@ -41,6 +45,7 @@ _LAZY_MODULES = (
 
 __all__ = (
     "AllReduceStrategy",
+    "AsyncGossipStrategy",
     "DownpourParameterServerStrategy",
     "GossipStrategy",
     *_LAZY_MODULES,

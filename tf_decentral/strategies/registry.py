@@ -4,7 +4,7 @@ import itertools
 
 import tensorflow as tf
 
-NAMES = ("gossip", "downpour", "allreduce", "mirrored")
+NAMES = ("gossip", "async_gossip", "downpour", "allreduce", "mirrored")
 
 
 class _MirroredStrategy(tf.distribute.MirroredStrategy):
@@ -28,7 +28,8 @@ def get(name: str, **options) -> tf.distribute.Strategy:
 
     Args:
         name: One of `NAMES`: `"gossip"` (`GossipStrategy`),
-            `"downpour"`
+            `"async_gossip"` (`AsyncGossipStrategy`: AD-PSGD across the
+            workers of a TF_CONFIG cluster), `"downpour"`
             (`DownpourParameterServerStrategy`: Downpour SGD and the
             parameter-server protocols, on the chief of a cluster with ps
             tasks; options `n_fetch`, `n_push`, `protocol`, `softsync_n`,
@@ -53,6 +54,10 @@ def get(name: str, **options) -> tf.distribute.Strategy:
         from tf_decentral.strategies.gossip import GossipStrategy
 
         return GossipStrategy(**options)
+    if name == "async_gossip":
+        from tf_decentral.strategies.async_gossip import AsyncGossipStrategy
+
+        return AsyncGossipStrategy(**options)
     if name == "downpour":
         from tf_decentral.strategies.downpour import (
             DownpourParameterServerStrategy,

@@ -1,0 +1,379 @@
+"""One worker of the AsyncGossipStrategy tests (run with TF_CONFIG).
+
+Usage: async_gossip_worker.py PHASE [OPTIONS_JSON]
+Prints one line `RESULT {json}` when the phase succeeds.
+
+Phases:
+    fit: trains a small classifier on this worker's shard of the arrays in
+        `OPTIONS["data"]` (an .npz with x_train, y_train, x_test, y_test),
+        optionally sleeping `OPTIONS["sleep"][node]` seconds per step
+        (a straggler) or dying at step `OPTIONS["die_at"]` (node `victim`).
+    conserve: exchanges with the sum-conserving swap, locked or not, and
+        reports the sum of all shared copies at the end (node 0).
+    kill: trains; worker `victim` takes peer `held`'s lock lease and sits
+        in a critical section on `held`'s server, then is SIGKILLed there.
+    guard: checks that resources made by `shared_name` on one server are
+        shared by every worker's client (TF behaviour the strategy needs).
+    startup: creates the strategy, waits for all workers, then exits.
+"""
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_decentral as tfd  # noqa: E402
+from tf_decentral.strategies import _async_gossip_exchange  # noqa: E402
+
+
+def report(result):
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def make_strategy(options):
+    timeout = options.get("timeout", 30.0)
+    return tfd.AsyncGossipStrategy(
+        options.get("topology", "ring"),
+        seed=options.get("seed", 0),
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=timeout
+        ),
+    )
+
+
+def classifier(num_classes, input_dim, lr, batch_norm=False):
+    layers = [keras.Input((input_dim,)), keras.layers.Dense(32)]
+    if batch_norm:  # non-trainable weights: a second shared buffer
+        layers.append(keras.layers.BatchNormalization())
+    layers += [
+        keras.layers.ReLU(),
+        keras.layers.Dense(num_classes, activation="softmax"),
+    ]
+    model = keras.Sequential(layers)
+    model.compile(
+        keras.optimizers.SGD(lr, momentum=0.9),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def phase_fit(options):
+    start = time.monotonic()
+    strategy = make_strategy(options)
+    node, n = strategy.node, strategy.num_workers
+    started = time.monotonic() - start
+    data = np.load(options["data"])
+    x, y = data["x_train"], data["y_train"]
+    x, y = x[node::n], y[node::n]  # this worker's shard
+    keras.utils.set_random_seed(node)  # different initial models
+    with strategy.scope():
+        model = classifier(
+            10,
+            x.shape[1],
+            options.get("lr", 0.05),
+            batch_norm=options.get("batch_norm", False),
+        )
+    sleep = options.get("sleep", {}).get(str(node), 0.0)
+    die_at = options.get("die_at")
+    victim = options.get("victim")
+    step_times = []
+
+    class Pace(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            step_times.append(time.time())  # one clock for all workers
+            if node == victim and len(step_times) == die_at:
+                os._exit(17)  # a crash: no cleanup, no goodbye
+            if sleep:
+                time.sleep(sleep)
+
+    callbacks = [Pace()]
+    monitor = options.get("monitor")
+    if monitor:
+        callbacks.append(tfd.callbacks.ConsensusMonitor(every_n_steps=monitor))
+    fit_start = time.monotonic()
+    history = model.fit(
+        x,
+        y,
+        batch_size=options.get("batch", 32),
+        epochs=options.get("epochs", 1),
+        steps_per_epoch=options.get("steps"),
+        callbacks=callbacks,
+        verbose=0,
+        shuffle=True,
+    )
+    fit_seconds = time.monotonic() - fit_start
+    result = {
+        "node": node,
+        "startup_seconds": started,
+        "fit_seconds": fit_seconds,
+        "steps": len(step_times),
+        "step_times": step_times,
+        "history": {
+            k: [float(v) for v in vs] for k, vs in history.history.items()
+        },
+        "exchanges": {str(k): v for k, v in strategy.exchange_counts.items()},
+        "dropped": {str(k): v for k, v in strategy.dropped_peers.items()},
+        "hook_counts": dict(strategy.extended.hook_counts),
+    }
+    if "x_test" in data:
+        _, accuracy = model.evaluate(
+            data["x_test"], data["y_test"], verbose=0, batch_size=256
+        )
+        result["accuracy"] = float(accuracy)
+    if options.get("average"):
+        result["distance"] = strategy.consensus_distance(model)
+        # Once every worker has stopped training, the shared copies stay
+        # put: report this worker's, to check the average against.
+        extended = strategy.extended
+        extended.locks.barrier(range(n), 120, "copies")
+        shared = extended.shared_model(model)
+        result["copy"] = [c.tolist() for c in shared.read_copy(node)]
+        strategy.average_weights(model)
+        result["averaged"] = [b.tolist() for b in shared.local_buffers()]
+        result["averaged_copy"] = [c.tolist() for c in shared.read_copy(node)]
+        if "x_test" in data:
+            _, accuracy = model.evaluate(
+                data["x_test"], data["y_test"], verbose=0, batch_size=256
+            )
+            result["averaged_accuracy"] = float(accuracy)
+    report(result)
+    if options.get("linger"):
+        time.sleep(options["linger"])
+
+
+def phase_conserve(options):
+    strategy = make_strategy(options)
+    extended = strategy.extended
+    node, n = strategy.node, strategy.num_workers
+    size = options.get("size", 64)
+    with tf.device(extended.client_device):
+        variable = tf.Variable(tf.zeros([size]))
+    shared = _async_gossip_exchange.SharedModel(
+        extended.locks,
+        extended.client_device,
+        [variable],
+        "conserve",
+        op="swap",
+        locked=options["locked"],
+        delay_matmuls=options.get("delay", 0),
+    )
+    shared.initialize(120)
+    start_value = np.full([size], 10.0 * node, np.float32)
+    shared.write_own_copy([start_value])
+    shared.set_local([start_value])
+    nodes = range(n)
+    extended.locks.barrier(nodes, 120, "start")
+    begin = time.monotonic()
+    for _ in range(options.get("exchanges", 50)):
+        extended.exchange(shared)
+    seconds = time.monotonic() - begin
+    extended.locks.barrier(nodes, 120, "end")
+    result = {
+        "node": node,
+        "seconds": seconds,
+        "exchanges": {str(k): v for k, v in strategy.exchange_counts.items()},
+    }
+    if node == 0:
+        copies = np.stack([shared.read_copy(k)[0] for k in nodes])
+        result["sums"] = copies.sum(axis=0).tolist()
+        result["expected"] = float(10.0 * sum(nodes))
+    extended.locks.barrier(nodes, 120, "read")
+    report(result)
+    time.sleep(2)  # Peers may still be polling this worker's barrier.
+
+
+def phase_kill(options):
+    strategy = make_strategy(options)
+    node, n = strategy.node, strategy.num_workers
+    victim, held = options["victim"], options["held"]
+    rng = np.random.default_rng(node)
+    x = rng.normal(size=(64 * options["steps"], 8)).astype("float32")
+    y = (x.sum(axis=1) > 0).astype("int32")
+    with strategy.scope():
+        model = classifier(2, 8, 0.05)
+    step_times = []
+
+    class Victim(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            step_times.append(time.monotonic())
+            if node == victim and batch + 1 == options["die_at"]:
+                hold_and_die(strategy, held)
+
+    start = time.monotonic()
+    model.fit(x, y, batch_size=64, callbacks=[Victim()], verbose=0)
+    gaps = np.diff([start] + step_times)
+    last_step = time.time()
+    report(
+        {
+            "node": node,
+            "steps": len(step_times),
+            "fit_seconds": time.monotonic() - start,
+            "last_step": last_step,
+            "longest_step_seconds": float(gaps.max()),
+            "exchanges": {
+                str(k): v for k, v in strategy.exchange_counts.items()
+            },
+            "dropped": {str(k): v for k, v in strategy.dropped_peers.items()},
+        }
+    )
+    del n
+
+
+def hold_and_die(strategy, held):
+    """Owns `held`'s lease and its mutex, and is killed meanwhile."""
+    extended = strategy.extended
+    locks = extended.locks
+    device = locks.layout.server_device(held)
+
+    @tf.function
+    def take_lease(token):
+        with tf.device(device):
+            token = tf.identity(token)
+        return locks.try_acquire(held, token)
+
+    while not bool(take_lease(locks.next_token())):
+        time.sleep(0.01)
+
+    @tf.function
+    def sit_in_critical_section():
+        def body():
+            with tf.device(device):
+                block = tf.fill([64, 64], 0.01)
+                _, block = tf.while_loop(
+                    lambda k, _: k < 10**8,
+                    lambda k, b: (k + 1, tf.tanh(tf.matmul(b, b))),
+                    [tf.constant(0), block],
+                )
+                return tf.reduce_sum(block)
+
+        return locks.mutex[held].execute(body, exclusive_resource_access=False)
+
+    print(
+        f"holding the lease and mutex of node {held} at {time.time()}",
+        flush=True,
+    )
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    sit_in_critical_section()
+    time.sleep(60)  # Not reached: SIGKILL comes first.
+
+
+def phase_guard(options):
+    """Every client adds to, and counts under a mutex on, node 0's server."""
+    del options
+    from tf_decentral.strategies import _async_gossip_runtime as runtime_lib
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    layout = runtime_lib.layout_from_resolver(resolver)
+    runtime_lib.get_runtime(layout, 120)
+    locks = _async_gossip_exchange.Locks(layout, 30.0)
+    node, n = layout.node, layout.num_nodes
+    device = layout.server_device(0)
+    with tf.device(device):
+        total = tf.raw_ops.VarHandleOp(
+            dtype=tf.int64, shape=[], container="", shared_name="guard/total"
+        )
+        count = tf.raw_ops.VarHandleOp(
+            dtype=tf.int64, shape=[], container="", shared_name="guard/count"
+        )
+        mutex = tf.CriticalSection(shared_name="guard/mutex")
+        if node == 0:
+            zero = tf.constant(0, tf.int64)
+            tf.raw_ops.AssignVariableOp(resource=total, value=zero)
+            tf.raw_ops.AssignVariableOp(resource=count, value=zero)
+    locks.barrier(range(n), 120, "created")
+
+    @tf.function
+    def add_and_count():
+        with tf.device(device):
+            tf.raw_ops.AssignAddVariableOp(
+                resource=total, value=tf.constant(1, tf.int64)
+            )
+
+            def body():  # read, then write: atomic only under the mutex
+                value = tf.raw_ops.ReadVariableOp(
+                    resource=count, dtype=tf.int64
+                )
+                write = tf.raw_ops.AssignVariableOp(
+                    resource=count, value=value + 1
+                )
+                with tf.control_dependencies([write]):
+                    return tf.identity(value)
+
+            return mutex.execute(body, exclusive_resource_access=False)
+
+    repeats = 200
+    for _ in range(repeats):
+        add_and_count()
+    locks.barrier(range(n), 120, "added")
+    with tf.device(device):
+        seen = [
+            int(tf.raw_ops.ReadVariableOp(resource=h, dtype=tf.int64))
+            for h in (total, count)
+        ]
+    report(
+        {
+            "node": node,
+            "total": seen[0],
+            "count": seen[1],
+            "expected": n * repeats,
+        }
+    )
+    locks.barrier(range(n), 120, "read")
+    time.sleep(2)  # Peers may still be polling this worker's barrier.
+
+
+def phase_startup(options):
+    """Starts the strategy; every client then reads every server."""
+    start = time.monotonic()
+    strategy = make_strategy(options)
+    nodes = range(strategy.num_workers)
+    strategy.extended.locks.barrier(nodes, 60, "started")
+    contexts = []
+
+    def dataset_fn(context):
+        contexts.append(
+            (context.num_input_pipelines, context.input_pipeline_id)
+        )
+        return tf.data.Dataset.range(4).batch(2)
+
+    strategy.distribute_datasets_from_function(dataset_fn)
+    report(
+        {
+            "node": strategy.node,
+            "seconds": time.monotonic() - start,
+            "connect_seconds": strategy.extended._runtime.connect_seconds,
+            "input_context": contexts[0],
+        }
+    )
+    time.sleep(2)  # Peers may still be polling this worker's barrier.
+
+
+def main(phase, options):
+    phases = {
+        "fit": phase_fit,
+        "conserve": phase_conserve,
+        "guard": phase_guard,
+        "kill": phase_kill,
+        "startup": phase_startup,
+    }
+    phases[phase](options)
+    if options.get("normal_exit"):
+        return  # Let the interpreter and TF tear down as a user's script.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leave without TF's teardown: a peer may still be exchanging with this
+    # worker's server, and the test only needs the RESULT line.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})

@@ -1,0 +1,552 @@
+"""The shared model copies of `AsyncGossipStrategy` and their atomic exchange.
+
+Vocabulary.
+
+* **Shared copy** `x_k`: node `k`'s model, packed into one buffer per
+  (trainable, dtype) group and kept in a resource variable on node `k`'s
+  server under a fixed `shared_name`, so every worker's client can read and
+  write it by name.
+* **Local model**: the Keras variables on this worker's client device. It is
+  a cache of `x_i`: Keras computes gradients and runs the optimizer on it.
+  `base` remembers the value of `x_i` last copied into it, so
+  `delta = local - base` is the update this worker made since (optimizer
+  step, weight decay, constraints, batch-norm statistics).
+* **Exchange** with peer `j` (Lian et al. 2018, AD-PSGD): atomically
+  `m = (x_i + x_j) / 2; x_j <- m; x_i <- m + delta`; then local and base
+  `<- x_i`. A **solo** exchange (no live peer) is `x_i <- x_i + delta`.
+
+Locks. Each node has one lock, a *lease* kept on its server: an owner token
+and an expiry time, changed only inside a small `tf.CriticalSection` on that
+server (try-acquire: take the lease if it is free or expired; write-release:
+write the copy if we still own the lease, then free it). An exchange
+try-acquires the locks of `i` and `j`, reads both copies, computes, and
+write-releases both, in one function call; if either lock was busy nothing
+is written and the caller retries. So:
+
+* every write of `x_k` happens while its writer owns `k`'s lease, hence
+  exchanges are atomic and conserve `sum_k x_k` (apart from the deltas);
+* nobody waits for a lease: a busy one is retried later, so a caller's wait
+  is bounded by its own retry deadline, and there is no deadlock;
+* a worker killed while owning a peer's lease blocks that lease for at most
+  the lease time; one killed inside a critical section (holding the mutex)
+  frees the mutex at once, since the server cancels the dead client's work;
+* the mutexes are held for microseconds to milliseconds: a critical section
+  only updates scalars or writes a buffer already on its server (it may also
+  wait for an earlier critical section of the same exchange on a lower node,
+  see `_build`).
+
+Why not hold `tf.CriticalSection` locks across the whole exchange, as the
+prototype did: a wait for such a lock cannot be bounded. Cancelling a
+`MutexLock` that is waiting (a client-side timeout, or the server cancelling
+the request of a client that died) marks the mutex *unlocked* in TF 2.21
+(`Mutex::AcquireAsync` sets `locked_ = !cancelled`), so the next client
+enters while the owner is still inside: measured, a second client got the
+lock in 7 ms while another held it. Here the same TF bug can only bite if a
+worker dies while its critical section waits for a mutex (milliseconds); it
+could then, rarely, let two exchanges own one lease.
+
+Residual risk: a lease is fenced (a write lands only if its token still owns
+the lease), but an exchange slower than the lease time can lose its lease
+after writing one copy and before writing the other, breaking conservation
+once. Keep the timeout far above an exchange's duration.
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tf_decentral.ops import packing
+
+OPS = ("average", "swap")
+"""Pairwise operations: AD-PSGD's average, and a sum-conserving swap that
+never converges (`x_i <- x_j + 1, x_j <- x_i - 1`), for atomicity tests."""
+
+_PREFIX = "tf_decentral/async_gossip"
+_POLL_SECONDS = 0.02
+
+
+def _handle(device, dtype, shape, name):
+    with tf.device(device):
+        return tf.raw_ops.VarHandleOp(
+            dtype=dtype, shape=shape, container="", shared_name=name
+        )
+
+
+def _read(handle, dtype):
+    return tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype)
+
+
+def _assign(handle, value):
+    return tf.raw_ops.AssignVariableOp(resource=handle, value=value)
+
+
+def _is_initialized(handle):
+    return tf.raw_ops.VarIsInitializedOp(resource=handle)
+
+
+class Locks:
+    """One lease lock and one barrier counter per node, on its server.
+
+    Args:
+        layout: The cluster's `Layout`.
+        lease_seconds: How long an exchange may own a lock; a lock whose
+            owner died is free again after this.
+    """
+
+    def __init__(self, layout, lease_seconds: float):
+        self.layout = layout
+        self.lease_seconds = float(lease_seconds)
+        self.owner, self.expiry, self.mutex, self.counter = [], [], [], []
+        for k in range(layout.num_nodes):
+            device = layout.server_device(k)
+            self.owner.append(
+                _handle(device, tf.int64, [], f"{_PREFIX}/lock_owner")
+            )
+            self.expiry.append(
+                _handle(device, tf.float64, [], f"{_PREFIX}/lock_expiry")
+            )
+            self.counter.append(
+                _handle(device, tf.int64, [], f"{_PREFIX}/barrier")
+            )
+            with tf.device(device):
+                self.mutex.append(
+                    tf.CriticalSection(shared_name=f"{_PREFIX}/lock_mutex")
+                )
+        i = layout.node
+        with tf.device(layout.server_device(i)):
+            if not bool(_is_initialized(self.owner[i]).numpy()):
+                _assign(self.expiry[i], tf.constant(0.0, tf.float64))
+                _assign(self.counter[i], tf.constant(0, tf.int64))
+                _assign(self.owner[i], tf.constant(0, tf.int64))
+        self._generation = self._read_counter(i)
+        self._token = 0
+
+    def next_token(self) -> tf.Tensor:
+        """Returns a token no other lock acquisition uses (never 0)."""
+        self._token += 1
+        return tf.constant((self.layout.node + 1) << 40 | self._token, tf.int64)
+
+    def try_acquire(self, k, token):
+        """Takes node `k`'s lease for `token` if free; returns whether.
+
+        `token` must already be on node `k`'s server. Runs inside a
+        `tf.function`.
+        """
+        lease = self.lease_seconds
+
+        def body():
+            with tf.device(self.layout.server_device(k)):
+                owner = _read(self.owner[k], tf.int64)
+                expiry = _read(self.expiry[k], tf.float64)
+                now = tf.timestamp()
+                free = tf.logical_or(tf.equal(owner, 0), now > expiry)
+                writes = [
+                    _assign(self.owner[k], tf.where(free, token, owner)),
+                    _assign(
+                        self.expiry[k], tf.where(free, now + lease, expiry)
+                    ),
+                ]
+                with tf.control_dependencies(writes):
+                    return tf.identity(free)
+
+        return self.mutex[k].execute(body, exclusive_resource_access=False)
+
+    def write_release(self, k, handles, values, token, do_write):
+        """Writes `values` to `handles` on node `k` if `do_write` and `token`
+        still owns `k`'s lease; frees the lease if `token` owns it.
+
+        Returns `[written, *fresh]`, `fresh` the buffers read back after the
+        write. Runs inside a `tf.function`; every input must already be on
+        node `k`'s server.
+        """
+
+        def body():
+            with tf.device(self.layout.server_device(k)):
+                owner = _read(self.owner[k], tf.int64)
+                mine = tf.equal(owner, token)
+                written = tf.logical_and(do_write, mine)
+                writes = []
+                for handle, value in zip(handles, values):
+                    current = _read(handle, value.dtype)
+                    writes.append(
+                        _assign(handle, tf.where(written, value, current))
+                    )
+                writes.append(
+                    _assign(
+                        self.owner[k],
+                        tf.where(mine, tf.zeros_like(owner), owner),
+                    )
+                )
+                with tf.control_dependencies(writes):
+                    fresh = [_read(h, v.dtype) for h, v in zip(handles, values)]
+                    return [tf.identity(written), *fresh]
+
+        return self.mutex[k].execute(body, exclusive_resource_access=False)
+
+    def _read_counter(self, k):
+        """Returns node `k`'s barrier count (0 before `k` has started)."""
+        with tf.device(self.layout.server_device(k)):
+            if not bool(_is_initialized(self.counter[k]).numpy()):
+                return 0
+            return int(_read(self.counter[k], tf.int64).numpy())
+
+    def barrier(self, nodes, timeout: float, what: str):
+        """Waits until every node in `nodes` has reached this barrier.
+
+        Every node must call `barrier` the same number of times.
+
+        Raises:
+            RuntimeError: If some nodes do not arrive within `timeout`
+                seconds, or cannot be reached.
+        """
+        layout = self.layout
+        i = layout.node
+        self._generation += 1
+        with tf.device(layout.server_device(i)):
+            tf.raw_ops.AssignAddVariableOp(
+                resource=self.counter[i], value=tf.constant(1, tf.int64)
+            )
+        deadline = time.monotonic() + timeout
+        waiting = [k for k in nodes if k != i]
+        while waiting:
+            try:
+                waiting = [
+                    k
+                    for k in waiting
+                    if self._read_counter(k) < self._generation
+                ]
+            except tf.errors.OpError as e:
+                raise RuntimeError(
+                    f"{what} needs every worker, but "
+                    f"{layout.task(i)} cannot reach one of "
+                    f"{[layout.task(k) for k in waiting]}: "
+                    f"{type(e).__name__}: {e.message[:300]}"
+                ) from e
+            if not waiting:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{what} needs every worker to call it, but "
+                    f"{[layout.task(k) for k in waiting]} did not within "
+                    f"{timeout:g} s (waiting on {layout.task(i)})."
+                )
+            time.sleep(_POLL_SECONDS)
+
+
+class SharedModel:
+    """The shared copies of one Keras model and the exchange functions.
+
+    Args:
+        locks: The cluster's `Locks`.
+        client_device: Where the local model lives.
+        variables: The model's floating-point `tf.Variable`s.
+        name: A name unique to this model in the program, the same on every
+            worker (part of the `shared_name`s).
+        op: One of `OPS`.
+        locked: `False` skips the locks (tests prove they are needed).
+        delay_matmuls: Extra computation between reading and writing the
+            copies, to widen race windows in tests.
+    """
+
+    def __init__(
+        self,
+        locks,
+        client_device,
+        variables,
+        name,
+        *,
+        op="average",
+        locked=True,
+        delay_matmuls=0,
+    ):
+        if op not in OPS:
+            raise ValueError(f"`op` must be one of {OPS}. Received: op={op!r}")
+        self.locks = locks
+        self.layout = locks.layout
+        self.client_device = client_device
+        self.name = name
+        self._op = op
+        self._locked = locked
+        self._delay_matmuls = int(delay_matmuls)
+        groups = {}
+        for v in variables:
+            key = (bool(v.trainable), tf.as_dtype(v.dtype))
+            groups.setdefault(key, []).append(v)
+        # One group per (trainable, dtype): its variables, packed in order.
+        self.groups = list(groups.values())
+        self.trainable = [trainable for trainable, _ in groups]
+        self.dtypes = [dtype for _, dtype in groups]
+        self.sizes = [
+            sum(int(np.prod(v.shape)) for v in group) for group in self.groups
+        ]
+        self.handles = [
+            [
+                _handle(
+                    self.layout.server_device(k),
+                    dtype,
+                    [size],
+                    f"{_PREFIX}/{name}/x{g}",
+                )
+                for g, (dtype, size) in enumerate(zip(self.dtypes, self.sizes))
+            ]
+            for k in range(self.layout.num_nodes)
+        ]
+        self.ready = [
+            _handle(
+                self.layout.server_device(k),
+                tf.int64,
+                [],
+                f"{_PREFIX}/{name}/ok",
+            )
+            for k in range(self.layout.num_nodes)
+        ]
+        with tf.device(client_device):
+            self.base = [
+                tf.Variable(
+                    tf.zeros([size], dtype), trainable=False, name=f"base{g}"
+                )
+                for g, (dtype, size) in enumerate(zip(self.dtypes, self.sizes))
+            ]
+        self._functions = {}
+
+    @property
+    def trainable_groups(self):
+        return [g for g, trainable in enumerate(self.trainable) if trainable]
+
+    # Local model <-> buffers ---------------------------------------------
+
+    def _pack_local(self):
+        return [
+            packing.pack([v.read_value() for v in group])
+            for group in self.groups
+        ]
+
+    def _unpack_assign(self, buffers):
+        ops = []
+        for group, buffer in zip(self.groups, buffers):
+            parts = packing.unpack(buffer, [v.shape for v in group])
+            for v, part in zip(group, parts):
+                ops.append(v.assign(part, read_value=False))
+        return ops
+
+    def local_buffers(self):
+        """Returns the local model as one NumPy buffer per group."""
+        with tf.device(self.client_device):
+            return [b.numpy() for b in self._pack_local()]
+
+    def set_local(self, buffers):
+        """Sets the local model and `base` to `buffers` (no delta left)."""
+        with tf.device(self.client_device):
+            buffers = [
+                tf.constant(b, dtype) for b, dtype in zip(buffers, self.dtypes)
+            ]
+            self._unpack_assign(buffers)
+            for b, value in zip(self.base, buffers):
+                b.assign(value)
+
+    def read_copy(self, k):
+        """Returns node `k`'s shared copy, one NumPy buffer per group."""
+        with tf.device(self.layout.server_device(k)):
+            return [
+                _read(h, dtype).numpy()
+                for h, dtype in zip(self.handles[k], self.dtypes)
+            ]
+
+    def write_own_copy(self, buffers):
+        """Writes this node's shared copy directly (no peer may touch it)."""
+        i = self.layout.node
+        with tf.device(self.layout.server_device(i)):
+            for h, b, dtype in zip(self.handles[i], buffers, self.dtypes):
+                _assign(h, tf.constant(b, dtype))
+
+    # Start-up -------------------------------------------------------------
+
+    def _is_ready(self, k):
+        with tf.device(self.layout.server_device(k)):
+            return bool(_is_initialized(self.ready[k]).numpy())
+
+    def _wait(self, nodes, timeout, what):
+        deadline = time.monotonic() + timeout
+        waiting = list(nodes)
+        me = self.layout.task(self.layout.node)
+        while waiting:
+            try:
+                waiting = [k for k in waiting if not self._is_ready(k)]
+            except tf.errors.OpError as e:
+                raise RuntimeError(
+                    f"AsyncGossipStrategy on {me} cannot reach one of "
+                    f"{[self.layout.task(k) for k in waiting]} while waiting "
+                    f"for {what}: {type(e).__name__}: {e.message[:300]}"
+                ) from e
+            if waiting and time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"AsyncGossipStrategy on {me}"
+                    f" waited {timeout:g} s for {what} of "
+                    f"{[self.layout.task(k) for k in waiting]}. Every worker "
+                    "must run the same program and call `fit`; check the "
+                    "logs of those workers."
+                )
+            if waiting:
+                time.sleep(_POLL_SECONDS)
+
+    def initialize(self, timeout: float):
+        """Starts every worker from node 0's model; waits for all workers.
+
+        Raises:
+            ValueError: If node 0's model has a different size.
+            RuntimeError: If a worker does not get ready within `timeout`.
+        """
+        i = self.layout.node
+        if i == 0:
+            buffers = self.local_buffers()
+        else:
+            self._wait([0], timeout, "the initial model")
+            buffers = self.read_copy(0)
+            ours = [int(s) for s in self.sizes]
+            theirs = [int(b.size) for b in buffers]
+            if ours != theirs:
+                raise ValueError(
+                    "Every worker must build the same model. Received: "
+                    f"{self.layout.task(i)} has parameter groups of sizes "
+                    f"{ours}, {self.layout.task(0)} has {theirs}."
+                )
+        self.set_local(buffers)
+        self.write_own_copy(buffers)
+        with tf.device(self.layout.server_device(i)):
+            _assign(self.ready[i], tf.constant(1, tf.int64))
+        self._wait(range(self.layout.num_nodes), timeout, "the start")
+
+    # Exchange -------------------------------------------------------------
+
+    def _combine(self, xi, xj):
+        """Returns `(new_i, new_j)` before the delta; on node j's server."""
+        if self._delay_matmuls:
+            seed = tf.reduce_sum(xi[0][:1]) * 0.0
+            block = tf.fill([96, 96], 0.01) + tf.cast(seed, tf.float32)
+
+            def step(n, b):
+                return n + 1, tf.tanh(tf.matmul(b, b))
+
+            _, block = tf.while_loop(
+                lambda n, _: n < self._delay_matmuls,
+                step,
+                [tf.constant(0), block],
+            )
+            zero = tf.reduce_sum(block) * 0.0
+            xi = [a + tf.cast(zero, a.dtype) for a in xi]
+        if self._op == "swap":
+            one = [tf.ones_like(a) for a in xi]
+            return (
+                [b + o for b, o in zip(xj, one)],
+                [a - o for a, o in zip(xi, one)],
+            )
+        means = [(a + b) * tf.constant(0.5, a.dtype) for a, b in zip(xi, xj)]
+        return means, means
+
+    def _build(self, j):
+        """Returns the `tf.function` exchanging with `j` (None: solo).
+
+        Lock order. Inside a `tf.function`, TF chains every stateful op that
+        takes no resource (`Timestamp`, `ConsumeMutexLock`) in program order
+        (automatic control dependencies), whatever device it runs on. So a
+        critical section created later in the function cannot finish, and
+        keeps its mutex, until every earlier one has finished. Creating the
+        critical sections of node `lo` before those of node `hi > lo`, in
+        every exchange, means a mutex is only ever held while waiting for a
+        lower one: no cycle, no deadlock. (Acquiring `i` then `j` deadlocked
+        three workers within 50 exchanges.)
+        """
+        layout, locks = self.layout, self.locks
+        i = layout.node
+        nodes = [i] if j is None else sorted([i, j])
+        device = {k: layout.server_device(k) for k in nodes}
+        dtypes = self.dtypes
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
+        def exchange(token):
+            with tf.device(self.client_device):
+                local = self._pack_local()
+                deltas = [a - b.read_value() for a, b in zip(local, self.base)]
+            tokens = {}
+            for k in nodes:
+                with tf.device(device[k]):
+                    tokens[k] = tf.identity(token)
+            with tf.device(device[i]):
+                deltas_i = [tf.identity(d) for d in deltas]
+            if self._locked:
+                got = [locks.try_acquire(k, tokens[k]) for k in nodes]
+            else:
+                got = [tf.constant(True)]
+            both, copies = {}, {}
+            for k in nodes:
+                with tf.device(device[k]):
+                    both[k] = tf.reduce_all(tf.stack(got))
+                    with tf.control_dependencies([both[k]]):
+                        copies[k] = [
+                            _read(h, d) for h, d in zip(self.handles[k], dtypes)
+                        ]
+            if j is None:
+                new = {i: copies[i]}
+            else:
+                with tf.device(device[j]):
+                    half_i, new_j = self._combine(copies[i], copies[j])
+                new = {i: half_i, j: new_j}
+            with tf.device(device[i]):
+                new[i] = [a + d for a, d in zip(new[i], deltas_i)]
+            outs = {}
+            for k in nodes:
+                if self._locked:
+                    outs[k] = locks.write_release(
+                        k, self.handles[k], new[k], tokens[k], both[k]
+                    )
+                    continue
+                with tf.device(device[k]):
+                    writes = [
+                        _assign(h, v) for h, v in zip(self.handles[k], new[k])
+                    ]
+                    with tf.control_dependencies(writes):
+                        outs[k] = [tf.constant(True)] + [
+                            _read(h, d) for h, d in zip(self.handles[k], dtypes)
+                        ]
+            written, fresh = outs[i][0], outs[i][1:]
+            with tf.device(self.client_device):
+                done = [outs[k][0] for k in nodes]
+                with tf.control_dependencies(done):
+                    written = tf.identity(written)
+                new_local = [
+                    tf.where(written, f, a) for f, a in zip(fresh, local)
+                ]
+                updates = self._unpack_assign(new_local)
+                updates += [
+                    b.assign(tf.where(written, f, b.read_value()))
+                    for b, f in zip(self.base, fresh)
+                ]
+                with tf.control_dependencies(updates):
+                    return tf.identity(written)
+
+        return exchange
+
+    def exchange(self, j, token) -> bool:
+        """Runs one exchange with peer `j` (None: solo); returns whether it
+        happened (False: a lock was busy, nothing changed)."""
+        if j not in self._functions:
+            self._functions[j] = self._build(j)
+        return bool(self._functions[j](token).numpy())
+
+    def release(self, token):
+        """Frees this node's lease if `token` owns it (after an error)."""
+        i = self.layout.node
+        if ("release", i) not in self._functions:
+            locks = self.locks
+
+            @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
+            def release(token):
+                with tf.device(self.layout.server_device(i)):
+                    token = tf.identity(token)
+                    return locks.write_release(
+                        i, [], [], token, tf.constant(False)
+                    )[0]
+
+            self._functions[("release", i)] = release
+        self._functions[("release", i)](token)
