@@ -5,16 +5,20 @@ configured before TensorFlow initializes, and two MirroredStrategy instances
 with different device counts in one process clash on collective group keys)
 and each model, measures the steady-state ms/step of `model.fit` on synthetic
 data for every strategy, with the same model, global batch and optimizer (SGD
-with momentum), `steps_per_execution=1`. Strategies are interleaved and the
-whole set is repeated `--rounds` times (order rotated each round); the report
-gives the median over rounds of each round's median step time, and the ratio
-to MirroredStrategy.
+with momentum), `steps_per_execution=1`. After a warm-up `model.fit` epoch
+(whose last steps, timed by a callback, are reported as a cross-check), the
+train function `fit` calls once per step is timed on a persistent iterator in
+blocks of `--steps` steps; strategies are interleaved and the whole set is
+repeated `--rounds` times (order rotated each round). The report gives the
+median over rounds of each block's median step time, and the median of the
+per-round ratios to MirroredStrategy.
 
-A second part times the mixing alone: `strategy.extended.mix(variables)` in a
-`tf.function` in cross-replica context, against the batched all-reduce that
-Keras issues under MirroredStrategy (`ReplicaContext.all_reduce(SUM, grads)`)
-on tensors of the same shapes, and a breakdown of the package's `mix` into
-its stages (read+pack, +stack, +tensordot, +split+assign).
+A second part (its own subprocess per replica count) times the mixing
+alone: `strategy.extended.mix(variables)` in a `tf.function` in cross-replica
+context, against the batched all-reduce that Keras issues under
+MirroredStrategy (`ReplicaContext.all_reduce(SUM, grads)`) on tensors of the
+same shapes, and a breakdown of the package's `mix` into its stages
+(read+pack, +stack, +tensordot, +split+assign).
 
 Strategy specs: `mirrored`, or `TOPOLOGY[:UPDATE][+VARIANT]`, e.g. `ring`,
 `ring:atc`, `one_peer_exponential+xla`, where VARIANT is one of
@@ -23,9 +27,10 @@ installed `tfd.GossipStrategy`).
 
 Usage:
     python bench/single_host/step_time.py --replicas 4 8 \
-        --models mlp cnn mlp_large --rounds 3
+        --models mlp cnn mlp_large
 
-Writes `step_time.{csv,md,json}` (and `mix_cost.csv`) to `--out`.
+Writes `step_time.{csv,md,json}`, `step_time_rounds.csv` and `mix_cost.csv`
+to `--out`. See README.md.
 """
 
 import argparse
