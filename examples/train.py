@@ -31,7 +31,7 @@ from absl import logging
 
 import models  # examples/models.py, next to this script
 
-STRATEGIES = ("gossip", "downpour", "allreduce", "mirrored")
+STRATEGIES = ("gossip", "async_gossip", "downpour", "allreduce", "mirrored")
 TOPOLOGIES = (
     "ring",
     "torus",
@@ -46,7 +46,10 @@ _STRATEGY = flags.DEFINE_enum(
     "gossip",
     STRATEGIES,
     "gossip: tf_decentral.GossipStrategy (D-PSGD; one host or the workers of "
-    "a cluster). downpour: tf_decentral.DownpourParameterServerStrategy "
+    "a cluster). async_gossip: tf_decentral.AsyncGossipStrategy (AD-PSGD; "
+    "the workers of a cluster, each at its own pace, each on its own shard; "
+    "every worker prints its own RESULT). downpour: "
+    "tf_decentral.DownpourParameterServerStrategy "
     "(Downpour SGD / the PS protocols of --protocol; a cluster with a chief, "
     "workers and ps tasks: the chief trains, the other tasks serve). "
     "allreduce: tf_decentral.AllReduceStrategy (synchronous "
@@ -211,6 +214,13 @@ def _check_flags(config):
                 "--strategy=downpour ...`."
             )
         return
+    if _STRATEGY.value == "async_gossip" and config is None:
+        raise app.UsageError(
+            "--strategy=async_gossip needs a cluster of at least 2 workers. "
+            "Received: no TF_CONFIG. Run it under `python -m "
+            "tf_decentral.launch --workers 4 -- python examples/train.py "
+            "--strategy=async_gossip ...`."
+        )
     if config is None:
         if _STRATEGY.value == "gossip" and _NUM_REPLICAS.value < 2:
             raise app.UsageError(
@@ -279,6 +289,13 @@ def _make_strategy(name, config, devices):
             topology=_TOPOLOGY.value,
             devices=devices,
             update=_UPDATE.value,
+            communication_options=options,
+        )
+    if name == "async_gossip":
+        return tfd.strategies.get(
+            "async_gossip",
+            topology=_TOPOLOGY.value,
+            seed=_SEED.value,
             communication_options=options,
         )
     if name == "downpour":
@@ -353,7 +370,12 @@ def _datasets(strategy, seed):
     num_train = int(train.cardinality())  # known for tfds (and mock) data
     if num_train < 0:
         num_train = info.splits["train"].num_examples
-    steps = num_train // (per_replica * strategy.num_replicas_in_sync)
+    # Steps per epoch: one pass over the training split by all replicas (an
+    # AsyncGossipStrategy worker is one replica of `num_workers`).
+    replicas = strategy.num_replicas_in_sync
+    if _STRATEGY.value == "async_gossip":
+        replicas = strategy.num_workers
+    steps = num_train // (per_replica * replicas)
     shape = info.features["image"].shape
     classes = info.features["label"].num_classes
     return distributed, test, shape, classes, max(1, steps)
@@ -375,7 +397,7 @@ def train_once(strategy_name, config, devices):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
-    gossip = strategy_name == "gossip"
+    gossip = strategy_name in ("gossip", "async_gossip")
     callbacks = []
     if gossip:
         callbacks.append(
@@ -391,7 +413,9 @@ def train_once(strategy_name, config, devices):
             ),
             keras.callbacks.TensorBoard(os.path.join(run_dir, "logs", task)),
         ]
-    if gossip:
+    if strategy_name == "async_gossip":
+        label = f"async_gossip({_TOPOLOGY.value})"
+    elif gossip:
         label = f"gossip({_TOPOLOGY.value}, {_UPDATE.value})"
     elif strategy_name == "downpour":
         label = (
@@ -432,6 +456,10 @@ def train_once(strategy_name, config, devices):
         result["consensus_distance"] = strategy.consensus_distance(model)
         # Each replica (or worker) evaluates its own copy.
         result["local_accuracy"] = model.evaluate(test, verbose=0)[1]
+        if strategy_name == "async_gossip":
+            result["exchanges"] = strategy.exchange_counts
+            result["dropped_peers"] = strategy.dropped_peers
+        # Every worker calls it (a collective for the multi-worker ones).
         strategy.average_weights(model)
     if strategy_name == "downpour":
         result["staleness"] = strategy.staleness_histogram()
@@ -439,7 +467,7 @@ def train_once(strategy_name, config, devices):
     result["accuracy"] = model.evaluate(test, verbose=0)[1]
     if run_dir:
         path = os.path.join(run_dir, "model.keras")
-        if gossip:
+        if strategy_name == "gossip":
             strategy.save(model, path)
         elif config is None or config.is_chief:
             model.save(path)
@@ -456,6 +484,12 @@ def _describe(result):
             f" (averaged model; local copy {result['local_accuracy']:.4f}), "
             f"consensus distance {result['consensus_distance']:.3g}"
         )
+    if "exchanges" in result:
+        exchanges = result["exchanges"]
+        peers = sum(v for k, v in exchanges.items() if isinstance(k, int))
+        text += f", {peers} exchanges"
+        if result["dropped_peers"]:
+            text += f", dropped peers {sorted(result['dropped_peers'])}"
     if "staleness" in result:
         histogram = result["staleness"]
         pushes = sum(histogram.values())

@@ -5,8 +5,11 @@ Each variant is a subclass of the package's `_GossipExtended` that overrides
 `GossipStrategy` whose `extended` is that subclass. The package itself is not
 modified. Variants:
 
-* `package`: the installed `GossipStrategy` (pack per replica, `tf.stack` of
-  the support's buffers, `tf.tensordot` with the weight row, split, assign).
+* `package`: the installed `GossipStrategy` with its default mix (since
+  session 2 the `xla` variant below, moved into the package).
+* `packed`: the installed `GossipStrategy(mix_implementation="packed")`
+  (pack per replica, `tf.stack` of the support's buffers, `tf.tensordot`
+  with the weight row, split, assign; the package's mix of session 1).
 * `nomix`: `mix` does nothing (local SGD without communication). The floor
   a gossip step can reach: step(gossip) - step(nomix) is the in-situ cost of
   mixing.
@@ -38,7 +41,7 @@ from tf_decentral.ops import packing
 from tf_decentral.strategies import _keras_hooks
 from tf_decentral.strategies import gossip
 
-VARIANTS = ("package", "nomix", "addn", "active", "xla", "pervar")
+VARIANTS = ("package", "packed", "nomix", "addn", "active", "xla", "pervar")
 
 
 def _weights(table, t, i, cols, dtype):
@@ -223,7 +226,6 @@ class PerVarExtended(_VariantExtended):
 
 
 _EXTENDED = {
-    "package": gossip._GossipExtended,
     "nomix": NoMixExtended,
     "addn": AddNExtended,
     "active": ActiveExtended,
@@ -247,13 +249,17 @@ class VariantGossipStrategy(gossip.GossipStrategy):
             gossip.GossipStrategy._instances
         )
         tf.distribute.Strategy.__init__(
-            self, _EXTENDED[variant](self, devices, topo, update)
+            self, _EXTENDED[variant](self, devices, topo, update, "packed")
         )
 
 
 def make_strategy(topology, devices, update="dpsgd", variant="package"):
     if variant == "package":
         return gossip.GossipStrategy(topology, devices, update=update)
+    if variant == "packed":
+        return gossip.GossipStrategy(
+            topology, devices, update=update, mix_implementation="packed"
+        )
     return VariantGossipStrategy(
         topology, devices, update=update, variant=variant
     )

@@ -59,19 +59,19 @@ DEFAULT_STRATEGIES = (
     "exponential",
     "ring:atc",
     "ring+nomix",
-    "ring+xla",
-    "one_peer_exponential+xla",
+    "ring+packed",
+    "one_peer_exponential+packed",
 )
 DEFAULT_MIX_SPECS = (
     "ring+package",
+    "ring+packed",
     "ring+addn",
     "ring+pervar",
-    "ring+xla",
     "one_peer_exponential+package",
+    "one_peer_exponential+packed",
     "one_peer_exponential+active",
-    "one_peer_exponential+xla",
     "exponential+package",
-    "exponential+xla",
+    "exponential+packed",
 )
 
 
@@ -490,7 +490,7 @@ def mix_bench(args, n, devices, strategies, tf, keras):
         ):
             fn = tf.function(lambda upto=upto, stages=stages: stages(upto))
             benches.append(
-                (m, f"ring package stages {upto}", fn, (), {"stage": upto})
+                (m, f"ring packed stages {upto}", fn, (), {"stage": upto})
             )
 
     for _, _, fn, fn_args, _ in benches:  # trace, compile, warm up
@@ -768,7 +768,7 @@ def markdown(args, info, summary, mix_rows, workers, command):
             "in a `tf.function`, topology T, variant V "
             "(`mix_variants.py`); `mirrored all_reduce(SUM)`: the batched "
             "all-reduce Keras issues under MirroredStrategy, on tensors of "
-            "the same shapes; `ring package stages`: the package's mix cut "
+            "the same shapes; `ring packed stages`: the packed mix cut "
             "after each stage (cumulative).",
             "",
         ]

@@ -77,8 +77,10 @@ def test_compare_allreduce_prints_both(capsys):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("strategy", ["gossip", "allreduce", "downpour"])
-def test_through_the_launcher(strategy):
+@pytest.mark.parametrize(
+    "strategy", ["gossip", "async_gossip", "allreduce", "downpour"]
+)
+def test_through_the_launcher(strategy, tmp_path):
     env = dict(
         os.environ, TF_NUM_INTEROP_THREADS="2", TF_NUM_INTRAOP_THREADS="1"
     )
@@ -100,6 +102,7 @@ def test_through_the_launcher(strategy):
         f"--strategy={strategy}",
         *SMOKE,
         *extra,
+        f"--model_dir={tmp_path}",
     ]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=240, env=env
@@ -116,6 +119,13 @@ def test_through_the_launcher(strategy):
             assert "downpour(async" in lines[0] and "pushes" in lines[0]
         else:
             assert f"on {task} of 2 workers" in lines[0]
+        if strategy == "async_gossip":
+            # Each worker trained its own model, exchanging with the other.
+            assert "async_gossip(ring)" in lines[0], lines[0]
+            assert "consensus distance" in lines[0]
+            exchanges = int(lines[0].split(" exchanges")[0].split()[-1])
+            assert exchanges >= 1, lines[0]
+    assert (tmp_path / strategy / "model.keras").exists()
     if strategy == "downpour":
         for task in ("worker:0", "worker:1", "ps:0"):
             assert f"[{task}] {task} serving for the chief" in done.stdout
@@ -138,6 +148,12 @@ def _tf_config(num_workers, num_ps=0):
         (["--compare_allreduce"], _tf_config(2), "one host"),
         (["--strategy=gossip"], _tf_config(2, num_ps=1), "Launch without --ps"),
         (["--strategy=downpour"], None, "needs a cluster with ps tasks"),
+        (["--strategy=async_gossip"], None, "at least 2 workers"),
+        (
+            ["--strategy=async_gossip"],
+            _tf_config(2, num_ps=1),
+            "Launch without --ps",
+        ),
         (["--strategy=downpour"], _tf_config(2), "no ps tasks"),
         (
             ["--strategy=downpour", "--protocol=softsync"],

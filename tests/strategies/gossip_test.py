@@ -72,10 +72,18 @@ class GossipMathTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.product(
         update=["dpsgd", "atc"],
         topology_name=["ring", "one_peer_exponential", "random_matching"],
+        mix_implementation=["xla", "packed"],
     )
-    def test_matches_numpy_reference(self, update, topology_name):
+    def test_matches_numpy_reference(
+        self, update, topology_name, mix_implementation
+    ):
         topology = topo.get(topology_name, N)
-        strategy = tfd.GossipStrategy(topology, DEVICES, update=update)
+        strategy = tfd.GossipStrategy(
+            topology,
+            DEVICES,
+            update=update,
+            mix_implementation=mix_implementation,
+        )
         lr = 0.05
         model = _linear_model(strategy, lambda: keras.optimizers.SGD(lr))
         w0 = model.layers[0].kernel.numpy()
@@ -158,6 +166,8 @@ class GossipMathTest(tf.test.TestCase, parameterized.TestCase):
         # Traced once per replica and once for the update of the step.
         self.assertGreaterEqual(counts["local_gradients"], N)
         self.assertGreaterEqual(counts["mix"], 1)
+        # The default mix is the XLA one: one compiled sum per device.
+        self.assertGreaterEqual(counts["xla_mix"], N)
         for name in ("reduce_gradients", "apply_gradients"):
             self.assertGreater(
                 _keras_hooks.hook_counts[name], before.get(name, 0), name
@@ -278,6 +288,10 @@ class GossipValidationTest(tf.test.TestCase):
     def test_unknown_update(self):
         with self.assertRaisesRegex(ValueError, "`update` must be one of"):
             tfd.GossipStrategy("ring", DEVICES, update="sgd")
+
+    def test_unknown_mix_implementation(self):
+        with self.assertRaisesRegex(ValueError, "mix_implementation.*'fast'"):
+            tfd.GossipStrategy("ring", DEVICES, mix_implementation="fast")
 
     def test_unknown_topology_name(self):
         with self.assertRaisesRegex(ValueError, "hypercube"):

@@ -34,6 +34,7 @@ References:
 """
 
 import collections
+import functools
 import itertools
 import os
 from collections.abc import Sequence
@@ -54,6 +55,7 @@ from tf_decentral.ops import packing
 from tf_decentral.strategies import _keras_hooks
 
 UPDATE_RULES = ("dpsgd", "atc")
+MIX_IMPLEMENTATIONS = ("xla", "packed")
 
 _ONLY_FIRST_REPLICA = variable_scope.VariableAggregation.ONLY_FIRST_REPLICA
 
@@ -197,10 +199,13 @@ class _GossipExtended(
 ):
     """Implementation of `GossipStrategy` on the devices of one host."""
 
-    def __init__(self, container_strategy, devices, topology, update):
+    def __init__(
+        self, container_strategy, devices, topology, update, mix_implementation
+    ):
         super().__init__(container_strategy, devices=devices)
         self._topology = topology
         self._update_rule = update
+        self._mix_implementation = mix_implementation
         table = topology.weights_table()
         self._weights_table = table
         # support[i]: the nodes node i ever mixes in (itself included).
@@ -236,9 +241,15 @@ class _GossipExtended(
     def mix(self, variables, step=0):
         """One gossip round `x_i <- sum_j W_t[i, j] x_j` over `variables`.
 
-        All variables of one dtype are packed into one buffer per replica, so
-        a round costs one weighted sum per device whatever the number of
-        variables. Must run in cross-replica context.
+        Must run in cross-replica context. With `mix_implementation="xla"`
+        every device runs one XLA-compiled function that fuses the weighted
+        sums of all variables of one dtype (reads `k x P`, writes `P`
+        elements; no concat, stack or split copies) and, for a time-varying
+        topology, a `tf.switch_case` on `t mod period` picks the branch that
+        reads only that round's nonzero neighbours. With `"packed"` all
+        variables of one dtype are packed into one buffer per replica and
+        mixed with one `tensordot` per device over every neighbour any round
+        uses (no XLA; the weights of a round select the peers).
 
         Args:
             variables: `GossipVariable`s of this strategy.
@@ -248,41 +259,93 @@ class _GossipExtended(
         if not variables:
             return
         self.hook_counts["mix"] += 1
-        period = self._topology.period
         by_dtype = collections.defaultdict(list)
         for v in variables:
             by_dtype[v.dtype.base_dtype].append(v)
-        if period > 1:
+        row_index = None
+        if self._topology.period > 1:
             step = tf.convert_to_tensor(step)
-            row_index = tf.cast(step, tf.int64) % period
+            row_index = tf.cast(
+                tf.cast(step, tf.int64) % self._topology.period, tf.int32
+            )
+        mix_group = (
+            self._mix_group_xla
+            if self._mix_implementation == "xla"
+            else self._mix_group_packed
+        )
         for dtype, group in by_dtype.items():
-            shapes = [v.shape for v in group]
-            buffers = []
-            for r, device in enumerate(self._devices):
-                with tf.device(device):
-                    buffers.append(
-                        packing.pack([v.values[r].read_value() for v in group])
+            mix_group(dtype, group, row_index)
+
+    def _mix_group_xla(self, dtype, group, row_index):
+        table = self._weights_table
+        reads = []
+        for r, device in enumerate(self._devices):
+            with tf.device(device):
+                reads.append([v.values[r].read_value() for v in group])
+
+        def mix_row(t, i):
+            cols = [int(j) for j in np.flatnonzero(table[t, i])]
+            weights = tf.constant(table[t, i, cols], dtype)
+            return _xla_weighted_sum(weights, [reads[j] for j in cols])
+
+        for i, device in enumerate(self._devices):
+            with tf.device(device):
+                if row_index is None:
+                    mixed = mix_row(0, i)
+                else:
+                    mixed = tf.switch_case(
+                        row_index,
+                        [
+                            functools.partial(mix_row, t, i)
+                            for t in range(self._topology.period)
+                        ],
                     )
-            mixed = []
-            for i, device in enumerate(self._devices):
-                support = self._support[i]
-                with tf.device(device):
-                    if period == 1:
-                        w = tf.constant(
-                            self._weights_table[0, i, support], dtype
-                        )
-                    else:
-                        rows = tf.constant(
-                            self._weights_table[:, i, support], dtype
-                        )
-                        w = tf.gather(rows, row_index)
-                    stacked = tf.stack([buffers[j] for j in support])
-                    mixed.append(tf.tensordot(w, stacked, axes=1))
-            for i, device in enumerate(self._devices):
-                with tf.device(device):
-                    parts = packing.unpack(mixed[i], shapes)
-                    for v, part in zip(group, parts):
-                        v.values[i].assign(part, read_value=False)
+                self.hook_counts["xla_mix"] += 1
+                for v, value in zip(group, mixed):
+                    v.values[i].assign(value, read_value=False)
+
+    def _mix_group_packed(self, dtype, group, row_index):
+        shapes = [v.shape for v in group]
+        buffers = []
+        for r, device in enumerate(self._devices):
+            with tf.device(device):
+                buffers.append(
+                    packing.pack([v.values[r].read_value() for v in group])
+                )
+        mixed = []
+        for i, device in enumerate(self._devices):
+            support = self._support[i]
+            with tf.device(device):
+                if row_index is None:
+                    w = tf.constant(self._weights_table[0, i, support], dtype)
+                else:
+                    rows = tf.constant(
+                        self._weights_table[:, i, support], dtype
+                    )
+                    w = tf.gather(rows, row_index)
+                stacked = tf.stack([buffers[j] for j in support])
+                mixed.append(tf.tensordot(w, stacked, axes=1))
+        for i, device in enumerate(self._devices):
+            with tf.device(device):
+                parts = packing.unpack(mixed[i], shapes)
+                for v, part in zip(group, parts):
+                    v.values[i].assign(part, read_value=False)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _xla_weighted_sum(weights, groups):
+    """`[sum_j weights[j] * groups[j][v] for v]`, one XLA cluster.
+
+    `groups[j]` holds the values of every variable of node `j` (all of one
+    dtype). XLA fuses the per-variable sums into one kernel launch per device.
+    """
+    out = []
+    for v in range(len(groups[0])):
+        acc = weights[0] * groups[0][v]
+        for j in range(1, len(groups)):
+            acc = acc + weights[j] * groups[j][v]
+        out.append(acc)
+    return out
 
 
 def _default_devices():
@@ -376,10 +439,18 @@ class GossipStrategy(tf.distribute.Strategy):
         update: `"dpsgd"` (mix, then apply the local gradient computed before
             mixing; Lian et al. 2017) or `"atc"` (apply the local update, then
             mix).
+        mix_implementation: How the devices of one host mix. `"xla"` (the
+            default on one host): one XLA-compiled weighted sum per device
+            over the current round's neighbours. `"packed"`: no XLA; all
+            variables packed into one buffer per replica, one `tensordot`
+            per device. Both compute the same round (up to float rounding).
+            Not used across the workers of a cluster, which exchange packed
+            buffers over the network.
 
     Raises:
-        ValueError: For fewer than 2 devices, an unknown `update` or topology
-            name, or a topology whose size is not the number of devices.
+        ValueError: For fewer than 2 devices, an unknown `update`,
+            `mix_implementation` or topology name, or a topology whose size
+            is not the number of devices.
 
     __Known issues__: like `tf.distribute.MirroredStrategy`, it does not
     support Keras' `gradient_accumulation_steps` or `use_ema` with
@@ -405,6 +476,7 @@ class GossipStrategy(tf.distribute.Strategy):
         devices=None,
         *,
         update="dpsgd",
+        mix_implementation=None,
         cluster_resolver=None,
         communication_options=None,
     ):
@@ -413,11 +485,28 @@ class GossipStrategy(tf.distribute.Strategy):
                 f"`update` must be one of {UPDATE_RULES}. "
                 f"Received: update={update!r}"
             )
+        if (
+            mix_implementation is not None
+            and mix_implementation not in MIX_IMPLEMENTATIONS
+        ):
+            raise ValueError(
+                "`mix_implementation` must be one of "
+                f"{MIX_IMPLEMENTATIONS} or None. "
+                f"Received: mix_implementation={mix_implementation!r}"
+            )
         if cluster_resolver is None:
             cluster_resolver = _multi_worker_resolver_from_env()
         _keras_hooks.install()
         self._collective_key_base = 1_000_000 + 1_000 * next(self._instances)
         if cluster_resolver is not None:
+            if mix_implementation is not None:
+                raise ValueError(
+                    "`mix_implementation` chooses how the devices of one "
+                    "host mix; the workers of a cluster exchange packed "
+                    "buffers over the network. Received: "
+                    f"mix_implementation={mix_implementation!r} and a "
+                    "cluster of workers."
+                )
             if devices is not None:
                 raise ValueError(
                     "`devices` cannot be set with a cluster: each worker "
@@ -446,7 +535,9 @@ class GossipStrategy(tf.distribute.Strategy):
                 )
             devices = _resolve_devices(devices)
             topo = topology_lib.resolve(topology, len(devices))
-            extended = _GossipExtended(self, devices, topo, update)
+            extended = _GossipExtended(
+                self, devices, topo, update, mix_implementation or "xla"
+            )
         super().__init__(extended)
 
     @property
