@@ -218,6 +218,12 @@ def bad_input(strategy, model, x, y):
         model2.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
     except ValueError as e:
         errors["optimizer_scope"] = str(e)
+    try:
+        strategy.distribute_datasets_from_function(
+            lambda context: tf.data.Dataset.from_tensor_slices((x, y))
+        )
+    except NotImplementedError as e:
+        errors["datasets_from_function"] = str(e)
     return errors
 
 

@@ -129,6 +129,9 @@ class TrainFunction:
         with self._explained():
             self._dispatch(final=True)
             self._wait_all()
+            # softsync/sync: apply what is still buffered, so the epoch's
+            # logs, checkpoint and the final model contain every push.
+            self.state.flush_pending()
             self.active = False
             return self._read_logs(force=True)
 

@@ -21,7 +21,11 @@ Protocols: `"async"` applies every push at once (Downpour, A-PSGD; applies
 of different pushes may interleave on a shard, as in DistBelief);
 `"softsync"` adds pushes to per-shard buffers and applies their average
 once `required` pushes are in (Rudra's n-softsync); `"sync"` is the same
-with `required` = the number of workers, plus a barrier on the chief. A
+with `required` = the number of workers, plus a barrier on the chief. At
+the end of every epoch the chief flushes the buffers: pushes still waiting
+(fewer than `required`) are applied as one update with their own average,
+so that nothing accepted is left out of the epoch's checkpoint or the final
+model. A
 `tf.CriticalSection` on ps task 0 makes claiming a push id (all protocols)
 and the whole buffer-and-apply (softsync, sync) atomic.
 """
@@ -104,6 +108,8 @@ class ParameterServerState:
         self.staleness_lr = staleness_lr
         self.ring_size = ring_size
         self.targets = targets_of(model.trainable_variables)
+        self._mask = None  # Targets with gradients (set when a push traces).
+        self._flush_function = None
         iterations = int(self.optimizer.iterations.numpy())
         with tf.init_scope(), pinned():
             with tf.device(placement.ps_device(0)):
@@ -120,6 +126,8 @@ class ParameterServerState:
                 self.pushes = counter("pushes")
                 self.duplicates = counter("duplicates")
                 self.pending = counter("pending")
+                self.flushes = counter("flushes")
+                self.flushed = counter("flushed")
                 self.staleness_sum = counter("staleness_sum")
                 self.claims = tf.Variable(
                     tf.fill([ring_size], tf.constant(-1, tf.int64)),
@@ -149,6 +157,8 @@ class ParameterServerState:
             "pushes": int(self.pushes.numpy()),
             "duplicates": int(self.duplicates.numpy()),
             "pending": int(self.pending.numpy()),
+            "flushes": int(self.flushes.numpy()),
+            "flushed": int(self.flushed.numpy()),
             "iterations": int(self.optimizer.iterations.numpy()),
         }
 
@@ -247,7 +257,90 @@ class ParameterServerState:
 
         return tf.cond(fresh, accept, self._reject), fresh
 
+    def _apply_buffers(self, mask, count, total, partial=False):
+        """Applies the mean of the `count` buffered pushes and resets the
+        buffers; `total` is their summed staleness, `mask[k]` whether target
+        `k` receives gradients. Runs under the lock, in a `tf.cond` branch.
+        """
+        graph = tf.compat.v1.get_default_graph()
+        first = len(graph.get_operations())
+        mean = tf.cast(total, tf.float32) / tf.cast(count, tf.float32)
+        scale = 1.0 / tf.cast(count, tf.float32)
+        averages = []
+        for present, buffers in zip(mask, self.buffers):
+            if not present:
+                averages.append(None)
+                continue
+            values = []
+            for buffer in buffers:
+                with tf.device(buffer.device):
+                    values.append(
+                        buffer.read_value() * tf.cast(scale, buffer.dtype)
+                    )
+            averages.append(
+                values[0] if len(values) == 1 else tf.concat(values, axis=0)
+            )
+        self._apply(averages, self._scaled_learning_rate(mean))
+        with tf.control_dependencies(_written_ops(graph, first)):
+            reset = [
+                buffer.assign(tf.zeros_like(buffer))
+                for buffers in self.buffers
+                for buffer in buffers
+            ]
+            reset += [
+                self.pending.assign(0),
+                self.staleness_sum.assign(0),
+                self.clock.assign_add(1),
+                self.optimizer.iterations.value.assign_add(1),
+            ]
+            if partial:
+                reset += [
+                    self.flushes.assign_add(1),
+                    self.flushed.assign_add(count),
+                ]
+        with tf.control_dependencies(reset):
+            return tf.constant(True)
+
+    def flush_pending(self):
+        """Applies the pushes still buffered (fewer than `required`).
+
+        Called by the chief at the end of every epoch (softsync, sync), so
+        that epoch logs, checkpoints and the final model contain every
+        accepted push. Returns whether anything was applied.
+        """
+        if self.protocol == "async":
+            return False
+        if self._flush_function is None:
+            mask = self._mask or [True] * len(self.targets)
+
+            @tf.function
+            def flush():
+                def locked():
+                    graph = tf.compat.v1.get_default_graph()
+                    first = len(graph.get_operations())
+                    count = self.pending.read_value()
+                    total = self.staleness_sum.read_value()
+                    applied = tf.cond(
+                        count > 0,
+                        lambda: self._apply_buffers(
+                            mask, count, total, partial=True
+                        ),
+                        lambda: tf.constant(False),
+                    )
+                    with tf.control_dependencies(_written_ops(graph, first)):
+                        return tf.identity(applied)
+
+                return self.lock.execute(
+                    locked, exclusive_resource_access=False
+                )
+
+            self._flush_function = flush
+        return bool(self._flush_function().numpy())
+
     def _push_buffered(self, grads, fetched_clock, push_id):
+        mask = [g is not None for g in grads]
+        self._mask = mask
+
         def locked():
             graph = tf.compat.v1.get_default_graph()
             first = len(graph.get_operations())
@@ -276,46 +369,7 @@ class ParameterServerState:
                     pushed = self.pushes.assign_add(1)
 
                 def flush():
-                    flush_graph = tf.compat.v1.get_default_graph()
-                    first_flush = len(flush_graph.get_operations())
-                    mean = tf.cast(total, tf.float32) / tf.cast(
-                        count, tf.float32
-                    )
-                    scale = 1.0 / tf.cast(count, tf.float32)
-                    averages = []
-                    for grad, buffers in zip(grads, self.buffers):
-                        if grad is None:
-                            averages.append(None)
-                            continue
-                        values = []
-                        for buffer in buffers:
-                            with tf.device(buffer.device):
-                                values.append(
-                                    buffer.read_value()
-                                    * tf.cast(scale, buffer.dtype)
-                                )
-                        averages.append(
-                            values[0]
-                            if len(values) == 1
-                            else tf.concat(values, axis=0)
-                        )
-                    self._apply(averages, self._scaled_learning_rate(mean))
-                    with tf.control_dependencies(
-                        _written_ops(flush_graph, first_flush)
-                    ):
-                        reset = [
-                            buffer.assign(tf.zeros_like(buffer))
-                            for buffers in self.buffers
-                            for buffer in buffers
-                        ]
-                        reset += [
-                            self.pending.assign(0),
-                            self.staleness_sum.assign(0),
-                            self.clock.assign_add(1),
-                            self.optimizer.iterations.value.assign_add(1),
-                        ]
-                    with tf.control_dependencies(reset):
-                        return tf.constant(True)
+                    return self._apply_buffers(mask, count, total)
 
                 with tf.control_dependencies([pushed]):
                     applied = tf.cond(

@@ -169,6 +169,11 @@ class DownpourParameterServerStrategy(
       epoch's logs, `ModelCheckpoint` and `BackupAndRestore` see every
       committed update. Per-batch logs are read from the ps tasks at most
       every 0.5 s and lag behind the workers.
+    - `"softsync"`/`"sync"`: at the end of every epoch, pushes still
+      buffered on the ps (fewer than `softsync_n`, or than the number of
+      workers after a worker died) are applied as one update with their own
+      average (`ps_stats()["flushes"]`), so that no accepted gradient is
+      left out of the epoch's checkpoint or the final model.
     - A push is the sum of the worker's gradients since its previous push.
       Pushes are idempotent: each has an id, and the ps drops a push whose
       id it has accepted already, so a closure re-run after its worker died
@@ -200,7 +205,11 @@ class DownpourParameterServerStrategy(
         warm_start_steps: The first `warm_start_steps` steps of the
             strategy's life run one closure at a time, so that no gradient
             is stale (the "warm start" of Dean et al.). At least 0; not with
-            `"sync"`.
+            `"sync"`. Dean et al. train one replica alone for a while; here
+            each warm-up closure runs on whichever worker is free, on that
+            worker's shard. The updates are the same serial, staleness-0
+            SGD (what the warm start is for), the data covers every shard,
+            and the warm-up survives the death of any one worker.
         options: A `DownpourOptions`, or None for the defaults.
 
     Raises:
@@ -318,9 +327,13 @@ class DownpourParameterServerStrategy(
 
         Keys: `clock` (updates applied), `pushes` (pushes accepted),
         `duplicates` (pushes dropped as repeats), `pending` (pushes waiting
-        in the softsync/sync buffer) and `iterations` (the optimizer's).
-        In every protocol `pushes == clock * required + pending`, with
-        `required` 1 (async), `softsync_n` or the number of workers (sync).
+        in the softsync/sync buffer), `flushes` (partial updates: at the end
+        of an epoch the ps applies the average of the fewer than `required`
+        pushes still buffered), `flushed` (the pushes those contained) and
+        `iterations` (the optimizer's, equal to `clock`). In every protocol
+        `pushes == (clock - flushes) * required + flushed + pending`, with
+        `required` 1 (async), `softsync_n` or the number of workers (sync);
+        `pending` is 0 after `fit`.
 
         Raises:
             RuntimeError: If no model has been trained yet.
@@ -341,6 +354,21 @@ class DownpourParameterServerStrategy(
         """
         del options
         return _ChiefDataset(dataset)
+
+    def distribute_datasets_from_function(self, dataset_fn, options=None):
+        """Not supported: `fit` distributes the dataset itself.
+
+        Raises:
+            NotImplementedError: Always, saying what to do instead.
+        """
+        del dataset_fn, options
+        raise NotImplementedError(
+            "DownpourParameterServerStrategy ships the dataset given to "
+            "`model.fit` to every worker itself: worker i of n reads batches "
+            "i, i + n, ... of it. Pass the dataset to `model.fit` (a "
+            "`tf.data.Dataset` or arrays, batched by `fit`). Received: a call "
+            "to `distribute_datasets_from_function`."
+        )
 
     # -- FitDriver (the Keras hooks) ------------------------------------------
 
