@@ -138,6 +138,16 @@ def test_async_counters_staleness_warm_start_placement_and_saving(tmp_path):
     # Saved on the chief, the model reloads without a strategy.
     assert result["weights_equal"]
     assert result["reload_max_diff"] < 1e-6
+    # The FitDriver's Keras patches all fired.
+    hooks = result["hook_counts"]
+    for name in (
+        "driver_train_function",
+        "driver_epoch_end",
+        "driver_reset_metrics",
+        "driver_optimizer",
+        "driver_optimizer_build",
+    ):
+        assert hooks.get(name, 0) > 0, (name, hooks)
     errors = result["errors"]
     assert "only through `model.fit`" in errors["train_on_batch"]
     assert "overrides `train_step`" in errors["train_step"]

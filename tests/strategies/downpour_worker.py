@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_decentral as tfd  # noqa: E402
+from tf_decentral.strategies import _keras_hooks  # noqa: E402
 from tf_decentral.strategies import downpour  # noqa: E402
 
 DIM = 6
@@ -176,6 +177,7 @@ def async_invariants(resolver, tmp):
     model.fit(dataset, epochs=1, verbose=0)
     result["stats_after_second_fit"] = strategy.ps_stats()
     result["errors"] = bad_input(strategy, model, x, y)
+    result["hook_counts"] = dict(_keras_hooks.hook_counts)
     return result
 
 

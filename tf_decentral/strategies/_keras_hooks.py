@@ -21,7 +21,7 @@ normalization, user code) real all-reduces.
 A strategy that is a `FitDriver` (DownpourParameterServerStrategy) replaces
 Keras' whole training step instead: `fit` calls `make_train_function`, then
 `train_function(iterator)` once per `steps_per_execution` batches. For such a
-strategy three more guarded patches apply, and do nothing for any other:
+strategy four more guarded patches apply, and do nothing for any other:
 
 * `TensorFlowTrainer.make_train_function` returns the strategy's own train
   function (`FitDriver.keras_train_function`).
@@ -29,6 +29,10 @@ strategy three more guarded patches apply, and do nothing for any other:
   the end of every epoch before the epoch's callbacks, lets the strategy
   finish the epoch's asynchronous work first (`FitDriver.keras_epoch_end`),
   so that checkpoints and epoch logs see every committed update.
+* `TensorFlowTrainer.reset_metrics`, which `fit`, `evaluate` and `predict`
+  call eagerly at the start of every epoch or run, runs in the strategy's
+  error context (`FitDriver.keras_error_context`): the metrics live on
+  remote tasks, and a task lost between two epochs fails there first.
 * `TFOptimizer.__init__`: an optimizer created in the strategy's scope is
   built on `FitDriver.keras_optimizer_variables(variables)` (e.g. the row
   shards of a sharded variable) whichever code calls its `build`.
@@ -39,6 +43,7 @@ are live on the installed Keras.
 """
 
 import collections
+import contextlib
 import threading
 
 import keras
@@ -48,8 +53,9 @@ import tensorflow as tf
 # `TFOptimizer`, whose `_all_reduce_sum_gradients`,
 # `_distributed_tf_update_step` and `__init__` we wrap, and its trainer, whose
 # `make_train_function` we wrap to explain communication failures (and to
-# hand `fit` a `FitDriver`'s train function) and whose
-# `_get_metrics_result_or_logs` we wrap to end a `FitDriver`'s epochs.
+# hand `fit` a `FitDriver`'s train function), whose
+# `_get_metrics_result_or_logs` we wrap to end a `FitDriver`'s epochs, and
+# whose `reset_metrics` we run in a `FitDriver`'s error context.
 from keras.src.backend.tensorflow import optimizer as _keras_tf_optimizer
 from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
 
@@ -119,6 +125,10 @@ class FitDriver:
     def keras_optimizer_variables(self, variables):
         """Returns the variables an optimizer is built on, given the model's."""
         return variables
+
+    def keras_error_context(self):
+        """Returns a context manager that explains communication errors."""
+        return contextlib.nullcontext()
 
 
 def overrides_train_step(model) -> bool:
@@ -246,6 +256,16 @@ def install():
                     return epoch_logs
             return original_epoch_logs(self, logs)
 
+        original_reset_metrics = trainer_cls.reset_metrics
+
+        def reset_metrics(self):
+            driver = _driver_of(getattr(self, "_distribute_strategy", None))
+            if driver is None:
+                return original_reset_metrics(self)
+            hook_counts["driver_reset_metrics"] += 1
+            with driver.keras_error_context():
+                return original_reset_metrics(self)
+
         original_init = cls.__init__
 
         def __init__(self, *args, **kwargs):
@@ -272,4 +292,5 @@ def install():
         cls.__init__ = __init__
         trainer_cls.make_train_function = make_train_function
         trainer_cls._get_metrics_result_or_logs = _get_metrics_result_or_logs
+        trainer_cls.reset_metrics = reset_metrics
         _installed = True

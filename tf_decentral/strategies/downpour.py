@@ -383,6 +383,9 @@ class DownpourParameterServerStrategy(
             return function.end_epoch()
         return None
 
+    def keras_error_context(self):
+        return driver_lib.Explained(self.coordinator)
+
     def keras_optimizer_variables(self, variables):
         return [part for v in variables for part in placement.shards_of(v)]
 
