@@ -118,3 +118,42 @@ def test_registry_knows_async_gossip():
 def test_exported():
     assert "AsyncGossipStrategy" in tfd.__all__
     assert tfd.AsyncGossipStrategy is strategies.AsyncGossipStrategy
+
+
+@pytest.mark.parametrize(
+    "topology, colouring",
+    [
+        (tfd.topology.ring(4), [0, 1, 0, 1]),
+        (tfd.topology.ring(6), [0, 1, 0, 1, 0, 1]),
+        (tfd.topology.torus(2, 4), "bipartite"),
+        (tfd.topology.ring(3), None),
+        (tfd.topology.ring(5), None),
+        (tfd.topology.complete(4), None),
+    ],
+)
+def test_two_coloring(topology, colouring):
+    from tf_decentral.strategies import async_gossip
+
+    adjacency = async_gossip._undirected_peers(topology)
+    got = async_gossip.two_coloring(adjacency)
+    if colouring is None:
+        assert got is None
+        return
+    if colouring != "bipartite":
+        assert got == colouring
+    for i, j in zip(*np.nonzero(adjacency)):
+        assert got[i] != got[j], (i, j, got)
+
+
+def test_active_passive_needs_a_bipartite_topology():
+    with pytest.raises(ValueError, match="needs a bipartite topology"):
+        tfd.AsyncGossipStrategy(
+            "ring", cluster_resolver=_resolver(3), active_passive=True
+        )
+
+
+def test_active_passive_type():
+    with pytest.raises(TypeError, match="active_passive"):
+        tfd.AsyncGossipStrategy(
+            "ring", cluster_resolver=_resolver(4), active_passive="yes"
+        )

@@ -179,6 +179,7 @@ def phase_conserve(options):
     extended.locks.barrier(nodes, 120, "end")
     result = {
         "node": node,
+        "active": strategy.is_active,
         "seconds": seconds,
         "exchanges": {str(k): v for k, v in strategy.exchange_counts.items()},
     }
@@ -201,10 +202,13 @@ def phase_kill(options):
     with strategy.scope():
         model = classifier(2, 8, 0.05)
     step_times = []
+    at_drop = {}
 
     class Victim(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             step_times.append(time.monotonic())
+            if victim in strategy.dropped_peers and not at_drop:
+                at_drop.update(strategy.exchange_counts)
             if node == victim and batch + 1 == options["die_at"]:
                 hold_and_die(strategy, held)
 
@@ -223,6 +227,7 @@ def phase_kill(options):
                 str(k): v for k, v in strategy.exchange_counts.items()
             },
             "dropped": {str(k): v for k, v in strategy.dropped_peers.items()},
+            "exchanges_at_drop": {str(k): v for k, v in at_drop.items()},
         }
     )
     del n

@@ -17,23 +17,24 @@ Vocabulary.
 
 Locks. Each node has one lock, a *lease* kept on its server: an owner token
 and an expiry time, changed only inside a small `tf.CriticalSection` on that
-server (try-acquire: take the lease if it is free or expired; write-release:
-write the copy if we still own the lease, then free it). An exchange
-try-acquires the locks of `i` and `j`, reads both copies, computes, and
-write-releases both, in one function call; if either lock was busy nothing
-is written and the caller retries. So:
+server. An exchange of node `i` with peer `j` is one function call and one
+round trip between the servers (see `SharedModel._build`): take `i`'s lease
+and read `x_i` (one critical section on `i`); on `j`, if `j`'s lease is free,
+average and write `x_j` (one critical section on `j`); back on `i`, write
+`x_i` if the lease is still ours and free it. If a lease was busy nothing is
+written (and nothing sent) and the caller retries. So:
 
-* every write of `x_k` happens while its writer owns `k`'s lease, hence
-  exchanges are atomic and conserve `sum_k x_k` (apart from the deltas);
+* every write of `x_k` happens while its writer owns `k`'s lease, or inside
+  one critical section of `k` that found the lease free; hence exchanges
+  are atomic and conserve `sum_k x_k` (apart from the deltas);
 * nobody waits for a lease: a busy one is retried later, so a caller's wait
   is bounded by its own retry deadline, and there is no deadlock;
 * a worker killed while owning a peer's lease blocks that lease for at most
   the lease time; one killed inside a critical section (holding the mutex)
   frees the mutex at once, since the server cancels the dead client's work;
 * the mutexes are held for microseconds to milliseconds: a critical section
-  only updates scalars or writes a buffer already on its server (it may also
-  wait for an earlier critical section of the same exchange on a lower node,
-  see `_build`).
+  starts when its inputs are on its server and only reads and writes that
+  server's variables.
 
 Why not hold `tf.CriticalSection` locks across the whole exchange, as the
 prototype did: a wait for such a lock cannot be bounded. Cancelling a
@@ -152,34 +153,103 @@ class Locks:
 
         return self.mutex[k].execute(body, exclusive_resource_access=False)
 
+    def _free(self, k):
+        """Whether node `k`'s lease is free (unowned or expired), read on
+        its server; inside a critical section of `k`."""
+        owner = _read(self.owner[k], tf.int64)
+        expiry = _read(self.expiry[k], tf.float64)
+        return owner, expiry, tf.logical_or(
+            tf.equal(owner, 0), tf.timestamp() > expiry
+        )
+
+    def acquire_read(self, k, token, handles, dtypes):
+        """Takes node `k`'s lease for `token` if free and reads its copy.
+
+        One critical section on `k`'s server. Returns `[got, *copy]`; when
+        the lease was busy `copy` holds empty buffers, so that nothing
+        crosses the network for a failed attempt. Runs inside a
+        `tf.function`; `token` must already be on `k`'s server.
+        """
+        lease = self.lease_seconds
+
+        def body():
+            with tf.device(self.layout.server_device(k)):
+                owner, expiry, free = self._free(k)
+                writes = [
+                    _assign(self.owner[k], tf.where(free, token, owner)),
+                    _assign(
+                        self.expiry[k],
+                        tf.where(free, tf.timestamp() + lease, expiry),
+                    ),
+                ]
+                with tf.control_dependencies(writes):
+                    copy = tf.cond(
+                        free,
+                        lambda: [_read(h, d) for h, d in zip(handles, dtypes)],
+                        lambda: [tf.zeros([0], d) for d in dtypes],
+                    )
+                    return [tf.identity(free), *copy]
+
+        return self.mutex[k].execute(body, exclusive_resource_access=False)
+
+    def combine_passive(self, k, handles, dtypes, incoming, go, combine):
+        """The passive side of an exchange, atomic on node `k`'s server.
+
+        In one critical section of `k`: if `go` and `k`'s lease is free (no
+        exchange of `k`'s own is under way), reads `x_k`, computes
+        `(new_i, new_k) = combine(incoming, x_k)`, writes `x_k <- new_k` and
+        returns `[True, *new_i]`; else changes nothing and returns
+        `[False, *empty buffers]`. Runs inside a `tf.function`; `incoming`
+        and `go` must already be on `k`'s server.
+        """
+
+        def body():
+            with tf.device(self.layout.server_device(k)):
+                _, _, free = self._free(k)
+                ok = tf.logical_and(go, free)
+
+                def apply():
+                    current = [_read(h, d) for h, d in zip(handles, dtypes)]
+                    new_i, new_k = combine(incoming, current)
+                    writes = [_assign(h, v) for h, v in zip(handles, new_k)]
+                    with tf.control_dependencies(writes):
+                        return [tf.identity(v) for v in new_i]
+
+                new_i = tf.cond(
+                    ok, apply, lambda: [tf.zeros([0], d) for d in dtypes]
+                )
+                return [tf.identity(ok), *new_i]
+
+        return self.mutex[k].execute(body, exclusive_resource_access=False)
+
     def write_release(self, k, handles, values, token, do_write):
         """Writes `values` to `handles` on node `k` if `do_write` and `token`
         still owns `k`'s lease; frees the lease if `token` owns it.
 
         Returns `[written, *fresh]`, `fresh` the buffers read back after the
-        write. Runs inside a `tf.function`; every input must already be on
-        node `k`'s server.
+        write. `values` are only used when written (they may be empty
+        otherwise). Runs inside a `tf.function`; every input must already be
+        on node `k`'s server.
         """
+        dtypes = [v.dtype for v in values]
 
         def body():
             with tf.device(self.layout.server_device(k)):
                 owner = _read(self.owner[k], tf.int64)
                 mine = tf.equal(owner, token)
                 written = tf.logical_and(do_write, mine)
-                writes = []
-                for handle, value in zip(handles, values):
-                    current = _read(handle, value.dtype)
-                    writes.append(
-                        _assign(handle, tf.where(written, value, current))
-                    )
-                writes.append(
-                    _assign(
-                        self.owner[k],
-                        tf.where(mine, tf.zeros_like(owner), owner),
-                    )
+
+                def write():
+                    writes = [_assign(h, v) for h, v in zip(handles, values)]
+                    with tf.control_dependencies(writes):
+                        return tf.constant(True)
+
+                wrote = tf.cond(written, write, lambda: tf.constant(False))
+                released = _assign(
+                    self.owner[k], tf.where(mine, tf.zeros_like(owner), owner)
                 )
-                with tf.control_dependencies(writes):
-                    fresh = [_read(h, v.dtype) for h, v in zip(handles, values)]
+                with tf.control_dependencies([wrote, released]):
+                    fresh = [_read(h, d) for h, d in zip(handles, dtypes)]
                     return [tf.identity(written), *fresh]
 
         return self.mutex[k].execute(body, exclusive_resource_access=False)
@@ -447,20 +517,32 @@ class SharedModel:
     def _build(self, j):
         """Returns the `tf.function` exchanging with `j` (None: solo).
 
-        Lock order. Inside a `tf.function`, TF chains every stateful op that
-        takes no resource (`Timestamp`, `ConsumeMutexLock`) in program order
-        (automatic control dependencies), whatever device it runs on. So a
-        critical section created later in the function cannot finish, and
-        keeps its mutex, until every earlier one has finished. Creating the
-        critical sections of node `lo` before those of node `hi > lo`, in
-        every exchange, means a mutex is only ever held while waiting for a
-        lower one: no cycle, no deadlock. (Acquiring `i` then `j` deadlocked
-        three workers within 50 exchanges.)
+        One round trip between the two servers (Lian et al. 2018's atomic
+        averaging), in three critical sections:
+
+        1. on `i`'s server: take `i`'s lease, read `x_i` (nothing is read or
+           sent if the lease is busy);
+        2. on `j`'s server, with `x_i`: if `j`'s lease is free (no exchange
+           of `j`'s own is under way), `m = (x_i + x_j) / 2; x_j <- m`,
+           answer `m`;
+        3. on `i`'s server: `x_i <- m + delta` if `j` answered and `i`'s
+           lease is still ours; free the lease.
+
+        `x_i` cannot change between 1 and 3 (we own its lease, and a peer's
+        step 2 on `i` needs it free); step 2 is atomic on `j`. So the sum of
+        the copies changes only by the deltas.
+
+        Deadlock freedom. Every critical section starts only when its
+        inputs exist (`CriticalSection` makes its lock wait for them) and
+        then only touches its own server, so no mutex is held while waiting
+        for another. Inside a `tf.function` TF chains the release of every
+        critical section after those created before it (automatic control
+        dependencies on `ConsumeMutexLock`); here each one's inputs already
+        depend on the previous one, so that chain adds no wait.
         """
         layout, locks = self.layout, self.locks
         i = layout.node
-        nodes = [i] if j is None else sorted([i, j])
-        device = {k: layout.server_device(k) for k in nodes}
+        dev_i = layout.server_device(i)
         dtypes = self.dtypes
 
         @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
@@ -468,52 +550,64 @@ class SharedModel:
             with tf.device(self.client_device):
                 local = self._pack_local()
                 deltas = [a - b.read_value() for a, b in zip(local, self.base)]
-            tokens = {}
-            for k in nodes:
-                with tf.device(device[k]):
-                    tokens[k] = tf.identity(token)
-            with tf.device(device[i]):
+            with tf.device(dev_i):
+                token_i = tf.identity(token)
                 deltas_i = [tf.identity(d) for d in deltas]
             if self._locked:
-                got = [locks.try_acquire(k, tokens[k]) for k in nodes]
+                got, *x_i = locks.acquire_read(
+                    i, token_i, self.handles[i], dtypes
+                )
             else:
-                got = [tf.constant(True)]
-            both, copies = {}, {}
-            for k in nodes:
-                with tf.device(device[k]):
-                    both[k] = tf.reduce_all(tf.stack(got))
-                    with tf.control_dependencies([both[k]]):
-                        copies[k] = [
-                            _read(h, d) for h, d in zip(self.handles[k], dtypes)
-                        ]
+                with tf.device(dev_i):
+                    got = tf.constant(True)
+                    x_i = [_read(h, d) for h, d in zip(self.handles[i], dtypes)]
             if j is None:
-                new = {i: copies[i]}
+                ok, new_i = got, x_i
             else:
-                with tf.device(device[j]):
-                    half_i, new_j = self._combine(copies[i], copies[j])
-                new = {i: half_i, j: new_j}
-            with tf.device(device[i]):
-                new[i] = [a + d for a, d in zip(new[i], deltas_i)]
-            outs = {}
-            for k in nodes:
+                dev_j = layout.server_device(j)
+                with tf.device(dev_j):
+                    go = tf.identity(got)
+                    incoming = [tf.identity(a) for a in x_i]
                 if self._locked:
-                    outs[k] = locks.write_release(
-                        k, self.handles[k], new[k], tokens[k], both[k]
+                    ok, *new_i = locks.combine_passive(
+                        j, self.handles[j], dtypes, incoming, go, self._combine
                     )
-                    continue
-                with tf.device(device[k]):
+                else:
+                    with tf.device(dev_j):
+                        current = [
+                            _read(h, d) for h, d in zip(self.handles[j], dtypes)
+                        ]
+                        new_i, new_j = self._combine(incoming, current)
+                        writes = [
+                            _assign(h, v)
+                            for h, v in zip(self.handles[j], new_j)
+                        ]
+                        with tf.control_dependencies(writes):
+                            ok = tf.constant(True)
+                            new_i = [tf.identity(v) for v in new_i]
+            with tf.device(dev_i):
+                ok = tf.identity(ok)
+                new_i = tf.cond(
+                    ok,
+                    lambda: [a + d for a, d in zip(new_i, deltas_i)],
+                    lambda: [tf.zeros([0], d) for d in dtypes],
+                )
+            if self._locked:
+                written, *fresh = locks.write_release(
+                    i, self.handles[i], new_i, token_i, ok
+                )
+            else:
+                with tf.device(dev_i):
                     writes = [
-                        _assign(h, v) for h, v in zip(self.handles[k], new[k])
+                        _assign(h, v) for h, v in zip(self.handles[i], new_i)
                     ]
                     with tf.control_dependencies(writes):
-                        outs[k] = [tf.constant(True)] + [
-                            _read(h, d) for h, d in zip(self.handles[k], dtypes)
+                        written = tf.constant(True)
+                        fresh = [
+                            _read(h, d) for h, d in zip(self.handles[i], dtypes)
                         ]
-            written, fresh = outs[i][0], outs[i][1:]
             with tf.device(self.client_device):
-                done = [outs[k][0] for k in nodes]
-                with tf.control_dependencies(done):
-                    written = tf.identity(written)
+                written = tf.identity(written)
                 new_local = [
                     tf.where(written, f, a) for f, a in zip(fresh, local)
                 ]

@@ -11,7 +11,10 @@ Algorithm 1):
                                       on worker i's possibly stale copy)
 
 A slow worker slows nobody: its peers average with its copy on its server
-whenever they like, without waiting for its Python program.
+whenever they like, without waiting for its Python program. On a bipartite
+topology (an even ring) the workers split as in the paper: active ones
+start every exchange with a random passive neighbour, passive ones only
+apply their own updates.
 
 Vocabulary: a *node* is a worker (the chief first, then the workers, TF's
 order); its *shared copy* `x_i` lives on its own TF server; its *local
@@ -88,6 +91,30 @@ def _undirected_peers(topology):
     return adjacency
 
 
+def two_coloring(adjacency):
+    """Returns a 0/1 colour per node with no edge inside a colour, or None.
+
+    `adjacency` is a symmetric boolean matrix; None means the graph is not
+    bipartite (it has an odd cycle).
+    """
+    n = len(adjacency)
+    colour = [-1] * n
+    for root in range(n):
+        if colour[root] >= 0:
+            continue
+        colour[root] = 0
+        frontier = [root]
+        while frontier:
+            node = frontier.pop()
+            for other in np.flatnonzero(adjacency[node]).tolist():
+                if colour[other] < 0:
+                    colour[other] = 1 - colour[node]
+                    frontier.append(other)
+                elif colour[other] == colour[node]:
+                    return None
+    return colour
+
+
 def _check_connected(adjacency, spec):
     """Raises a clear error if the pairs of `adjacency` leave a node apart."""
     n = adjacency.shape[0]
@@ -137,8 +164,11 @@ class _AsyncGossipExtended(
 ):
     """Implementation of `AsyncGossipStrategy` on one worker."""
 
-    def __init__(self, container, runtime, topology, peers, seed, timeout):
+    def __init__(
+        self, container, runtime, topology, peers, seed, timeout, active
+    ):
         super().__init__(container, runtime.client_device)
+        self._active = bool(active)
         self.hook_counts = collections.Counter()
         self._runtime = runtime
         self._layout = runtime.layout
@@ -246,6 +276,8 @@ class _AsyncGossipExtended(
         pause = 0.001
         while True:
             live = [j for j in self._peers if j not in self.dropped]
+            if not self._active:
+                live = []  # A passive node only applies its own updates.
             peer = self._rng.choice(live) if live else None
             token = self.locks.next_token()
             try:
@@ -349,10 +381,19 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             holding one frees it after this) and how long a step waits for
             busy locks before keeping its update for the next step. Set it
             well above the time to move the model twice between workers.
+        active_passive: The paper's split of a bipartite topology into
+            active workers, which start every exchange (each with a random
+            passive neighbour), and passive ones, which only apply their
+            own updates and are averaged by their active neighbours: no two
+            exchanges compete for one worker's own lock. `None` (default)
+            splits when the topology is bipartite (an even ring, a torus
+            with even sides), with the chief or worker 0 active; `True`
+            requires it; `False` lets every worker start exchanges.
 
     Raises:
         ValueError: For no cluster, fewer than 2 workers, a topology whose
-            size is not the number of workers, or a disconnected topology.
+            size is not the number of workers, a disconnected topology, or
+            `active_passive=True` with a topology that is not bipartite.
 
     __Known issues__: a worker that was dropped cannot rejoin. Keras'
     `gradient_accumulation_steps` and EMA work on the local model only.
@@ -369,7 +410,13 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
         cluster_resolver=None,
         seed=None,
         communication_options=None,
+        active_passive=None,
     ):
+        if active_passive not in (None, True, False):
+            raise TypeError(
+                "`active_passive` must be None, True or False. Received: "
+                f"active_passive={active_passive!r}"
+            )
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, int)
         ):
@@ -398,11 +445,24 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             )
         topo, adjacency = _resolve_topology(topology, layout.num_nodes)
         peers = np.flatnonzero(adjacency[layout.node]).tolist()
+        colour = two_coloring(adjacency)
+        if active_passive and colour is None:
+            raise ValueError(
+                "`active_passive=True` splits the workers into active and "
+                "passive ones with every peer pair across the split, which "
+                "needs a bipartite topology. Received: a topology with an "
+                "odd cycle (e.g. a ring of an odd number of workers). Use "
+                "an even ring, a torus with even sides, or "
+                "active_passive=None."
+            )
+        if active_passive is None:
+            active_passive = colour is not None
+        active = not active_passive or colour[layout.node] == 0
         _keras_hooks.install()
         runtime = runtime_lib.get_runtime(layout, STARTUP_TIMEOUT_SECONDS)
         self._cluster_resolver = cluster_resolver
         extended = _AsyncGossipExtended(
-            self, runtime, topo, peers, seed, timeout
+            self, runtime, topo, peers, seed, timeout, active
         )
         super().__init__(extended)
 
@@ -425,6 +485,12 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
     def node(self) -> int:
         """This worker's node index: the chief first, then the workers."""
         return self.extended._layout.node
+
+    @property
+    def is_active(self) -> bool:
+        """Whether this worker starts exchanges (False: a passive worker of
+        the active/passive split, averaged by its active neighbours)."""
+        return self.extended._active
 
     @property
     def peers(self) -> tuple:
