@@ -1,0 +1,133 @@
+"""Run-level metrics from the bench workers' JSON results (no TF, no flags).
+
+`summarize` turns the per-task results of one run into the columns of
+`runs.csv`: step time, samples/s over the window in which every worker was
+timing, bytes per step, final accuracy, time to a target accuracy.
+"""
+
+
+def step_durations(result):
+    """Returns the timed steps' durations (s) of one worker, pauses removed."""
+    times = result["step_end_times"]
+    warmup = result["warmup_steps"]
+    pauses = dict((int(k), v) for k, v in result.get("eval_pauses", []))
+    durations = []
+    for i in range(warmup, len(times)):
+        # A pause taken at the end of step i delays the end of step i + 1.
+        durations.append(times[i] - times[i - 1] - pauses.get(i, 0.0))
+    return durations
+
+
+def summarize(results, batch_size, target):
+    """Returns run-level metrics from the workers' result dicts."""
+    per_worker = []
+    for r in results:
+        durations = step_durations(r)
+        # Downpour's chief times Keras steps (one batch of some worker):
+        # a worker's step is `keras_steps_per_step` of them.
+        k = r.get("keras_steps_per_step", 1)
+        if k > 1:
+            durations = [
+                sum(durations[i : i + k]) for i in range(0, len(durations), k)
+            ]
+        per_worker.append(durations)
+    means = sorted(sum(d) / len(d) for d in per_worker if d)
+    pooled = sorted(x for d in per_worker for x in d)
+    out = {}
+    if not means:
+        return out
+    out["step_time_s"] = _median(means)
+    out["step_time_min_worker_s"] = means[0]
+    out["step_time_max_worker_s"] = means[-1]
+    out["step_p10_s"] = pooled[int(0.1 * (len(pooled) - 1))]
+    out["step_p90_s"] = pooled[int(0.9 * (len(pooled) - 1))]
+    # Throughput over the window where every worker was in its timed steps.
+    t0 = max(r["timed_start"] for r in results)
+    t1 = min(r["step_end_times"][-1] for r in results)
+    steps = sum(
+        1
+        for r in results
+        for t in r["step_end_times"][r["warmup_steps"] :]
+        if t0 < t <= t1
+    )
+    pauses = sum(r.get("eval_seconds", 0.0) for r in results) / len(results)
+    if t1 > t0 and steps:
+        out["samples_per_s"] = steps * batch_size / max(1e-9, t1 - t0 - pauses)
+    else:  # degenerate window: fall back to per-worker means
+        out["samples_per_s"] = sum(batch_size / m for m in means)
+    rates = results[0].get("_host_rates") or {}
+    tasks = results[0].get("_tasks") or []
+    if rates and tasks:
+        step = out["step_time_s"]
+        train_hosts = [t.host for t in tasks if t.job == "worker"]
+        per_host = {h: (tx * step, rx * step) for h, (tx, rx) in rates.items()}
+        values = [per_host[h][0] for h in train_hosts if h in per_host]
+        if values:
+            out["host_tx_bytes_per_step"] = sum(values) / len(values)
+        busiest = max(per_host, key=lambda h: sum(per_host[h]))
+        out["busiest_host"] = next(
+            (t.name for t in tasks if t.host == busiest), str(busiest)
+        )
+        out["busiest_host_bytes_per_step"] = sum(per_host[busiest])
+    tx = [r["tx_bytes"] / len(d) for r, d in zip(results, per_worker)
+          if r.get("tx_bytes") is not None and d]  # fmt: skip
+    rx = [r["rx_bytes"] / len(d) for r, d in zip(results, per_worker)
+          if r.get("rx_bytes") is not None and d]  # fmt: skip
+    if tx and results[0].get("keras_steps_per_step", 1) == 1:
+        out["tx_bytes_per_step"] = sum(tx) / len(tx)
+        out["rx_bytes_per_step"] = sum(rx) / len(rx)
+    accs = [r["final_accuracy"] for r in results if "final_accuracy" in r]
+    if accs:
+        out["final_accuracy"] = sum(accs) / len(accs)
+    averaged = [r["averaged_accuracy"] for r in results
+                if "averaged_accuracy" in r]  # fmt: skip
+    if averaged:
+        out["averaged_accuracy"] = averaged[0]
+    calib = [r["calibration"]["median_s"] for r in results
+             if r.get("calibration")]  # fmt: skip
+    if calib:
+        out["compute_s"] = _median(calib)
+        out["compute_max_s"] = max(calib)
+    curve = accuracy_curve(results)
+    if curve:
+        out["time_to_target_s"] = next(
+            (t for t, a in curve if a >= target), float("nan")
+        )
+        out["best_mean_accuracy"] = max(a for _, a in curve)
+    loads = [r["loadavg_end"][0] for r in results if r.get("loadavg_end")]
+    if loads:
+        out["loadavg_end"] = sum(loads) / len(loads)
+    out["params"] = results[0].get("params")
+    out["model_bytes"] = results[0].get("model_bytes")
+    return out
+
+
+def accuracy_curve(results):
+    """Returns [(train time, mean accuracy over workers)] from the evals.
+
+    A worker's accuracy at time t is its latest evaluation at or before t;
+    the curve starts once every worker has one.
+    """
+    series = [r.get("evals") or [] for r in results]
+    if not all(series):
+        return []
+    times = sorted({e["train_clock"] for s in series for e in s})
+    curve = []
+    for t in times:
+        values = []
+        for s in series:
+            seen = [e["accuracy"] for e in s if e["train_clock"] <= t]
+            if not seen:
+                break
+            values.append(seen[-1])
+        if len(values) == len(series):
+            curve.append((t, sum(values) / len(values)))
+    return curve
+
+
+def _median(values):
+    values = sorted(values)
+    n = len(values)
+    return (
+        values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+    )

@@ -1,0 +1,367 @@
+"""Goal ratios and cost-model errors of a benchmark run, as Markdown.
+
+    .venv/bin/python bench/report.py bench/results/netsim_n8
+
+Reads `runs.csv` (from `bench/run.py`), writes `runs_model.csv` (every run
+with a calibrated prediction added) and `summary.md`, and prints the
+summary. Two predictions per run:
+
+- *a priori*: `tf_decentral.cost_model` with `o` = 2 ms and each worker's
+  compute `c` measured alone (the `predicted_step_s` of `runs.csv`);
+- *calibrated*: the a priori prediction plus, per scheme, a straight line
+  in the one-way latency `L`, `a + b L`, fitted by least squares to the
+  residuals (measured - a priori) of that scheme's runs in the `latency`
+  experiment. `a` is the software cost per step that the alpha-beta terms
+  miss (packing, mixing, lock protocols, Keras and gRPC work, waiting for
+  CPU on a loaded 2-core machine); `b / 2` counts the extra round trips per
+  step the implementation makes beyond the model's. The other experiments
+  (bandwidth, straggler, tta) are out of sample; the latency experiment's
+  errors are in sample and reported apart.
+"""
+
+import collections
+import csv
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import plots  # noqa: E402  (bench/plots.py: CSV helpers)
+
+_f = plots._float
+
+
+def _key(r):
+    return (r["scheme"], r["workers"], r["hidden"], r["stragglers"])
+
+
+def _fit_line(points):
+    """Least-squares `(a, b)` of y = a + b x; b = 0 for a single x."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return my, 0.0
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - b * mx, b
+
+
+def calibrate(runs):
+    """Adds `fit_a_s`, `fit_b_s_per_ms`, `predicted_calibrated_step_s`."""
+    residuals = collections.defaultdict(list)
+    for r in runs:
+        if r["status"] != "ok" or r["experiment"] != "latency":
+            continue
+        measured, predicted = _f(r["step_time_s"]), _f(r["predicted_step_s"])
+        if not (math.isnan(measured) or math.isnan(predicted)):
+            residuals[r["scheme"]].append(
+                (_f(r["latency_ms"]), measured - predicted)
+            )
+    fits = {s: _fit_line(points) for s, points in residuals.items()}
+    for r in runs:
+        r["fit_a_s"] = r["fit_b_s_per_ms"] = ""
+        r["predicted_calibrated_step_s"] = ""
+        r["in_sample"] = "yes" if r["experiment"] == "latency" else ""
+        if r["status"] != "ok" or r["scheme"] not in fits:
+            continue
+        predicted = _f(r["predicted_step_s"])
+        if math.isnan(predicted):
+            continue
+        a, b = fits[r["scheme"]]
+        r["fit_a_s"], r["fit_b_s_per_ms"] = a, b
+        r["predicted_calibrated_step_s"] = max(
+            1e-4, predicted + a + b * _f(r["latency_ms"])
+        )
+    return runs
+
+
+def _pick(runs, experiment, scheme, **match):
+    rows = [
+        r
+        for r in runs
+        if r["status"] == "ok"
+        and r["experiment"] == experiment
+        and r["scheme"] == scheme
+        and all(str(r[k]) == str(v) for k, v in match.items())
+    ]
+    values = [_f(r["step_time_s"]) for r in rows]
+    return sum(values) / len(values) if values else float("nan"), rows
+
+
+def _status(runs, experiment, scheme):
+    rows = [
+        r
+        for r in runs
+        if r["experiment"] == experiment and r["scheme"] == scheme
+    ]
+    return rows[0]["status"] if rows else "not run"
+
+
+def _ms(seconds):
+    return "-" if math.isnan(seconds) else f"{seconds * 1e3:.0f}"
+
+
+def _ratio(a, b):
+    return "-" if math.isnan(a) or math.isnan(b) or b == 0 else f"{a / b:.2f}"
+
+
+def step_table(runs, experiment, x_key, x_label):
+    rows = [r for r in runs if r["experiment"] == experiment]
+    if not rows:
+        return []
+    xs = sorted({(_f(r[x_key]), r[x_key]) for r in rows})
+    schemes = list(dict.fromkeys(r["scheme"] for r in rows))
+    head = ["scheme"] + [f"{x_label} {x[1]}" for x in xs]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for scheme in schemes:
+        cells = [scheme]
+        for _, text in xs:
+            match = [
+                r for r in rows if r["scheme"] == scheme and r[x_key] == text
+            ]
+            ok = [r for r in match if r["status"] == "ok"]
+            if ok:
+                r = ok[0]
+                cells.append(
+                    f"{_ms(_f(r['step_time_s']))} "
+                    f"({_ms(_f(r['predicted_step_s']))} / "
+                    f"{_ms(_f(r.get('predicted_calibrated_step_s')))})"
+                )
+            elif match:
+                cells.append(match[0]["status"])
+            else:
+                cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        "\nCells: measured ms per step (a priori model / calibrated model)."
+    )
+    return lines
+
+
+def goals(runs):
+    out = ["## Goals (ratios measured in this run)", ""]
+    # 1. Latency-bound.
+    lat = [r for r in runs if r["experiment"] == "latency"]
+    if lat:
+        top = max(_f(r["latency_ms"]) for r in lat)
+        ar, _ = _pick(runs, "latency", "allreduce", latency_ms=_tx(top, lat))
+        op, _ = _pick(
+            runs, "latency", "dpsgd_onepeer", latency_ms=_tx(top, lat)
+        )
+        ring, _ = _pick(runs, "latency", "dpsgd_ring", latency_ms=_tx(top, lat))
+        out += [
+            f"- Latency-bound ({top:g} ms one way, 1 Gbit/s): one-peer / "
+            f"AllReduce = {_ratio(op, ar)} (goal <= 0.15), ring / AllReduce "
+            f"= {_ratio(ring, ar)} (goal <= 0.2); AllReduce {_ms(ar)} ms, "
+            f"one-peer {_ms(op)} ms, ring {_ms(ring)} ms.",
+        ]
+    # 2. Bandwidth-bound.
+    bw = [r for r in runs if r["experiment"] == "bandwidth"]
+    if bw:
+        low = min(_f(r["rate_mbit"]) for r in bw)
+        sel = [r for r in bw if _f(r["rate_mbit"]) == low]
+        ranking = sorted(
+            (
+                (_f(r["step_time_s"]), r["scheme"])
+                for r in sel
+                if r["status"] == "ok"
+            ),
+            reverse=True,
+        )
+        ar = next((t for t, s in ranking if s == "allreduce"), float("nan"))
+        op = next((t for t, s in ranking if s == "dpsgd_onepeer"), float("nan"))
+        ring = next((t for t, s in ranking if s == "dpsgd_ring"), float("nan"))
+        out += [
+            f"- Bandwidth-bound ({low:g} Mbit/s, "
+            f"{_f(sel[0]['model_bytes']) / 1e6:.2f} MB model): one-peer / "
+            f"AllReduce = {_ratio(op, ar)} (goal <= 0.6); ring / AllReduce "
+            f"= {_ratio(ring, ar)} (ring gossip sends 2 m per worker, ring "
+            "all-reduce 2 (p-1)/p m = 1.75 m); slowest first: "
+            + ", ".join(f"{s} {_ms(t)} ms" for t, s in ranking)
+            + ".",
+        ]
+    # 3. Straggler.
+    st = [r for r in runs if r["experiment"] == "straggler"]
+    if st:
+        parts = []
+        for scheme in dict.fromkeys(r["scheme"] for r in st):
+            base = [
+                _f(r["samples_per_s"])
+                for r in st
+                if r["scheme"] == scheme
+                and r["stragglers"] == "none"
+                and r["status"] == "ok"
+            ]
+            slow = [
+                _f(r["samples_per_s"])
+                for r in st
+                if r["scheme"] == scheme
+                and r["stragglers"] != "none"
+                and r["status"] == "ok"
+            ]
+            if base and slow:
+                parts.append(f"{scheme} {slow[0] / base[0]:.0%}")
+            else:
+                parts.append(f"{scheme} {_status(runs, 'straggler', scheme)}")
+        out += [
+            "- One worker 4x slower (throughput kept; goal: AD-PSGD and "
+            "Downpour >= 70%, AllReduce and D-PSGD <= 35%): "
+            + ", ".join(parts)
+            + ".",
+        ]
+    # 4. Time to accuracy.
+    tta = [r for r in runs if r["experiment"] == "tta" and r["status"] == "ok"]
+    if tta:
+        ar = next((r for r in tta if r["scheme"] == "allreduce"), None)
+        parts = []
+        for r in tta:
+            t = _f(r["time_to_target_s"])
+            rel = _ratio(t, _f(ar["time_to_target_s"])) if ar else "-"
+            acc = _f(r["final_accuracy"])
+            diff = (
+                f"{(acc - _f(ar['final_accuracy'])) * 100:+.1f} pt"
+                if ar
+                else ""
+            )
+            parts.append(
+                f"{r['scheme']} {'-' if math.isnan(t) else f'{t:.0f}'} s "
+                f"(x{rel} of AllReduce; final acc {acc:.3f}, {diff})"
+            )
+        out += [
+            f"- Time to {_f(tta[0]['target_accuracy']):.0%} test accuracy "
+            "(Fashion-MNIST; goal: D-PSGD and AD-PSGD <= 0.5x AllReduce, "
+            "final accuracy within 1 point): " + "; ".join(parts) + ".",
+        ]
+    return out
+
+
+def _tx(value, rows):
+    for r in rows:
+        if _f(r["latency_ms"]) == value:
+            return r["latency_ms"]
+    return str(value)
+
+
+def model_errors(runs):
+    ok = [r for r in runs if r["status"] == "ok"]
+    lines = ["## Cost model error (predicted / measured - 1)", ""]
+    for name, column, sample in (
+        ("a priori, every run", "predicted_step_s", None),
+        ("calibrated, out of sample", "predicted_calibrated_step_s", ""),
+        ("calibrated, in sample (latency)", "predicted_calibrated_step_s",
+         "yes"),
+    ):  # fmt: skip
+        errors = []
+        for r in ok:
+            if sample is not None and r.get("in_sample", "") != sample:
+                continue
+            p, m = _f(r.get(column)), _f(r["step_time_s"])
+            if not (math.isnan(p) or math.isnan(m)):
+                errors.append((p / m - 1.0, r))
+        if not errors:
+            continue
+        within = sum(abs(e) <= 0.3 for e, _ in errors)
+        absolute = sorted(abs(e) for e, _ in errors)
+        worst = max(errors, key=lambda x: abs(x[0]))
+        lines.append(
+            f"- {name}: {within}/{len(errors)} runs within +-30%; median "
+            f"|error| {absolute[len(absolute) // 2]:.0%}; worst "
+            f"{worst[0]:+.0%} ({worst[1]['run_id']})."
+        )
+        by_scheme = collections.defaultdict(list)
+        for e, r in errors:
+            by_scheme[r["scheme"]].append(e)
+        lines.append(
+            "  - mean error by scheme: "
+            + ", ".join(
+                f"{s} {sum(v) / len(v):+.0%} (n={len(v)})"
+                for s, v in by_scheme.items()
+            )
+        )
+    fits = {}
+    for r in ok:
+        if r.get("fit_a_s") not in ("", None):
+            fits[r["scheme"]] = (_f(r["fit_a_s"]), _f(r["fit_b_s_per_ms"]))
+    if fits:
+        lines += [
+            "",
+            "Calibration (residual = a + b L, from the latency sweep; "
+            "b / (2 ms) = extra round trips per step):",
+            "",
+            "| scheme | a (ms) | b (ms per ms of L) | extra round trips |",
+            "|---|---|---|---|",
+        ]
+        for scheme, (a, b) in fits.items():
+            lines.append(  # b is in s per ms of L: x 1e3 = ms per ms
+                f"| {scheme} | {a * 1e3:.0f} | {b * 1e3:.1f} | "
+                f"{b * 1e3 / 2:.1f} |"
+            )
+    return lines
+
+
+def bytes_table(runs):
+    ok = [
+        r
+        for r in runs
+        if r["status"] == "ok" and r["experiment"] in ("latency", "bandwidth")
+    ]
+    if not ok:
+        return []
+    lines = [
+        "## Bytes per worker step",
+        "",
+        "| experiment | network | scheme | model MB | sent per worker "
+        "(MB) | busiest host | its MB in+out |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in ok:
+        sent = _f(r["tx_bytes_per_step"])
+        if math.isnan(sent):
+            sent = _f(r["host_tx_bytes_per_step"])
+        lines.append(
+            f"| {r['experiment']} | {r['rate']} {r['latency_ms']} ms | "
+            f"{r['scheme']} | {_f(r['model_bytes']) / 1e6:.2f} | "
+            f"{sent / 1e6:.2f} | {r['busiest_host']} | "
+            f"{_f(r['busiest_host_bytes_per_step']) / 1e6:.2f} |"
+        )
+    return lines
+
+
+def summary(out_dir):
+    runs = calibrate(plots.read_runs(out_dir))
+    if runs:
+        with open(
+            os.path.join(out_dir, "runs_model.csv"), "w", newline=""
+        ) as f:
+            writer = csv.DictWriter(f, list(runs[0]))
+            writer.writeheader()
+            writer.writerows(runs)
+    lines = [f"# Summary of {os.path.basename(os.path.abspath(out_dir))}", ""]
+    lines += goals(runs) + [""]
+    lines += ["## Step time vs latency (8 workers)", ""]
+    lines += step_table(runs, "latency", "latency_ms", "ms") + [""]
+    lines += ["## Step time vs bandwidth", ""]
+    lines += step_table(runs, "bandwidth", "rate", "") + [""]
+    lines += model_errors(runs) + [""]
+    lines += bytes_table(runs) + [""]
+    failed = [r for r in runs if r["status"] not in ("ok",)]
+    if failed:
+        lines += ["## Runs that did not complete", ""]
+        lines += [
+            f"- {r['run_id']}: {r['status']}: {r['detail'][:200]}"
+            for r in failed
+        ]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: {sys.argv[0]} RESULTS_DIR")
+    print(summary(sys.argv[1]))

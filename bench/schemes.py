@@ -1,0 +1,160 @@
+"""The training schemes of the benchmark, as plug-ins of `bench/run.py`.
+
+A `Scheme` says which TF tasks a run starts in which emulated hosts, which
+`bench/worker.py` flags they get, which `tf_decentral.cost_model` formula
+predicts its step, and which `tf_decentral` export it needs (`requires`):
+a scheme whose strategy has not landed is reported as `not_available`
+instead of run. Adding a scheme is adding an entry to `SCHEMES`.
+
+Importing this module imports neither TensorFlow nor absl flags.
+"""
+
+import dataclasses
+
+from tf_decentral import cost_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One process of a run: its TF job, index and emulated host."""
+
+    job: str
+    index: int
+    host: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.job}_{self.index}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+    """How to run one training scheme (a plug-in of the runner).
+
+    Attributes:
+        name: Name in the CSV and on the command line.
+        label: Name in plots.
+        strategy: `bench/worker.py --strategy`.
+        worker_flags: Extra worker flags.
+        cost: `tf_decentral.cost_model` scheme.
+        degree: Out-neighbours per step (gossip), for the cost model.
+        requires: `tf_decentral` attribute the scheme needs (None: always).
+        parameter_servers: Number of ps tasks (0: not a PS scheme). PS
+            schemes also start a chief, which drives the workers.
+        overlap: The cost model overlaps communication with compute.
+        extra_reductions: All-reduces per step besides the gradients'
+            (Keras fit under MWMS reduces the loss and the accuracy).
+    """
+
+    name: str
+    label: str
+    strategy: str
+    worker_flags: tuple = ()
+    cost: str = "allreduce"
+    degree: int = 1
+    requires: str | None = None
+    parameter_servers: int = 0
+    overlap: bool = False
+    extra_reductions: int = 0
+
+    @property
+    def synchronous(self) -> bool:
+        return self.cost in cost_model.SYNCHRONOUS
+
+    def tasks(self, num_workers: int) -> list[Task]:
+        """Returns the tasks of a run with `num_workers` training workers.
+
+        Plain schemes: `worker:i` on host `i`. PS schemes: `chief:0` on
+        host 0, `worker:i` on host `1 + i`, `ps:k` on host
+        `1 + num_workers + k` (every server on its own access link: the
+        hot spot the comparison is about).
+        """
+        if not self.parameter_servers:
+            return [Task("worker", i, i) for i in range(num_workers)]
+        tasks = [Task("chief", 0, 0)]
+        tasks += [Task("worker", i, 1 + i) for i in range(num_workers)]
+        tasks += [
+            Task("ps", k, 1 + num_workers + k)
+            for k in range(self.parameter_servers)
+        ]
+        return tasks
+
+    def training_task(self, worker: int, num_workers: int) -> Task:
+        """Returns the task that computes training worker `worker`'s steps."""
+        return self.tasks(num_workers)[
+            worker + int(bool(self.parameter_servers))
+        ]
+
+    def reporting_tasks(self, num_workers: int) -> list[Task]:
+        """Tasks that write a result JSON (the chief for PS schemes)."""
+        if self.parameter_servers:
+            return [Task("chief", 0, 0)]
+        return self.tasks(num_workers)
+
+
+SCHEMES = {
+    s.name: s
+    for s in (
+        Scheme(
+            "allreduce",
+            "AllReduce-SGD (ring)",
+            "allreduce",
+            extra_reductions=2,
+        ),
+        Scheme(
+            "dpsgd_ring",
+            "D-PSGD ring",
+            "gossip",
+            ("--topology=ring",),
+            cost="gossip",
+            degree=2,
+            overlap=True,
+        ),
+        Scheme(
+            "dpsgd_exp",
+            "D-PSGD exponential",
+            "gossip",
+            ("--topology=exponential",),
+            cost="gossip",
+            degree=3,
+            overlap=True,
+        ),
+        Scheme(
+            "dpsgd_onepeer",
+            "D-PSGD one-peer exp.",
+            "gossip",
+            ("--topology=one_peer_exponential",),
+            cost="one_peer",
+            degree=1,
+            overlap=True,
+        ),
+        Scheme(
+            "adpsgd",
+            "AD-PSGD ring",
+            "async_gossip",
+            ("--topology=ring",),
+            cost="ad_psgd",
+            requires="AsyncGossipStrategy",
+        ),
+        Scheme(
+            "spsgd",
+            "S-PSGD (1 PS)",
+            "downpour",
+            ("--ps_protocol=sync",),
+            cost="ps_sync",
+            requires="DownpourParameterServerStrategy",
+            parameter_servers=1,
+        ),
+        Scheme(
+            "downpour",
+            "A-PSGD / Downpour (1 PS)",
+            "downpour",
+            ("--ps_protocol=async",),
+            cost="downpour",
+            requires="DownpourParameterServerStrategy",
+            parameter_servers=1,
+        ),
+    )
+}
+
+ALL_SCHEMES = tuple(SCHEMES)

@@ -1,0 +1,194 @@
+"""Tests of the benchmark tools in bench/: emulation, stragglers, metrics.
+
+Pure parts run everywhere; building a real emulated network needs root,
+`ip` and `tc`, and is skipped otherwise. Under Bazel, bench/ is not among
+the test's inputs, so the whole file is skipped there.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+_BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
+if not (_BENCH / "netsim" / "emulator.py").exists():
+    pytest.skip("bench/ is not available here", allow_module_level=True)
+sys.path.insert(0, str(_BENCH))
+
+import netsim  # noqa: E402
+import stragglers  # noqa: E402
+from netsim import delayd  # noqa: E402
+
+
+def test_rate_parsing():
+    assert netsim.rate_bits_per_second("100mbit") == 100e6
+    assert netsim.rate_bits_per_second("1gbit") == 1e9
+    assert netsim.rate_bits_per_second("12.5mbps") == 100e6
+    assert netsim.rate_bits_per_second(None) == float("inf")
+    with pytest.raises(ValueError, match="rate"):
+        netsim.rate_bits_per_second("fast")
+
+
+def test_link_override_keeps_default_fields():
+    index, partial = netsim.parse_link_override("3:delay_ms=40")
+    network = netsim.Network(
+        4, netsim.Link(rate="100mbit", delay_ms=10), {index: partial}
+    )
+    assert network.link(3) == netsim.Link(rate="100mbit", delay_ms=40)
+    assert network.link(0) == netsim.Link(rate="100mbit", delay_ms=10)
+    assert network.one_way_ms(0, 3) == 50
+    assert network.address(3) == "10.77.3.2"
+    assert network.netns(3) == f"{network.name}-h3"
+    assert network.name.startswith(netsim.NAME_PREFIX)
+
+
+def test_bad_network_arguments_raise():
+    with pytest.raises(ValueError, match="delay_ms"):
+        netsim.Link(delay_ms=-1)
+    with pytest.raises(ValueError, match="indices"):
+        netsim.Network(2, overrides={5: netsim.Link()})
+    with pytest.raises(ValueError, match="name"):
+        netsim.Network(2, name="mine")
+    with pytest.raises(ValueError, match="INDEX"):
+        netsim.parse_link_override("rate=10mbit")
+
+
+def test_packet_delay_adds_both_ends():
+    delays = [0.005, 0.01, 0.02]
+    header = bytes(12) + bytes([10, 77, 1, 2]) + bytes([10, 77, 2, 2])
+    assert delayd.packet_delay(header, delays, b"\x0a\x4d") == 0.03
+    other = bytes(12) + bytes([192, 168, 1, 2]) + bytes([10, 77, 0, 2])
+    assert delayd.packet_delay(other, delays, b"\x0a\x4d") == 0.005
+    assert delayd.packet_delay(b"short", delays, b"\x0a\x4d") == 0.0
+
+
+def test_stragglers():
+    spec = stragglers.Stragglers.parse("3:4,5:2")
+    assert spec.factor(3) == 4.0 and spec.factor(0) == 1.0
+    assert spec.compute_seconds(3, 100) == pytest.approx(0.4)
+    assert str(spec) == "3:4,5:2"
+    assert stragglers.Stragglers.parse("none").factors == {}
+    env = {stragglers.STRAGGLERS_ENV: "1:3"}
+    assert stragglers.Stragglers.from_env(env).factor(1) == 3.0
+    quota = stragglers.Stragglers.parse("1:4", mode="cpu_quota")
+    assert quota.compute_seconds(1, 100) == pytest.approx(0.1)
+    assert quota.cpu_quota(0, 8) is None
+    share = min(1.0, (os.cpu_count() or 1) / 8)
+    assert quota.cpu_quota(1, 8) == pytest.approx(share / 4)
+    with pytest.raises(ValueError):
+        stragglers.Stragglers.parse("3")
+    with pytest.raises(ValueError):
+        stragglers.Stragglers({0: 0.5})
+
+
+def test_runner_metrics_and_schemes():
+    import metrics
+    import schemes
+
+    base = 1000.0
+
+    def result(node, step, evals):
+        times = [base + step * i for i in range(12)]
+        return {
+            "node": node,
+            "warmup_steps": 2,
+            "step_end_times": times,
+            "timed_start": times[1],
+            "eval_pauses": [],
+            "tx_bytes": 10 * 1000,
+            "rx_bytes": 10 * 2000,
+            "final_accuracy": 0.8,
+            "calibration": {"median_s": 0.05},
+            "evals": evals,
+            "model_bytes": 400,
+        }
+
+    results = [
+        result(0, 0.1, [{"train_clock": 0.0, "accuracy": 0.1},
+                        {"train_clock": 1.0, "accuracy": 0.9}]),
+        result(1, 0.1, [{"train_clock": 0.0, "accuracy": 0.3},
+                        {"train_clock": 2.0, "accuracy": 0.7}]),
+    ]  # fmt: skip
+    out = metrics.summarize(results, batch_size=32, target=0.8)
+    assert out["step_time_s"] == pytest.approx(0.1)
+    assert out["samples_per_s"] == pytest.approx(2 * 32 / 0.1, rel=0.02)
+    assert out["tx_bytes_per_step"] == pytest.approx(1000)
+    assert out["time_to_target_s"] == pytest.approx(2.0)
+    assert metrics.accuracy_curve(results) == [
+        (0.0, pytest.approx(0.2)),
+        (1.0, pytest.approx(0.6)),
+        (2.0, pytest.approx(0.8)),
+    ]
+    scheme = schemes.SCHEMES["spsgd"]
+    tasks = scheme.tasks(3)
+    assert [t.name for t in tasks] == [
+        "chief_0", "worker_0", "worker_1", "worker_2", "ps_0",
+    ]  # fmt: skip
+    assert scheme.training_task(1, 3).name == "worker_1"
+    assert [t.host for t in schemes.SCHEMES["allreduce"].tasks(3)] == [0, 1, 2]
+
+
+def _can_emulate():
+    return (
+        os.geteuid() == 0
+        and shutil.which("ip")
+        and shutil.which("tc")
+        and shutil.which("ping")
+    )
+
+
+@pytest.mark.skipif(not _can_emulate(), reason="needs root, ip, tc, ping")
+def test_network_up_ping_down():
+    with netsim.Network(
+        2, netsim.Link(rate="50mbit", delay_ms=15), mtu=1500
+    ) as net:
+        name = net.name
+        assert set(net.namespaces) <= set(netsim.emulator.list_namespaces())
+        rtt = net.ping(0, 1, count=3)
+        counters = net.counters(0)
+        ports = net.port_counters()
+        proc = net.popen(1, ["sleep", "60"])
+        assert proc.pid in net.processes()
+    assert 55 <= rtt <= 90  # 2 x (15 + 15) ms, plus a loaded machine
+    assert counters["tx_bytes"] > 0 and ports[0]["tx_bytes"] > 0
+    left = [n for n in netsim.emulator.list_namespaces() if name in n]
+    assert left == []
+    assert proc.wait(timeout=10) != 0  # killed by the tear-down
+    assert not os.path.exists(os.path.join(netsim.STATE_DIR, name + ".json"))
+
+
+@pytest.mark.skipif(not _can_emulate(), reason="needs root, ip, tc, ping")
+def test_down_all_cleans_after_a_killed_owner(tmp_path):
+    code = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(_BENCH)!r})\n"
+        "import netsim\n"
+        "net = netsim.Network(2, netsim.Link(delay_ms=1)).up()\n"
+        "print(net.name, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    name = owner.stdout.readline().strip()
+    owner.kill()  # no clean-up runs
+    owner.wait()
+    assert any(n.startswith(name) for n in netsim.emulator.list_namespaces())
+    result = subprocess.run(
+        [sys.executable, "-m", "netsim", "down", name],
+        cwd=_BENCH,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not any(
+        n.startswith(name) for n in netsim.emulator.list_namespaces()
+    )
+    state = os.path.join(netsim.STATE_DIR, name + ".json")
+    assert not os.path.exists(state), json.dumps(result.stdout)

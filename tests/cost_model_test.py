@@ -1,0 +1,319 @@
+"""Tests of `tf_decentral.cost_model`: properties, measured anchors, no TF."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import tf_decentral
+from tf_decentral import cost_model as cm
+
+_REPO_ROOT = pathlib.Path(tf_decentral.__file__).resolve().parent.parent
+# research/netsim_measurements.md: 8 workers, L = 20.4 ms one way at 1 Gbit/s
+# ("lat"), 100 Mbit/s with 2 ms ("bw").
+_LAT = cm.Network.from_netsim(rate_mbit=1000, latency_ms=20.4)
+_BW = cm.Network.from_netsim(rate_mbit=100, latency_ms=2.0)
+_MB4 = 4e6
+_KB4 = 4e3
+
+
+class NetworkTest(absltest.TestCase):
+    def test_from_netsim_converts_units(self):
+        net = cm.Network.from_netsim(
+            rate_mbit=100, latency_ms=20, overhead_ms=1
+        )
+        self.assertEqual(net.bandwidth, 12.5e6)
+        self.assertAlmostEqual(net.latency, 0.02)
+        self.assertAlmostEqual(net.hop, 0.021)
+        self.assertAlmostEqual(net.beta, 8e-8)
+
+    def test_unshaped_link_has_no_transfer_time(self):
+        net = cm.Network.from_netsim(rate_mbit=None, latency_ms=0)
+        self.assertEqual(net.beta, 0.0)
+        self.assertAlmostEqual(cm.gossip(_MB4, 2, net), 2 * cm.DEFAULT_OVERHEAD)
+
+    def test_rejects_bad_values(self):
+        with self.assertRaisesRegex(ValueError, "latency"):
+            cm.Network(latency=-1.0)
+        with self.assertRaisesRegex(ValueError, "bandwidth"):
+            cm.Network(latency=0.0, bandwidth=0.0)
+        with self.assertRaisesRegex(ValueError, "overhead"):
+            cm.Network(latency=0.0, overhead=-1e-3)
+
+
+class RingAllReduceTest(parameterized.TestCase):
+    def test_one_worker_costs_nothing(self):
+        self.assertEqual(cm.ring_allreduce(_MB4, 1, _BW), 0.0)
+
+    def test_latency_bound_is_two_p_minus_one_hops(self):
+        # Measured 319 ms for 4 KB: 14 x 22.8 ms.
+        t = cm.ring_allreduce(_KB4, 8, _LAT)
+        self.assertAlmostEqual(t, 14 * (0.0204 + cm.DEFAULT_OVERHEAD))
+        self.assertAlmostEqual(t, 0.319, delta=0.319 * 0.1)
+
+    def test_bandwidth_bound_is_seven_quarters_m_beta(self):
+        # Measured 567 ms for 4 MB at 100 Mbit/s: 1.75 m beta.
+        t = cm.ring_allreduce(_MB4, 8, _BW)
+        self.assertAlmostEqual(t, 1.75 * _MB4 * 8e-8)
+        self.assertAlmostEqual(t, 0.567, delta=0.567 * 0.1)
+
+    def test_latency_overlaps_transfer(self):
+        # Measured: 4 MB took as long as 0.4 MB in the latency-bound case.
+        self.assertEqual(
+            cm.ring_allreduce(0.4e6, 8, _LAT), cm.ring_allreduce(_KB4, 8, _LAT)
+        )
+
+    @parameterized.parameters(2, 4, 8, 16)
+    def test_textbook_adds_what_tf_overlaps(self, p):
+        for net in (_LAT, _BW):
+            tf_form = cm.ring_allreduce(_MB4, p, net)
+            textbook = cm.ring_allreduce(_MB4, p, net, textbook=True)
+            self.assertGreaterEqual(textbook, tf_form)
+            self.assertLessEqual(textbook, 2 * tf_form + 1e-12)
+
+    def test_extra_reductions_add_latency_only(self):
+        base = cm.ring_allreduce(_MB4, 8, _BW)
+        more = cm.ring_allreduce(_MB4, 8, _BW, extra_reductions=2)
+        self.assertAlmostEqual(more - base, 2 * 14 * _BW.hop)
+        with self.assertRaisesRegex(ValueError, "extra_reductions"):
+            cm.ring_allreduce(_MB4, 8, _BW, extra_reductions=-1)
+
+    def test_monotonic_in_size_latency_and_workers(self):
+        sizes = np.array([_KB4, 0.4e6, _MB4, 40e6])
+        self.assertTrue(np.all(np.diff(cm.ring_allreduce(sizes, 8, _BW)) >= 0))
+        nets = [cm.Network(latency=x, bandwidth=1e8) for x in (0, 0.01, 0.1)]
+        times = [cm.ring_allreduce(_MB4, 8, n) for n in nets]
+        self.assertEqual(times, sorted(times))
+        times = [cm.ring_allreduce(_MB4, p, _BW) for p in (2, 4, 8, 16)]
+        self.assertEqual(times, sorted(times))
+
+
+class GossipTest(absltest.TestCase):
+    def test_one_peer_is_degree_one(self):
+        self.assertEqual(cm.one_peer_gossip(_MB4, _BW), cm.gossip(_MB4, 1, _BW))
+
+    def test_one_pull_whatever_the_degree(self):
+        # pairwise_exchange.md: ring bcast = one-peer bcast = 2.1 L at 4 KB.
+        for d in (1, 2, 3):
+            t = cm.gossip(_KB4, d, _LAT)
+            self.assertAlmostEqual(t, 2 * _LAT.hop, delta=1e-3)
+        self.assertAlmostEqual(cm.gossip(_KB4, 2, _LAT), 0.042, delta=0.01)
+
+    def test_bytes_scale_with_degree(self):
+        t1, t2, t3 = (cm.gossip(_MB4, d, _BW) for d in (1, 2, 3))
+        self.assertAlmostEqual(t2 - t1, _MB4 * _BW.beta)
+        self.assertAlmostEqual(t3 - t2, _MB4 * _BW.beta)
+
+    def test_ring_gossip_moves_more_bytes_than_ring_allreduce(self):
+        # 2 m per worker against 2 (p - 1) / p m: bandwidth-bound, the ring
+        # gossip is slower; one peer saves 1 - 1 / 1.75 at most.
+        ring = cm.gossip(_MB4, 2, _BW)
+        allreduce = cm.ring_allreduce(_MB4, 8, _BW)
+        one_peer = cm.one_peer_gossip(_MB4, _BW)
+        self.assertGreater(ring, allreduce)
+        self.assertLess(one_peer / allreduce, 0.6)
+        self.assertGreater(one_peer / allreduce, 1 / 1.75)
+
+    def test_latency_bound_ratio_to_allreduce(self):
+        ratio = cm.one_peer_gossip(0.4e6, _LAT) / cm.ring_allreduce(
+            0.4e6, 8, _LAT
+        )
+        self.assertLess(ratio, 0.2)
+
+    def test_textbook_serializes_edges(self):
+        self.assertAlmostEqual(
+            cm.gossip(_KB4, 3, _LAT, textbook=True),
+            3 * _LAT.hop + 3 * _KB4 * _LAT.beta,
+        )
+
+    def test_rejects_degree_zero(self):
+        with self.assertRaisesRegex(ValueError, "degree"):
+            cm.gossip(_MB4, 0, _BW)
+
+
+class ParameterServerTest(absltest.TestCase):
+    def test_one_server_is_the_hot_spot(self):
+        ps = cm.parameter_server(_MB4, 8, _BW)
+        self.assertGreater(ps, cm.ring_allreduce(_MB4, 8, _BW))
+        self.assertGreater(ps, cm.gossip(_MB4, 2, _BW))
+        self.assertAlmostEqual(ps, 6 * _BW.hop + 2 * 8 * _MB4 * _BW.beta)
+
+    def test_sharding_removes_the_hot_spot(self):
+        times = [
+            cm.parameter_server(_MB4, 8, _BW, num_shards=s) for s in (1, 2, 8)
+        ]
+        self.assertEqual(times, sorted(times, reverse=True))
+        self.assertAlmostEqual(times[-1], 6 * _BW.hop + 2 * _MB4 * _BW.beta)
+        self.assertEqual(
+            cm.parameter_server(_MB4, 8, _BW, num_shards=16), times[-1]
+        )
+
+    def test_textbook_one_server(self):
+        self.assertAlmostEqual(
+            cm.parameter_server(_MB4, 8, _BW, textbook=True),
+            2 * 8 * (_BW.hop + _MB4 * _BW.beta),
+        )
+
+    def test_round_trips_scale_the_latency_term(self):
+        base = cm.parameter_server(_MB4, 8, _BW)
+        more = cm.parameter_server(_MB4, 8, _BW, round_trips=5)
+        self.assertAlmostEqual(more - base, 2 * 2 * _BW.hop)
+        with self.assertRaisesRegex(ValueError, "round_trips"):
+            cm.parameter_server(_MB4, 8, _BW, round_trips=0)
+
+    def test_rejects_zero_shards(self):
+        with self.assertRaisesRegex(ValueError, "num_shards"):
+            cm.parameter_server(_MB4, 8, _BW, num_shards=0)
+
+
+class DownpourTest(absltest.TestCase):
+    def test_less_frequent_communication_is_faster(self):
+        kwargs = dict(compute=0.05, num_shards=8)
+        t11 = cm.downpour(_MB4, 8, _BW, **kwargs)
+        t14 = cm.downpour(_MB4, 8, _BW, n_push=4, **kwargs)
+        t44 = cm.downpour(_MB4, 8, _BW, n_fetch=4, n_push=4, **kwargs)
+        self.assertGreater(t11, t14)
+        self.assertGreater(t14, t44)
+
+    def test_server_bandwidth_bounds_everyone(self):
+        t = cm.downpour(_MB4, 8, _BW, compute=0.0)
+        self.assertAlmostEqual(t, 8 * _MB4 * _BW.beta)
+        self.assertLess(cm.downpour(_MB4, 8, _BW, num_shards=8), t)
+
+    def test_textbook_has_no_server_bound(self):
+        self.assertAlmostEqual(
+            cm.downpour(_MB4, 8, _BW, compute=0.1, textbook=True),
+            0.1 + 2 * (_BW.hop + _MB4 * _BW.beta),
+        )
+
+    def test_rejects_zero_period(self):
+        with self.assertRaisesRegex(ValueError, "n_fetch"):
+            cm.downpour(_MB4, 8, _BW, n_fetch=0)
+
+
+class AdPsgdTest(absltest.TestCase):
+    def test_round_trips_and_two_transfers(self):
+        self.assertAlmostEqual(
+            cm.ad_psgd(_MB4, _BW, round_trips=2),
+            4 * _BW.hop + 2 * _MB4 * _BW.beta,
+        )
+        self.assertLess(
+            cm.ad_psgd(_MB4, _BW, textbook=True), cm.ad_psgd(_MB4, _BW)
+        )
+
+
+class StepTimeTest(parameterized.TestCase):
+    def _kwargs(self, compute, **extra):
+        return dict(
+            model_bytes=0.4e6,
+            num_workers=8,
+            network=cm.Network.from_netsim(1000, 1),
+            compute=compute,
+            **extra,
+        )
+
+    @parameterized.parameters(*cm.SCHEMES)
+    def test_every_scheme_is_positive_and_at_least_compute(self, scheme):
+        times = cm.worker_step_times(scheme, **self._kwargs(0.05))
+        self.assertEqual(times.shape, (8,))
+        self.assertTrue(np.all(times >= 0.05))
+
+    def test_synchronous_schemes_wait_for_the_slowest(self):
+        compute = [0.1] * 7 + [0.4]
+        for scheme in ("allreduce", "gossip", "one_peer", "ps_sync"):
+            times = cm.worker_step_times(scheme, **self._kwargs(compute))
+            self.assertTrue(np.all(times >= 0.4), scheme)
+            self.assertEqual(len(set(times.tolist())), 1)
+
+    def test_straggler_goal_shape(self):
+        # One worker 4x slower, compute-dominated: asynchronous schemes keep
+        # most of their throughput, synchronous ones fall to about 1/4.
+        fast = [0.1] * 8
+        slow = [0.1] * 7 + [0.4]
+        for scheme, low, high in (
+            ("ad_psgd", 0.7, 1.0),
+            ("downpour", 0.7, 1.0),
+            ("allreduce", 0.0, 0.35),
+            ("one_peer", 0.0, 0.35),
+        ):
+            kwargs = self._kwargs(fast, num_shards=8)
+            base = cm.throughput(scheme, batch_size=32, **kwargs)
+            kwargs = self._kwargs(slow, num_shards=8)
+            ratio = cm.throughput(scheme, batch_size=32, **kwargs) / base
+            self.assertBetween(ratio, low, high)
+
+    def test_overlap_hides_gossip_under_compute(self):
+        kwargs = self._kwargs(0.2)
+        overlapped = cm.step_time("one_peer", overlap=True, **kwargs)
+        serial = cm.step_time("one_peer", overlap=False, **kwargs)
+        self.assertAlmostEqual(overlapped, 0.2)
+        self.assertGreater(serial, overlapped)
+
+    def test_arrays_broadcast(self):
+        latency = np.array([0.0, 0.005, 0.02])
+        net = cm.Network(latency=latency, bandwidth=125e6)
+        times = cm.ring_allreduce(0.4e6, 8, net)
+        self.assertEqual(times.shape, (3,))
+        self.assertTrue(np.all(np.diff(times) > 0))
+
+    def test_rejects_unknown_scheme_and_bad_compute(self):
+        with self.assertRaisesRegex(ValueError, "scheme"):
+            cm.step_time("ring", **self._kwargs(0.1))
+        with self.assertRaisesRegex(ValueError, "compute"):
+            cm.step_time("allreduce", **self._kwargs([0.1, 0.2]))
+        with self.assertRaisesRegex(ValueError, "num_workers"):
+            cm.ring_allreduce(_MB4, 0, _BW)
+
+
+# Runs in a fresh interpreter: `None` in `sys.modules` makes any import of
+# TensorFlow or Keras raise ImportError.
+_PROGRAM = textwrap.dedent(
+    """
+    import sys
+
+    for blocked in ("tensorflow", "keras", "tf_keras", "jax", "torch"):
+        sys.modules[blocked] = None
+
+    from tf_decentral import cost_model
+
+    net = cost_model.Network.from_netsim(100, 20)
+    t = cost_model.step_time(
+        "allreduce", model_bytes=4e6, num_workers=8, network=net, compute=0.0
+    )
+    heavy = sorted(
+        name
+        for name, module in sys.modules.items()
+        if module is not None
+        and name.split(".")[0] in ("tensorflow", "keras", "tf_keras")
+    )
+    print(f"t={t:.3f} heavy={heavy}")
+    """
+)
+
+
+class NoTensorFlowImportTest(absltest.TestCase):
+    def test_cost_model_imports_and_works_without_tensorflow(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")])
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", _PROGRAM],
+            cwd=_REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, msg=result.stderr)
+        self.assertEqual(result.stdout.strip(), "t=0.560 heavy=[]")
+
+
+if __name__ == "__main__":
+    absltest.main()
