@@ -458,6 +458,7 @@ def train_once(strategy_name, config, devices):
         result["local_accuracy"] = model.evaluate(test, verbose=0)[1]
         if strategy_name == "async_gossip":
             result["exchanges"] = strategy.exchange_counts
+            result["active"] = strategy.is_active
             result["dropped_peers"] = strategy.dropped_peers
         # Every worker calls it (a collective for the multi-worker ones).
         strategy.average_weights(model)
@@ -487,7 +488,10 @@ def _describe(result):
     if "exchanges" in result:
         exchanges = result["exchanges"]
         peers = sum(v for k, v in exchanges.items() if isinstance(k, int))
-        text += f", {peers} exchanges"
+        if result["active"]:
+            text += f", {peers} exchanges started"
+        else:
+            text += ", passive (averaged by its active peers)"
         if result["dropped_peers"]:
             text += f", dropped peers {sorted(result['dropped_peers'])}"
     if "staleness" in result:
