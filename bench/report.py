@@ -89,15 +89,6 @@ def _pick(runs, experiment, scheme, **match):
     return sum(values) / len(values) if values else float("nan"), rows
 
 
-def _status(runs, experiment, scheme):
-    rows = [
-        r
-        for r in runs
-        if r["experiment"] == experiment and r["scheme"] == scheme
-    ]
-    return rows[0]["status"] if rows else "not run"
-
-
 def _ms(seconds):
     return "-" if math.isnan(seconds) else f"{seconds * 1e3:.0f}"
 
@@ -106,11 +97,12 @@ def _ratio(a, b):
     return "-" if math.isnan(a) or math.isnan(b) or b == 0 else f"{a / b:.2f}"
 
 
-def step_table(runs, experiment, x_key, x_label):
+def step_table(runs, experiment, x_key, x_label, sort_key=None):
     rows = [r for r in runs if r["experiment"] == experiment]
     if not rows:
         return []
-    xs = sorted({(_f(r[x_key]), r[x_key]) for r in rows})
+    order = {r[x_key]: _f(r[sort_key or x_key]) for r in rows}
+    xs = sorted(((v, k) for k, v in order.items()), reverse=bool(sort_key))
     schemes = list(dict.fromkeys(r["scheme"] for r in rows))
     head = ["scheme"] + [f"{x_label} {x[1]}" for x in xs]
     lines = [
@@ -206,7 +198,12 @@ def goals(runs):
             if base and slow:
                 parts.append(f"{scheme} {slow[0] / base[0]:.0%}")
             else:
-                parts.append(f"{scheme} {_status(runs, 'straggler', scheme)}")
+                status = [
+                    r["status"]
+                    for r in st
+                    if r["scheme"] == scheme and r["stragglers"] != "none"
+                ]
+                parts.append(f"{scheme} {(status or ['not run'])[0]}")
         out += [
             "- One worker 4x slower (throughput kept; goal: AD-PSGD and "
             "Downpour >= 70%, AllReduce and D-PSGD <= 35%): "
@@ -345,7 +342,7 @@ def summary(out_dir):
     lines += ["## Step time vs latency (8 workers)", ""]
     lines += step_table(runs, "latency", "latency_ms", "ms") + [""]
     lines += ["## Step time vs bandwidth", ""]
-    lines += step_table(runs, "bandwidth", "rate", "") + [""]
+    lines += step_table(runs, "bandwidth", "rate", "", "rate_mbit") + [""]
     lines += model_errors(runs) + [""]
     lines += bytes_table(runs) + [""]
     failed = [r for r in runs if r["status"] not in ("ok",)]

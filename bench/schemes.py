@@ -137,6 +137,14 @@ SCHEMES = {
             requires="AsyncGossipStrategy",
         ),
         Scheme(
+            "adpsgd_all",
+            "AD-PSGD ring, all active",
+            "async_gossip",
+            ("--topology=ring", "--active_passive=false"),
+            cost="ad_psgd",
+            requires="AsyncGossipStrategy",
+        ),
+        Scheme(
             "spsgd",
             "S-PSGD (1 PS)",
             "downpour",

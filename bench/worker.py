@@ -41,6 +41,12 @@ import stragglers as stragglers_lib  # noqa: E402  (bench/stragglers.py)
 
 STRATEGIES = ("allreduce", "gossip", "async_gossip", "downpour")
 _STRATEGY = flags.DEFINE_enum("strategy", "allreduce", STRATEGIES, "Scheme.")
+_ACTIVE_PASSIVE = flags.DEFINE_enum(
+    "active_passive",
+    "auto",
+    ["auto", "true", "false"],
+    "AsyncGossipStrategy's active_passive (auto: split bipartite graphs).",
+)
 _TOPOLOGY = flags.DEFINE_string(
     "topology", "ring", "Gossip topology (tf_decentral.topology name)."
 )
@@ -239,6 +245,9 @@ def make_strategy():
             )
         return tfd.AsyncGossipStrategy(
             _TOPOLOGY.value,
+            active_passive={"auto": None, "true": True, "false": False}[
+                _ACTIVE_PASSIVE.value
+            ],
             seed=_SEED.value,
             communication_options=tf.distribute.experimental.CommunicationOptions(
                 timeout_seconds=_TIMEOUT.value
