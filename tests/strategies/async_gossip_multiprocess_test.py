@@ -212,6 +212,7 @@ def test_a_worker_killed_holding_a_peers_lock_does_not_wedge_it():
             "die_at": 3,
             "steps": steps,
             "timeout": timeout,
+            "step_sleep": 0.05,
         },
     )
     victim = results["worker:2"]

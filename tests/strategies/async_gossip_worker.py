@@ -17,6 +17,7 @@ Phases:
     startup: creates the strategy, waits for all workers, then exits.
 """
 
+import faulthandler
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+faulthandler.enable()  # A crash of TF prints the Python stacks.
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -211,6 +213,10 @@ def phase_kill(options):
                 at_drop.update(strategy.exchange_counts)
             if node == victim and batch + 1 == options["die_at"]:
                 hold_and_die(strategy, held)
+            # The survivors' steps last at least this long, so that they
+            # are still training when the victim dies (1 s after it takes
+            # the lock), however fast the exchanges are.
+            time.sleep(options.get("step_sleep", 0.0))
 
     start = time.monotonic()
     model.fit(x, y, batch_size=64, callbacks=[Victim()], verbose=0)
