@@ -1,19 +1,14 @@
 """Tests of `tf_decentral.cost_model`: properties, measured anchors, no TF."""
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-import tf_decentral
 from tf_decentral import cost_model as cm
+from tf_decentral.testing import cluster as testing_cluster
 
-_REPO_ROOT = pathlib.Path(tf_decentral.__file__).resolve().parent.parent
 # research/netsim_measurements.md: 8 workers, L = 20.4 ms one way at 1 Gbit/s
 # ("lat"), 100 Mbit/s with 2 ms ("bw").
 _LAT = cm.Network.from_netsim(rate_mbit=1000, latency_ms=20.4)
@@ -270,14 +265,11 @@ class StepTimeTest(parameterized.TestCase):
             cm.ring_allreduce(_MB4, 0, _BW)
 
 
-# Runs in a fresh interpreter: `None` in `sys.modules` makes any import of
-# TensorFlow or Keras raise ImportError.
+# Runs in a fresh interpreter that cannot import TensorFlow or Keras
+# (`tf_decentral.testing.cluster.run_without_tensorflow`).
 _PROGRAM = textwrap.dedent(
     """
     import sys
-
-    for blocked in ("tensorflow", "keras", "tf_keras", "jax", "torch"):
-        sys.modules[blocked] = None
 
     from tf_decentral import cost_model
 
@@ -285,12 +277,7 @@ _PROGRAM = textwrap.dedent(
     t = cost_model.step_time(
         "allreduce", model_bytes=4e6, num_workers=8, network=net, compute=0.0
     )
-    heavy = sorted(
-        name
-        for name, module in sys.modules.items()
-        if module is not None
-        and name.split(".")[0] in ("tensorflow", "keras", "tf_keras")
-    )
+    heavy = heavy_modules()
     print(f"t={t:.3f} heavy={heavy}")
     """
 )
@@ -298,19 +285,7 @@ _PROGRAM = textwrap.dedent(
 
 class NoTensorFlowImportTest(absltest.TestCase):
     def test_cost_model_imports_and_works_without_tensorflow(self):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")])
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", _PROGRAM],
-            cwd=_REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = testing_cluster.run_without_tensorflow(_PROGRAM, timeout=120)
         self.assertEqual(result.returncode, 0, msg=result.stderr)
         self.assertEqual(result.stdout.strip(), "t=0.560 heavy=[]")
 

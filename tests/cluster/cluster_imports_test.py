@@ -1,19 +1,13 @@
 """Tests that `tf_decentral.cluster` and the launcher never import TF."""
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 from absl.testing import absltest
 
-import tf_decentral
+from tf_decentral.testing import cluster as testing_cluster
 
-_REPO_ROOT = pathlib.Path(tf_decentral.__file__).resolve().parent.parent
-
-# Runs in a fresh interpreter: `None` in `sys.modules` makes any import of
-# TensorFlow or Keras raise ImportError.
+# Runs in a fresh interpreter that cannot import TensorFlow or Keras
+# (`tf_decentral.testing.cluster.run_without_tensorflow`).
 _PROGRAM = textwrap.dedent(
     """
     import contextlib
@@ -21,9 +15,6 @@ _PROGRAM = textwrap.dedent(
     import io
     import pkgutil
     import sys
-
-    for blocked in ("tensorflow", "keras", "tf_keras", "jax", "torch"):
-        sys.modules[blocked] = None
 
     import tf_decentral.cluster as cluster
     import tf_decentral.launch
@@ -44,12 +35,7 @@ _PROGRAM = textwrap.dedent(
         cluster.local_cluster_configs(2),
         stdout=io.StringIO(),
     )
-    heavy = sorted(
-        name
-        for name, module in sys.modules.items()
-        if module is not None
-        and name.split(".")[0] in ("tensorflow", "keras", "tf_keras")
-    )
+    heavy = heavy_modules()
     print(
         f"rank={config.worker_index} dry_run={code} "
         f"exports={dry_run.getvalue().count('export TF_CONFIG=')} "
@@ -61,19 +47,7 @@ _PROGRAM = textwrap.dedent(
 
 class NoTensorFlowImportTest(absltest.TestCase):
     def test_cluster_imports_and_works_without_tensorflow(self):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")])
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", _PROGRAM],
-            cwd=_REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = testing_cluster.run_without_tensorflow(_PROGRAM, timeout=60)
         self.assertEqual(result.returncode, 0, msg=result.stderr)
         self.assertEqual(
             result.stdout.strip(),

@@ -187,12 +187,9 @@ def test_killed_worker_training_continues_and_restarted_worker_rejoins(
     assert stats["pushes"] == result["epochs"] * STEPS_PER_EPOCH, stats
     assert stats["clock"] == stats["iterations"], stats
     required = 2 if protocol == "softsync" else 1
-    assert (
-        (stats["clock"] - stats["flushes"]) * required
-        + stats["flushed"]
-        + stats["pending"]
-        == stats["pushes"]
-    ), stats
+    assert (stats["clock"] - stats["flushes"]) * required + stats[
+        "flushed"
+    ] + stats["pending"] == stats["pushes"], stats
     epochs = _lines(chief.stdout, "EPOCH ")
     assert any(1 in e["workers"] for e in epochs if e["time"] < times["killed"])
     assert result["loss"] < 1.0, result

@@ -152,8 +152,8 @@ def test_async_counters_staleness_warm_start_placement_and_saving(tmp_path):
     assert "only through `model.fit`" in errors["train_on_batch"]
     assert "overrides `train_step`" in errors["train_step"]
     assert "inside `strategy.scope()`" in errors["optimizer_scope"]
-    assert "Pass the dataset to `model.fit`" in (
-        errors["datasets_from_function"]
+    assert (
+        "Pass the dataset to `model.fit`" in (errors["datasets_from_function"])
     )
 
 
@@ -164,12 +164,9 @@ def test_softsync_applies_times_n_plus_pending_equals_pushes(tmp_path):
     assert stats["pushes"] == 33
     # 16 full applies of 2 pushes; the 33rd push, alone in the buffer at
     # the end of the epoch, is applied by the epoch-end flush.
-    assert (
-        (stats["clock"] - stats["flushes"]) * 2
-        + stats["flushed"]
-        + stats["pending"]
-        == stats["pushes"]
-    )
+    assert (stats["clock"] - stats["flushes"]) * 2 + stats["flushed"] + stats[
+        "pending"
+    ] == stats["pushes"]
     assert stats["pending"] == 0
     assert stats["flushes"] == 1 and stats["flushed"] == 1
     assert stats["clock"] == stats["iterations"] == 17

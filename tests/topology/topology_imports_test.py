@@ -1,27 +1,18 @@
 """Tests that `tf_decentral.topology` never imports TensorFlow or Keras."""
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 from absl.testing import absltest
 
-import tf_decentral
+from tf_decentral.testing import cluster as testing_cluster
 
-_REPO_ROOT = pathlib.Path(tf_decentral.__file__).resolve().parent.parent
-
-# Runs in a fresh interpreter: `None` in `sys.modules` makes any import of
-# TensorFlow or Keras raise ImportError.
+# Runs in a fresh interpreter that cannot import TensorFlow or Keras
+# (`tf_decentral.testing.cluster.run_without_tensorflow`).
 _PROGRAM = textwrap.dedent(
     """
     import importlib
     import pkgutil
     import sys
-
-    for blocked in ("tensorflow", "keras", "tf_keras", "jax", "torch"):
-        sys.modules[blocked] = None
 
     import tf_decentral.topology as topology
 
@@ -34,12 +25,7 @@ _PROGRAM = textwrap.dedent(
     for name in topology.NAMES:
         topology.get(name, 8).weights(step=3)
     gap = topology.spectral_gap(topology.resolve("ring", 4))
-    heavy = sorted(
-        name
-        for name, module in sys.modules.items()
-        if module is not None
-        and name.split(".")[0] in ("tensorflow", "keras", "tf_keras")
-    )
+    heavy = heavy_modules()
     print(f"gap={gap:.4f} heavy={heavy}")
     """
 )
@@ -47,19 +33,7 @@ _PROGRAM = textwrap.dedent(
 
 class NoTensorFlowImportTest(absltest.TestCase):
     def test_topology_imports_and_works_without_tensorflow(self):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")])
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", _PROGRAM],
-            cwd=_REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = testing_cluster.run_without_tensorflow(_PROGRAM, timeout=120)
         self.assertEqual(result.returncode, 0, msg=result.stderr)
         self.assertEqual(result.stdout.strip(), "gap=0.6667 heavy=[]")
 

@@ -157,6 +157,51 @@ def python_command(code: str, *args: str) -> list[str]:
     return [sys.executable, "-c", textwrap.dedent(code), *args]
 
 
+_WITHOUT_TENSORFLOW_PRELUDE = """
+import sys
+
+# `None` in `sys.modules` makes any import of these raise ImportError.
+for _blocked in ("tensorflow", "keras", "tf_keras", "jax", "torch"):
+    sys.modules[_blocked] = None
+
+
+def heavy_modules():
+    \"\"\"The TensorFlow/Keras modules imported so far (should be none).\"\"\"
+    return sorted(
+        name
+        for name, module in sys.modules.items()
+        if module is not None
+        and name.split(".")[0] in ("tensorflow", "keras", "tf_keras")
+    )
+
+"""
+
+
+def run_without_tensorflow(code: str, timeout: float = 120.0):
+    """Runs Python `code` in a fresh interpreter that cannot import TF.
+
+    Importing TensorFlow, Keras, JAX or PyTorch raises `ImportError` there;
+    `code` may call `heavy_modules()` to list any TF/Keras module that got
+    imported anyway. This package is first on the child's `PYTHONPATH`.
+
+    Returns:
+        The `subprocess.CompletedProcess`, with text `stdout` and `stderr`.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")])
+    )
+    return subprocess.run(
+        python_command(_WITHOUT_TENSORFLOW_PRELUDE + textwrap.dedent(code)),
+        cwd=_PACKAGE_PARENT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskResult:
     """What one task of a `LocalCluster` did.
