@@ -491,7 +491,15 @@ def _describe(result):
         if result["active"]:
             text += f", {peers} exchanges started"
         else:
-            text += ", passive (averaged by its active peers)"
+            text += (
+                f", passive (averaged {exchanges.get('served', 0)} times by "
+                "its active peers)"
+            )
+        if exchanges.get("idle"):
+            text += (
+                f", {exchanges['idle']} attempts found a peer's fit over "
+                "(skipped it)"
+            )
         if result["dropped_peers"]:
             text += f", dropped peers {sorted(result['dropped_peers'])}"
     if "staleness" in result:

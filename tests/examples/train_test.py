@@ -120,14 +120,20 @@ def test_through_the_launcher(strategy, tmp_path):
         else:
             assert f"on {task} of 2 workers" in lines[0]
         if strategy == "async_gossip":
-            # Each worker trained its own model, exchanging with the other.
+            # Each worker trained its own model; the active one exchanged
+            # with the passive one, or (3 steps only: the passive one often
+            # finishes before the active one's first exchange) found its
+            # fit over and went on alone.
             assert "async_gossip(ring)" in lines[0], lines[0]
             assert "consensus distance" in lines[0]
             if task == "worker:0":  # a ring of 2: 0 active, 1 passive
                 started = lines[0].split(" exchanges started")[0]
-                assert int(started.split()[-1]) >= 1, lines[0]
+                assert (
+                    int(started.split()[-1]) >= 1
+                    or "found a peer's fit over" in lines[0]
+                ), lines[0]
             else:
-                assert "passive" in lines[0], lines[0]
+                assert "passive (averaged" in lines[0], lines[0]
     assert (tmp_path / strategy / "model.keras").exists()
     if strategy == "downpour":
         for task in ("worker:0", "worker:1", "ps:0"):

@@ -140,6 +140,7 @@ def test_workers_converge_on_mnist_and_average_exactly(mnist_npz):
     _require(reports, results, [0, 1, 2])
     accuracies = [r["accuracy"] for r in reports.values()]
     # Each worker trains on a third of 4000 digits for 2 epochs (84 steps).
+    assert [reports[k]["steps"] for k in range(3)] == [84, 84, 84]
     assert min(accuracies) > 0.8, accuracies
     assert max(accuracies) - min(accuracies) < 0.05, accuracies
     for report in reports.values():
@@ -151,10 +152,12 @@ def test_workers_converge_on_mnist_and_average_exactly(mnist_npz):
         assert {"0", "1", "2"} - {str(report["node"])} <= set(
             report["exchanges"]
         )
-        # ConsensusMonitor logged the consensus distance every epoch, and
-        # the copies are close to each other.
+        # ConsensusMonitor logged the consensus distance every epoch; after
+        # the first, while every worker trains, the copies are close. (At
+        # the end the last worker to finish has trained its last steps
+        # alone: a finished worker is no longer averaged with.)
         distances = report["history"]["consensus_distance"]
-        assert len(distances) == 2 and 0 < distances[-1] < 0.1
+        assert len(distances) == 2 and 0 < distances[0] < 0.1, distances
     # average_weights is the exact mean of the workers' shared copies (two
     # buffers: trainable weights, and batch-norm statistics), identical on
     # every worker, in its local model and its shared copy.
@@ -168,6 +171,41 @@ def test_workers_converge_on_mnist_and_average_exactly(mnist_npz):
     averaged_accuracies = {r["averaged_accuracy"] for r in reports.values()}
     assert len(averaged_accuracies) == 1
     assert averaged_accuracies.pop() > 0.8
+
+
+@pytest.mark.timeout(150)
+def test_a_worker_whose_fit_ended_is_skipped_then_readmitted(tmp_path):
+    # Worker 2 trains 10 steps, pauses 3 s (as if it evaluated or saved),
+    # then trains again; workers 0 and 1 train throughout.
+    reports, results = run_cluster(
+        "finish",
+        {
+            "early": 2,
+            "dir": str(tmp_path),
+            "pause": 3.0,
+            "step_sleep": 0.05,
+            "max_epochs": 5,
+        },
+    )
+    _require(reports, results, [0, 1, 2])
+    early = reports[2]
+    # After its fit, nobody averaged with worker 2: its shared copy stayed
+    # its own final model, bit for bit, through the pause.
+    assert early["copy_after_pause"] == early["copy_at_end"]
+    assert early["served_after_pause"] == early["served_at_end"]
+    for copy, local in zip(early["copy_at_end"], early["local_at_end"]):
+        np.testing.assert_array_equal(copy, local)
+    # Its peers found it idle, kept training, and took it back when it
+    # trained again.
+    assert early["served_in_second_fit"] >= 2
+    for node in (0, 1):
+        report = reports[node]
+        assert report["early_done"]
+        assert report["exchanges"].get("idle", 0) >= 1, report["exchanges"]
+        assert report["exchanges"].get("2", 0) >= 1, report["exchanges"]
+        assert report["hook_counts"]["fit_context"] == 1
+    assert early["hook_counts"]["fit_context"] == 2
+    assert early["hook_counts"]["flush"] == 2
 
 
 @pytest.mark.timeout(150)
@@ -282,3 +320,9 @@ def test_repeated_starts_never_crash():
         _require(reports, results, [0, 1, 2])
         for node, report in reports.items():
             assert report["input_context"] == [3, node]
+    # A dataset given to the strategy (as `fit`, `evaluate` and `predict`
+    # give theirs) reaches every worker whole: no auto-sharding.
+    batches = [[2 * k, 2 * k + 1] for k in range(6)]
+    for report in reports.values():
+        assert report["default"] == batches
+        assert report["auto_shard_off"] == batches

@@ -4,6 +4,7 @@ Every bad argument must be rejected before the strategy starts a server or
 connects anywhere, so these tests use unreachable addresses.
 """
 
+import collections
 import json
 
 import numpy as np
@@ -157,3 +158,31 @@ def test_active_passive_type():
         tfd.AsyncGossipStrategy(
             "ring", cluster_resolver=_resolver(4), active_passive="yes"
         )
+
+
+def test_idle_peers_are_skipped_with_a_growing_wait(monkeypatch):
+    # A peer found idle (its fit ended) is not chosen until its check is
+    # due; each time it is found idle again the wait doubles, up to a cap.
+    from tf_decentral.strategies import async_gossip
+
+    extended = object.__new__(async_gossip._AsyncGossipExtended)
+    extended._peers = (1, 2, 3)
+    extended.dropped = {3: "gone"}
+    extended.idle = {}
+    extended.stats = collections.Counter()
+    now = [100.0]
+    monkeypatch.setattr(async_gossip.time, "monotonic", lambda: now[0])
+    first, cap = async_gossip.IDLE_RECHECK_SECONDS
+    assert extended._candidates() == [1, 2]
+    waits = []
+    for _ in range(6):
+        extended._mark_idle(2)
+        waits.append(extended.idle[2][1])
+        assert extended._candidates() == [1]
+        now[0] += waits[-1] - 1e-3
+        assert extended._candidates() == [1]
+        now[0] += 2e-3
+        assert extended._candidates() == [1, 2]  # its check is due
+    assert waits[:3] == [first, 2 * first, 4 * first]
+    assert waits[-1] == cap and max(waits) == cap
+    assert extended.stats["idle"] == 6

@@ -10,6 +10,8 @@ Phases:
         (a straggler) or dying at step `OPTIONS["die_at"]` (node `victim`).
     conserve: exchanges with the sum-conserving swap, locked or not, and
         reports the sum of all shared copies at the end (node 0).
+    finish: worker `early` trains, stops and pauses, then trains again,
+        while the others train throughout.
     kill: trains; worker `victim` takes peer `held`'s lock lease and sits
         in a critical section on `held`'s server, then is SIGKILLed there.
     guard: checks that resources made by `shared_name` on one server are
@@ -277,6 +279,82 @@ def hold_and_die(strategy, held):
     time.sleep(60)  # Not reached: SIGKILL comes first.
 
 
+def phase_finish(options):
+    """Worker `early` stops training and pauses, then trains again.
+
+    The others train (pausing `step_sleep` per step) until `early` has
+    finished its second fit (a file in `options["dir"]` says so). Worker
+    `early` reports its shared copy and its served count at the end of its
+    first fit and after the pause, and how many exchanges its peers started
+    with it during its second fit.
+    """
+    strategy = make_strategy(options)
+    node = strategy.node
+    early = options["early"]
+    done_file = os.path.join(options["dir"], "early_done")
+    rng = np.random.default_rng(node)
+    x = rng.normal(size=(4096, 8)).astype("float32")
+    y = (x.sum(axis=1) > 0).astype("int32")
+    with strategy.scope():
+        model = classifier(2, 8, 0.05)
+    result = {"node": node}
+    if node == early:
+        model.fit(x, y, batch_size=32, steps_per_epoch=10, verbose=0)
+        shared = strategy.extended.shared_model(model)
+        result["copy_at_end"] = [c.tolist() for c in shared.read_copy(node)]
+        result["served_at_end"] = strategy.exchange_counts["served"]
+        result["local_at_end"] = [b.tolist() for b in shared.local_buffers()]
+        time.sleep(options["pause"])
+        result["copy_after_pause"] = [
+            c.tolist() for c in shared.read_copy(node)
+        ]
+        result["served_after_pause"] = strategy.exchange_counts["served"]
+        served = result["served_after_pause"]
+
+        class UntilServed(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                time.sleep(options["step_sleep"])
+                if strategy.exchange_counts["served"] >= served + 2:
+                    self.model.stop_training = True
+
+        model.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=options["max_epochs"],
+            callbacks=[UntilServed()],
+            verbose=0,
+        )
+        result["served_in_second_fit"] = (
+            strategy.exchange_counts["served"] - served
+        )
+        with open(done_file, "w") as f:
+            f.write("done")
+    else:
+
+        class UntilEarlyDone(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                time.sleep(options["step_sleep"])
+                if os.path.exists(done_file):
+                    self.model.stop_training = True
+
+        model.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=options["max_epochs"],
+            callbacks=[UntilEarlyDone()],
+            verbose=0,
+        )
+        result["early_done"] = os.path.exists(done_file)
+    result["exchanges"] = {
+        str(k): v for k, v in strategy.exchange_counts.items()
+    }
+    result["hook_counts"] = dict(strategy.extended.hook_counts)
+    report(result)
+    time.sleep(2)  # Peers may still be polling this worker's barrier.
+
+
 def phase_guard(options):
     """Every client adds to, and counts under a mutex on, node 0's server."""
     del options
@@ -357,12 +435,26 @@ def phase_startup(options):
         return tf.data.Dataset.range(4).batch(2)
 
     strategy.distribute_datasets_from_function(dataset_fn)
+
+    def elements(dataset):
+        seen = []
+        for batch in strategy.experimental_distribute_dataset(dataset):
+            seen.append(batch.numpy().tolist())
+        return seen
+
+    whole = tf.data.Options()
+    whole.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF
+    )
+    batches = tf.data.Dataset.range(12).batch(2)
     report(
         {
             "node": strategy.node,
             "seconds": time.monotonic() - start,
             "connect_seconds": strategy.extended._runtime.connect_seconds,
             "input_context": contexts[0],
+            "default": elements(batches),
+            "auto_shard_off": elements(batches.with_options(whole)),
         }
     )
     time.sleep(2)  # Peers may still be polling this worker's barrier.
@@ -371,6 +463,7 @@ def phase_startup(options):
 def main(phase, options):
     phases = {
         "fit": phase_fit,
+        "finish": phase_finish,
         "conserve": phase_conserve,
         "guard": phase_guard,
         "kill": phase_kill,

@@ -99,8 +99,15 @@ class Locks:
         self.layout = layout
         self.lease_seconds = float(lease_seconds)
         self.owner, self.expiry, self.mutex, self.counter = [], [], [], []
+        self.training, self.served = [], []
         for k in range(layout.num_nodes):
             device = layout.server_device(k)
+            self.training.append(
+                _handle(device, tf.int64, [], f"{_PREFIX}/training")
+            )
+            self.served.append(
+                _handle(device, tf.int64, [], f"{_PREFIX}/served")
+            )
             self.owner.append(
                 _handle(device, tf.int64, [], f"{_PREFIX}/lock_owner")
             )
@@ -119,6 +126,8 @@ class Locks:
             if not bool(_is_initialized(self.owner[i]).numpy()):
                 _assign(self.expiry[i], tf.constant(0.0, tf.float64))
                 _assign(self.counter[i], tf.constant(0, tf.int64))
+                _assign(self.training[i], tf.constant(1, tf.int64))
+                _assign(self.served[i], tf.constant(0, tf.int64))
                 _assign(self.owner[i], tf.constant(0, tf.int64))
         self._generation = self._read_counter(i)
         self._token = 0
@@ -127,6 +136,24 @@ class Locks:
         """Returns a token no other lock acquisition uses (never 0)."""
         self._token += 1
         return tf.constant((self.layout.node + 1) << 40 | self._token, tf.int64)
+
+    def set_training(self, training: bool):
+        """Marks this node as training (peers exchange with it) or idle
+        (peers skip it: its `fit` ended). A node starts as training."""
+        i = self.layout.node
+        with tf.device(self.layout.server_device(i)):
+            _assign(self.training[i], tf.constant(int(training), tf.int64))
+
+    def is_training(self, k) -> bool:
+        """Whether node `k` is marked as training (one read on its server)."""
+        with tf.device(self.layout.server_device(k)):
+            return bool(_read(self.training[k], tf.int64).numpy())
+
+    def served_count(self) -> int:
+        """Exchanges that peers started with this node and completed."""
+        i = self.layout.node
+        with tf.device(self.layout.server_device(i)):
+            return int(_read(self.served[i], tf.int64).numpy())
 
     def try_acquire(self, k, token):
         """Takes node `k`'s lease for `token` if free; returns whether.
@@ -158,8 +185,10 @@ class Locks:
         its server; inside a critical section of `k`."""
         owner = _read(self.owner[k], tf.int64)
         expiry = _read(self.expiry[k], tf.float64)
-        return owner, expiry, tf.logical_or(
-            tf.equal(owner, 0), tf.timestamp() > expiry
+        return (
+            owner,
+            expiry,
+            tf.logical_or(tf.equal(owner, 0), tf.timestamp() > expiry),
         )
 
     def acquire_read(self, k, token, handles, dtypes):
@@ -195,30 +224,41 @@ class Locks:
     def combine_passive(self, k, handles, dtypes, incoming, go, combine):
         """The passive side of an exchange, atomic on node `k`'s server.
 
-        In one critical section of `k`: if `go` and `k`'s lease is free (no
-        exchange of `k`'s own is under way), reads `x_k`, computes
-        `(new_i, new_k) = combine(incoming, x_k)`, writes `x_k <- new_k` and
-        returns `[True, *new_i]`; else changes nothing and returns
-        `[False, *empty buffers]`. Runs inside a `tf.function`; `incoming`
-        and `go` must already be on `k`'s server.
+        In one critical section of `k`: if `go`, `k` is training (see
+        `set_training`) and `k`'s lease is free (no exchange of `k`'s own is
+        under way), reads `x_k`, computes `(new_i, new_k) = combine(incoming,
+        x_k)`, writes `x_k <- new_k`, counts the exchange as served by `k`
+        and returns `[True, idle, *new_i]`; else changes nothing and returns
+        `[False, idle, *empty buffers]`. `idle` is whether `k` is not
+        training. Runs inside a `tf.function`; `incoming` and `go` must
+        already be on `k`'s server.
         """
 
         def body():
             with tf.device(self.layout.server_device(k)):
                 _, _, free = self._free(k)
-                ok = tf.logical_and(go, free)
+                idle = tf.equal(_read(self.training[k], tf.int64), 0)
+                ok = tf.logical_and(
+                    tf.logical_and(go, free), tf.logical_not(idle)
+                )
 
                 def apply():
                     current = [_read(h, d) for h, d in zip(handles, dtypes)]
                     new_i, new_k = combine(incoming, current)
                     writes = [_assign(h, v) for h, v in zip(handles, new_k)]
+                    writes.append(
+                        tf.raw_ops.AssignAddVariableOp(
+                            resource=self.served[k],
+                            value=tf.constant(1, tf.int64),
+                        )
+                    )
                     with tf.control_dependencies(writes):
                         return [tf.identity(v) for v in new_i]
 
                 new_i = tf.cond(
                     ok, apply, lambda: [tf.zeros([0], d) for d in dtypes]
                 )
-                return [tf.identity(ok), *new_i]
+                return [tf.identity(ok), tf.identity(idle), *new_i]
 
         return self.mutex[k].execute(body, exclusive_resource_access=False)
 
@@ -563,17 +603,20 @@ class SharedModel:
                     x_i = [_read(h, d) for h, d in zip(self.handles[i], dtypes)]
             if j is None:
                 ok, new_i = got, x_i
+                with tf.device(dev_i):
+                    idle = tf.constant(False)
             else:
                 dev_j = layout.server_device(j)
                 with tf.device(dev_j):
                     go = tf.identity(got)
                     incoming = [tf.identity(a) for a in x_i]
                 if self._locked:
-                    ok, *new_i = locks.combine_passive(
+                    ok, idle, *new_i = locks.combine_passive(
                         j, self.handles[j], dtypes, incoming, go, self._combine
                     )
                 else:
                     with tf.device(dev_j):
+                        idle = tf.constant(False)
                         current = [
                             _read(h, d) for h, d in zip(self.handles[j], dtypes)
                         ]
@@ -617,16 +660,22 @@ class SharedModel:
                     for b, f in zip(self.base, fresh)
                 ]
                 with tf.control_dependencies(updates):
-                    return tf.identity(written)
+                    return tf.identity(written), tf.identity(idle)
 
         return exchange
 
-    def exchange(self, j, token) -> bool:
-        """Runs one exchange with peer `j` (None: solo); returns whether it
-        happened (False: a lock was busy, nothing changed)."""
+    def exchange(self, j, token) -> str:
+        """Runs one exchange with peer `j` (None: solo).
+
+        Returns `"done"`, `"busy"` (a lock was busy: nothing changed) or
+        `"idle"` (`j` is not training: nothing changed).
+        """
         if j not in self._functions:
             self._functions[j] = self._build(j)
-        return bool(self._functions[j](token).numpy())
+        written, idle = self._functions[j](token)
+        if bool(written.numpy()):
+            return "done"
+        return "idle" if bool(idle.numpy()) else "busy"
 
     def release(self, token):
         """Frees this node's lease if `token` owns it (after an error)."""

@@ -18,6 +18,11 @@ unchanged. Patching these two methods, rather than reinterpreting every
 replica-context all-reduce, keeps other all-reduces (synchronized batch
 normalization, user code) real all-reduces.
 
+`TensorFlowTrainer.fit` runs inside the strategy's
+`OptimizerHooks.keras_fit_context` (AsyncGossipStrategy tells its peers when
+a worker trains), and `make_train_function` hands Keras' train function to
+`OptimizerHooks.keras_wrap_train_function`.
+
 A strategy that is a `FitDriver` (DownpourParameterServerStrategy) replaces
 Keras' whole training step instead: `fit` calls `make_train_function`, then
 `train_function(iterator)` once per `steps_per_execution` batches. For such a
@@ -44,6 +49,7 @@ are live on the installed Keras.
 
 import collections
 import contextlib
+import functools
 import threading
 
 import keras
@@ -52,6 +58,7 @@ import tensorflow as tf
 # Private Keras modules: the TensorFlow backend's optimizer base class
 # `TFOptimizer`, whose `_all_reduce_sum_gradients`,
 # `_distributed_tf_update_step` and `__init__` we wrap, and its trainer, whose
+# `fit` we run in an `OptimizerHooks` strategy's fit context, whose
 # `make_train_function` we wrap to explain communication failures (and to
 # hand `fit` a `FitDriver`'s train function), whose
 # `_get_metrics_result_or_logs` we wrap to end a `FitDriver`'s epochs, and
@@ -96,6 +103,12 @@ class OptimizerHooks:
         """
         del model
         return train_function
+
+    def keras_fit_context(self, model):
+        """Returns a context manager that `fit` runs in (entered before its
+        first step, exited when it returns or raises)."""
+        del model
+        return contextlib.nullcontext()
 
     def explain_communication_error(self, error):
         """Returns a clearer message for `error` raised by a train step.
@@ -245,6 +258,17 @@ def install():
             self.train_function = explained
             return function if function is None else explained
 
+        original_fit = trainer_cls.fit
+
+        @functools.wraps(original_fit)
+        def fit(self, *args, **kwargs):
+            hooks = _hooks_of(getattr(self, "_distribute_strategy", None))
+            if hooks is None:
+                return original_fit(self, *args, **kwargs)
+            hook_counts["fit_context"] += 1
+            with hooks.keras_fit_context(self):
+                return original_fit(self, *args, **kwargs)
+
         original_epoch_logs = trainer_cls._get_metrics_result_or_logs
 
         def _get_metrics_result_or_logs(self, logs):
@@ -290,6 +314,7 @@ def install():
         cls._all_reduce_sum_gradients = _all_reduce_sum_gradients
         cls._distributed_tf_update_step = _distributed_tf_update_step
         cls.__init__ = __init__
+        trainer_cls.fit = fit
         trainer_cls.make_train_function = make_train_function
         trainer_cls._get_metrics_result_or_logs = _get_metrics_result_or_logs
         trainer_cls.reset_metrics = reset_metrics

@@ -28,6 +28,7 @@ References:
 """
 
 import collections
+import contextlib
 import random
 import time
 import weakref
@@ -48,6 +49,10 @@ from tf_decentral.strategies.all_reduce import make_communication_options
 DEFAULT_TIMEOUT_SECONDS = 30.0
 """How long an exchange may hold a peer's lock, and a step may wait for one,
 when `communication_options` gives no timeout."""
+
+IDLE_RECHECK_SECONDS = (0.5, 4.0)
+"""A peer found idle (its `fit` ended) is tried again after the first value,
+then after twice as long each time it is still idle, up to the second."""
 
 STARTUP_TIMEOUT_SECONDS = 600.0
 """How long a worker waits for the others to connect and to start `fit`."""
@@ -181,6 +186,8 @@ class _AsyncGossipExtended(
         self._models = weakref.WeakKeyDictionary()
         self._num_models = 0
         self.dropped = {}
+        self.idle = {}  # peer -> (monotonic time of next check, wait)
+        self._fits = 0
         self.stats = collections.Counter()
         self.exchanges = collections.Counter()
 
@@ -191,16 +198,18 @@ class _AsyncGossipExtended(
 
     # Input ------------------------------------------------------------------
 
-    def _distribute_datasets_from_function(self, dataset_fn, options):
-        context = distribute_lib.InputContext(
+    def _input_context(self):
+        return distribute_lib.InputContext(
             num_input_pipelines=self._layout.num_nodes,
             input_pipeline_id=self._layout.node,
             num_replicas_in_sync=1,
         )
+
+    def _distribute_datasets_from_function(self, dataset_fn, options):
         return input_util.get_distributed_datasets_from_function(
             dataset_fn,
             self._input_workers_with_options(options),
-            [context],
+            [self._input_context()],
             self._container_strategy(),
             options=options,
         )
@@ -271,32 +280,113 @@ class _AsyncGossipExtended(
     def exchange(self, shared):
         """One exchange with a random live peer; retries while locks are
         busy, for at most the timeout (then the delta waits for the next
-        step)."""
+        step). A peer found idle is skipped until its next check."""
         deadline = time.monotonic() + self._timeout
         pause = 0.001
         while True:
-            live = [j for j in self._peers if j not in self.dropped]
-            if not self._active:
-                live = []  # A passive node only applies its own updates.
+            live = self._candidates() if self._active else []
             peer = self._rng.choice(live) if live else None
             token = self.locks.next_token()
             try:
-                done = shared.exchange(peer, token)
+                status = shared.exchange(peer, token)
             except _PEER_ERRORS as e:
                 self._release(shared, token)
                 if peer is None:
                     raise
                 self._drop(peer, e)
                 continue
-            if done:
+            if status == "done":
                 self.exchanges[peer if peer is not None else "solo"] += 1
+                self.idle.pop(peer, None)
                 return True
+            if status == "idle":
+                self._mark_idle(peer)
+                continue
             self.stats["busy"] += 1
             if time.monotonic() >= deadline:
                 self.stats["skipped"] += 1
                 return False
             time.sleep(pause * (0.5 + self._rng.random()))
             pause = min(2 * pause, 0.05)
+
+    def _candidates(self):
+        """Peers not dropped, and not idle unless their check is due."""
+        now = time.monotonic()
+        return [
+            j
+            for j in self._peers
+            if j not in self.dropped
+            and (j not in self.idle or self.idle[j][0] <= now)
+        ]
+
+    def _mark_idle(self, peer):
+        """Skips `peer` (its fit ended) for a while, doubling the while
+        each time it is found idle again (it is re-admitted as soon as an
+        exchange with it succeeds)."""
+        _, wait = self.idle.get(peer, (0.0, IDLE_RECHECK_SECONDS[0] / 2))
+        wait = min(2 * wait, IDLE_RECHECK_SECONDS[1])
+        self.idle[peer] = (time.monotonic() + wait, wait)
+        self.stats["idle"] += 1
+
+    def keras_fit_context(self, model):
+        """Marks this worker as training while `fit` runs.
+
+        After `fit` its peers skip it (it finished, or it evaluates or
+        saves) until its next `fit`, and its local model is set to its
+        shared copy, with what peers averaged into it until then: the model
+        `evaluate`, `get_weights` and `save` see is this worker's copy, and
+        stays it.
+        """
+        return self._training(model)
+
+    @contextlib.contextmanager
+    def _training(self, model):
+        self.hook_counts["fit_context"] += 1
+        self._fits += 1
+        try:
+            if self._fits == 1:
+                self.locks.set_training(True)
+            yield
+        finally:
+            self._fits -= 1
+            if self._fits == 0:
+                self._stop_training(model)
+
+    def _stop_training(self, model):
+        me = self._layout.task(self._layout.node)
+        try:
+            self.locks.set_training(False)
+            # Peers' exchanges with this worker that saw it training have
+            # ended once the flush below holds its lock; none comes after.
+            shared = self.shared_model(model, create=False)
+            if shared is not None and not self.flush(shared):
+                logging.warning(
+                    "AsyncGossipStrategy on %s: could not copy its shared "
+                    "model into its local model after fit within %g s; the "
+                    "local model misses its peers' last averages.",
+                    me,
+                    self._timeout,
+                )
+        except tf.errors.OpError as e:
+            logging.warning(
+                "AsyncGossipStrategy on %s: could not mark it idle after fit"
+                " (%s: %s); its peers drop it when it stops answering.",
+                me,
+                type(e).__name__,
+                e.message[:200],
+            )
+
+    def flush(self, shared):
+        """Adds the local model's pending update to the shared copy and
+        copies the result back (a solo exchange); returns whether done."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            if shared.exchange(None, self.locks.next_token()) == "done":
+                self.hook_counts["flush"] += 1
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def _release(self, shared, token):
         try:
@@ -358,8 +448,12 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
     copies the result back. Exchanges are atomic: the sum of all copies
     changes only by the workers' own updates.
 
-    Data: every worker trains on the dataset it is given. Give each its own
-    shard (`dataset.shard(strategy.num_workers, strategy.node)`), or use
+    Data: every worker trains on the dataset it is given, whole; unlike
+    TF's multi-worker strategies this one does not auto-shard, because
+    `evaluate` and `predict` use the same path and must see all the data
+    (this worker's own model, no gathering across workers). Give each
+    worker its own shard: `dataset.shard(strategy.num_workers,
+    strategy.node)`, `x[strategy.node::strategy.num_workers]`, or
     `distribute_datasets_from_function`, whose `InputContext` names this
     worker's pipeline. `evaluate`, `predict`, `get_weights` and `save` use
     this worker's own model. With `steps_per_execution=k`, one exchange
@@ -503,12 +597,21 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
         return dict(self.extended.dropped)
 
     @property
+    def idle_peers(self) -> tuple:
+        """Peers skipped now because their `fit` ended (they are tried again
+        from time to time, and re-admitted when they train again)."""
+        return tuple(sorted(self.extended.idle))
+
+    @property
     def exchange_counts(self) -> dict:
         """Exchanges this worker started, by peer (`"solo"`: no live peer),
-        plus `"busy"` (retries on busy locks) and `"skipped"` (steps whose
-        update waited for the next step)."""
+        plus `"busy"` (retries on busy locks), `"skipped"` (steps whose
+        update waited for the next step), `"idle"` (attempts that found a
+        peer idle) and `"served"` (exchanges peers started with this
+        worker, read from its server)."""
         counts = dict(self.extended.exchanges)
         counts.update(self.extended.stats)
+        counts["served"] = self.extended.locks.served_count()
         return counts
 
     def _shared(self, model):
