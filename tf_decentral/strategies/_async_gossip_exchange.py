@@ -14,6 +14,10 @@ Vocabulary.
 * **Exchange** with peer `j` (Lian et al. 2018, AD-PSGD): atomically
   `m = (x_i + x_j) / 2; x_j <- m; x_i <- m + delta`; then local and base
   `<- x_i`. A **solo** exchange (no live peer) is `x_i <- x_i + delta`.
+* **Training flag**: 1 on node `k`'s server while its `fit` runs (and from
+  start-up to its first `fit`), 0 after. An exchange with a peer whose flag
+  is 0 changes nothing and says the peer is idle; the caller skips it for a
+  while (see `AsyncGossipStrategy`).
 
 Locks. Each node has one lock, a *lease* kept on its server: an owner token
 and an expiry time, changed only inside a small `tf.CriticalSection` on that

@@ -424,9 +424,11 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
     unmodified `compile` and `fit`. Each keeps its own model and trains at
     its own pace: after every step it atomically averages its model with one
     random neighbour of the topology and adds its optimizer's update (Lian et
-    al. 2018). There is no global barrier: a slow worker slows nobody, and a
-    worker that stops (it finished, crashed or became unreachable) is dropped
-    by its peers, which keep training.
+    al. 2018). There is no global barrier: a slow worker slows nobody; a
+    worker whose `fit` has ended is skipped by its peers (they check it
+    again from time to time and take it back when it trains again), and one
+    that crashed or became unreachable is dropped for good. Either way its
+    peers keep training.
 
     ```python
     strategy = tfd.AsyncGossipStrategy("ring")   # reads TF_CONFIG
@@ -489,7 +491,10 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             size is not the number of workers, a disconnected topology, or
             `active_passive=True` with a topology that is not bipartite.
 
-    __Known issues__: a worker that was dropped cannot rejoin. Keras'
+    __Known issues__: a worker that was dropped (it crashed, or did not
+    answer) cannot rejoin, even restarted. On the active/passive split,
+    passive workers, which never wait for the network, may finish first;
+    their active neighbours then train their last steps alone. Keras'
     `gradient_accumulation_steps` and EMA work on the local model only.
 
     References:
