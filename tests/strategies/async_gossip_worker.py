@@ -325,9 +325,9 @@ def phase_finish(options):
             callbacks=[UntilServed()],
             verbose=0,
         )
-        result["served_in_second_fit"] = (
-            strategy.exchange_counts["served"] - served
-        )
+        # Idle again: no peer exchange with it completes after this.
+        result["served_final"] = strategy.exchange_counts["served"]
+        result["served_in_second_fit"] = result["served_final"] - served
         with open(done_file, "w") as f:
             f.write("done")
     else:

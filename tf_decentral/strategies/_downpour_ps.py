@@ -182,10 +182,36 @@ class ParameterServerState:
 
         `tau` is the push's staleness (0 for a duplicate), `fresh` whether
         it was accepted.
+
+        The push id is claimed only once every gradient piece has reached
+        its ps task: a worker that dies while sending its gradients leaves
+        no claim behind, so the re-run of its closure is not mistaken for a
+        duplicate (which would lose the push).
         """
+        pieces = self._land(grads)
+        arrived = [p for target in pieces if target for p in target]
         if self.protocol == "async":
-            return self._push_async(grads, fetched_clock, push_id)
-        return self._push_buffered(grads, fetched_clock, push_id)
+            return self._push_async(pieces, arrived, fetched_clock, push_id)
+        return self._push_buffered(pieces, arrived, fetched_clock, push_id)
+
+    def _land(self, grads):
+        """Splits every gradient by its target's parts and copies each piece
+        to the ps task of its part; `None` for targets without gradient."""
+        landed = []
+        for target, grad in zip(self.targets, grads):
+            if grad is None:
+                landed.append(None)
+                continue
+            if target.rows is None:
+                pieces = [grad]
+            else:
+                pieces = tf.split(grad, target.rows, axis=0)
+            parts = []
+            for part, piece in zip(target.parts, pieces):
+                with tf.device(placement.device_of(part)):
+                    parts.append(tf.identity(piece))
+            landed.append(parts)
+        return landed
 
     def _claim(self, push_id):
         """Records `push_id`; returns whether it is new. Run under the lock."""
@@ -209,16 +235,13 @@ class ParameterServerState:
             rate = rate / tf.maximum(tf.cast(staleness, tf.float32), 1.0)
         return rate
 
-    def _apply(self, grads, rate):
-        """Runs the optimizer on every part with a gradient, on its ps."""
+    def _apply(self, pieces_by_target, rate):
+        """Runs the optimizer on every part with a gradient, on its ps;
+        `pieces_by_target` holds one gradient piece per part (or None)."""
         optimizer = self.optimizer
-        for target, grad in zip(self.targets, grads):
-            if grad is None:
+        for target, pieces in zip(self.targets, pieces_by_target):
+            if pieces is None:
                 continue
-            if target.rows is None:
-                pieces = [grad]
-            else:
-                pieces = tf.split(grad, target.rows, axis=0)
             for part, piece in zip(target.parts, pieces):
                 with tf.device(placement.device_of(part)):
                     if optimizer.weight_decay is not None and (
@@ -237,17 +260,18 @@ class ParameterServerState:
                 value = tf.convert_to_tensor(target.variable)
                 target.variable.value.assign(constraint(value))
 
-    def _push_async(self, grads, fetched_clock, push_id):
-        fresh = self.lock.execute(
-            lambda: self._claim(push_id), exclusive_resource_access=False
-        )
-        present = [g for g in grads if g is not None]
+    def _push_async(self, pieces, arrived, fetched_clock, push_id):
+        def claim():
+            with tf.control_dependencies(arrived):
+                return self._claim(push_id)
+
+        fresh = self.lock.execute(claim, exclusive_resource_access=False)
 
         def accept():
-            with tf.control_dependencies(present):
+            with tf.control_dependencies(arrived):
                 version = self.clock.assign_add(1, read_value=True)
             staleness = version - fetched_clock
-            self._apply(grads, self._scaled_learning_rate(staleness))
+            self._apply(pieces, self._scaled_learning_rate(staleness))
             counted = [
                 self.optimizer.iterations.value.assign_add(1),
                 self.pushes.assign_add(1),
@@ -277,9 +301,7 @@ class ParameterServerState:
                     values.append(
                         buffer.read_value() * tf.cast(scale, buffer.dtype)
                     )
-            averages.append(
-                values[0] if len(values) == 1 else tf.concat(values, axis=0)
-            )
+            averages.append(values)
         self._apply(averages, self._scaled_learning_rate(mean))
         with tf.control_dependencies(_written_ops(graph, first)):
             reset = [
@@ -337,27 +359,22 @@ class ParameterServerState:
             self._flush_function = flush
         return bool(self._flush_function().numpy())
 
-    def _push_buffered(self, grads, fetched_clock, push_id):
-        mask = [g is not None for g in grads]
+    def _push_buffered(self, pieces_by_target, arrived, fetched_clock, push_id):
+        mask = [p is not None for p in pieces_by_target]
         self._mask = mask
 
         def locked():
             graph = tf.compat.v1.get_default_graph()
             first = len(graph.get_operations())
-            fresh = self._claim(push_id)
+            with tf.control_dependencies(arrived):
+                fresh = self._claim(push_id)
 
             def accept():
                 staleness = self.clock.read_value() - fetched_clock + 1
                 added = []
-                for grad, target, buffers in zip(
-                    grads, self.targets, self.buffers
-                ):
-                    if grad is None:
+                for pieces, buffers in zip(pieces_by_target, self.buffers):
+                    if pieces is None:
                         continue
-                    if target.rows is None:
-                        pieces = [grad]
-                    else:
-                        pieces = tf.split(grad, target.rows, axis=0)
                     for buffer, piece in zip(buffers, pieces):
                         with tf.device(buffer.device):
                             added.append(buffer.assign_add(piece))
