@@ -298,6 +298,26 @@ def phase_finish(options):
     with strategy.scope():
         model = classifier(2, 8, 0.05)
     result = {"node": node}
+
+    def train_until(done):
+        """Trains, pausing `step_sleep` per step, until `done()` (or for
+        `max_epochs`)."""
+
+        class Until(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                time.sleep(options["step_sleep"])
+                if done():
+                    self.model.stop_training = True
+
+        model.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=options["max_epochs"],
+            callbacks=[Until()],
+            verbose=0,
+        )
+
     if node == early:
         model.fit(x, y, batch_size=32, steps_per_epoch=10, verbose=0)
         shared = strategy.extended.shared_model(model)
@@ -310,42 +330,14 @@ def phase_finish(options):
         ]
         result["served_after_pause"] = strategy.exchange_counts["served"]
         served = result["served_after_pause"]
-
-        class UntilServed(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                time.sleep(options["step_sleep"])
-                if strategy.exchange_counts["served"] >= served + 2:
-                    self.model.stop_training = True
-
-        model.fit(
-            x,
-            y,
-            batch_size=32,
-            epochs=options["max_epochs"],
-            callbacks=[UntilServed()],
-            verbose=0,
-        )
+        train_until(lambda: strategy.exchange_counts["served"] >= served + 2)
         # Idle again: no peer exchange with it completes after this.
         result["served_final"] = strategy.exchange_counts["served"]
         result["served_in_second_fit"] = result["served_final"] - served
         with open(done_file, "w") as f:
             f.write("done")
     else:
-
-        class UntilEarlyDone(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                time.sleep(options["step_sleep"])
-                if os.path.exists(done_file):
-                    self.model.stop_training = True
-
-        model.fit(
-            x,
-            y,
-            batch_size=32,
-            epochs=options["max_epochs"],
-            callbacks=[UntilEarlyDone()],
-            verbose=0,
-        )
+        train_until(lambda: os.path.exists(done_file))
         result["early_done"] = os.path.exists(done_file)
     result["exchanges"] = {
         str(k): v for k, v in strategy.exchange_counts.items()
