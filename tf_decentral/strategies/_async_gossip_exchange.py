@@ -148,11 +148,6 @@ class Locks:
         with tf.device(self.layout.server_device(i)):
             _assign(self.training[i], tf.constant(int(training), tf.int64))
 
-    def is_training(self, k) -> bool:
-        """Whether node `k` is marked as training (one read on its server)."""
-        with tf.device(self.layout.server_device(k)):
-            return bool(_read(self.training[k], tf.int64).numpy())
-
     def served_count(self) -> int:
         """Exchanges that peers started with this node and completed."""
         i = self.layout.node

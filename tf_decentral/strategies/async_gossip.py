@@ -198,18 +198,16 @@ class _AsyncGossipExtended(
 
     # Input ------------------------------------------------------------------
 
-    def _input_context(self):
-        return distribute_lib.InputContext(
+    def _distribute_datasets_from_function(self, dataset_fn, options):
+        context = distribute_lib.InputContext(
             num_input_pipelines=self._layout.num_nodes,
             input_pipeline_id=self._layout.node,
             num_replicas_in_sync=1,
         )
-
-    def _distribute_datasets_from_function(self, dataset_fn, options):
         return input_util.get_distributed_datasets_from_function(
             dataset_fn,
             self._input_workers_with_options(options),
-            [self._input_context()],
+            [context],
             self._container_strategy(),
             options=options,
         )
