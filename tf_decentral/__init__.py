@@ -36,6 +36,7 @@ _LAZY_ATTRIBUTES = {
 _LAZY_MODULES = (
     "callbacks",
     "cluster",
+    "cost_model",
     "datasets",
     "ops",
     "strategies",

@@ -1,10 +1,18 @@
-"""Every private TensorFlow API tf_decentral uses, imported in one place.
+"""Every private TensorFlow name tf_decentral uses, in one place.
 
 `tf.distribute` has no public extension API (tensorflow/tensorflow#32355): a
 new strategy must subclass the implementation classes under
-`tensorflow.python.distribute`. Each import below names what it is used for,
-so a TensorFlow upgrade can be checked against this list. The tests in
-`tests/strategies/` assert that every hook built on these actually fires.
+`tensorflow.python.distribute`, override their private methods and read
+their private attributes. This module is the only one that does: it turns
+each private name into an adapter (a subclass whose private hook calls a
+public-named method, a property, or a function), and `PRIVATE_NAMES` says
+why each one is needed, so a TensorFlow upgrade can be checked against one
+list. `tests/private_names_test.py` fails on a private TensorFlow import,
+attribute or environment variable used anywhere else, and on a name used
+here but not listed (or listed but no longer used). The tests under
+`tests/strategies/` assert that the hooks built on these fire.
+
+The Keras counterpart is `tf_decentral/_keras_private.py`.
 """
 
 # pylint: disable=g-direct-tensorflow-import,unused-import
@@ -66,3 +74,92 @@ from tensorflow.python.framework import ops  # noqa: F401
 from tensorflow.python.ops import collective_ops  # noqa: F401
 from tensorflow.python.ops import variable_scope  # noqa: F401
 from tensorflow.python.util import nest  # noqa: F401
+
+PRIVATE_NAMES = {}
+"""Every private TensorFlow name used here -> why it is needed."""
+
+
+# =====================================================================
+# Common: collective all-reduce (strategies/all_reduce.py, _collective.py)
+# =====================================================================
+
+PRIVATE_NAMES.update({
+    "tensorflow.python.distribute.collective_all_reduce_strategy": (
+        "CollectiveAllReduceExtended, base of AllReduceStrategy's and "
+        "multi-worker GossipStrategy's implementations"
+    ),
+    "_collective_key_base": (
+        "the first collective group key a Mirrored/MultiWorkerMirrored "
+        "strategy numbers its groups from; every stock strategy starts at 0, "
+        "so two in one process clash (see strategies/_collective.py)"
+    ),
+    "_reduce_to": (
+        "CollectiveAllReduceExtended's reduction: Keras 3 passes nested "
+        "structures it cannot map over (keras#20585), and gossip keeps "
+        "per-step reductions on the worker"
+    ),
+})
+
+
+# Collective all-reduce (MultiWorkerMirroredStrategy) -------------------
+
+
+def set_collective_key_base(strategy, base: int) -> None:
+    """Makes `strategy`'s collective groups start at `base + 1`.
+
+    Must be called before the strategy's extended is created: TF's
+    Mirrored/CollectiveAllReduce extended reads it in its constructor.
+    """
+    strategy._collective_key_base = base
+
+
+class CollectiveAllReduceExtended(
+    collective_all_reduce_strategy.CollectiveAllReduceExtended
+):
+    """TF's `CollectiveAllReduceExtended` with public-named hooks.
+
+    Subclasses override `reduce_to` instead of TF's private `_reduce_to`.
+    """
+
+    def _reduce_to(self, reduce_op, value, destinations, options):
+        return self.reduce_to(reduce_op, value, destinations, options)
+
+    def reduce_to(self, reduce_op, value, destinations, options):
+        """Reduces `value` as TF's collective extended does."""
+        return collective_reduce_to(
+            self, reduce_op, value, destinations, options
+        )
+
+
+def collective_reduce_to(extended, reduce_op, value, destinations, options):
+    """TF's `CollectiveAllReduceExtended._reduce_to` on `extended`."""
+    return collective_all_reduce_strategy.CollectiveAllReduceExtended._reduce_to(  # noqa: E501
+        extended, reduce_op, value, destinations, options
+    )
+
+
+# =====================================================================
+# GossipStrategy (strategies/gossip/, ops/neighbor_exchange.py)
+# =====================================================================
+
+PRIVATE_NAMES.update({})
+
+# (end of the GossipStrategy section)
+
+
+# =====================================================================
+# AsyncGossipStrategy (strategies/async_gossip/)
+# =====================================================================
+
+PRIVATE_NAMES.update({})
+
+# (end of the AsyncGossipStrategy section)
+
+
+# =====================================================================
+# DownpourParameterServerStrategy (strategies/downpour/)
+# =====================================================================
+
+PRIVATE_NAMES.update({})
+
+# (end of the DownpourParameterServerStrategy section)

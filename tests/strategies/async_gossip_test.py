@@ -13,7 +13,9 @@ import tensorflow as tf
 
 import tf_decentral as tfd
 from tf_decentral import strategies
-from tf_decentral.strategies import _async_gossip_runtime
+from tf_decentral.strategies.async_gossip import (
+    runtime as _async_gossip_runtime,
+)
 
 
 def _resolver(num_workers, task_id=0, has_chief=False, task_type="worker"):
@@ -133,7 +135,7 @@ def test_exported():
     ],
 )
 def test_two_coloring(topology, colouring):
-    from tf_decentral.strategies import async_gossip
+    from tf_decentral.strategies.async_gossip import strategy as async_gossip
 
     adjacency = async_gossip._undirected_peers(topology)
     got = async_gossip.two_coloring(adjacency)
@@ -163,7 +165,7 @@ def test_active_passive_type():
 def test_idle_peers_are_skipped_with_a_growing_wait(monkeypatch):
     # A peer found idle (its fit ended) is not chosen until its check is
     # due; each time it is found idle again the wait doubles, up to a cap.
-    from tf_decentral.strategies import async_gossip
+    from tf_decentral.strategies.async_gossip import strategy as async_gossip
 
     extended = object.__new__(async_gossip._AsyncGossipExtended)
     extended._peers = (1, 2, 3)

@@ -35,7 +35,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_decentral as tfd  # noqa: E402
-from tf_decentral.strategies import _async_gossip_exchange  # noqa: E402
+from tf_decentral.strategies.async_gossip import (  # noqa: E402
+    exchange as _async_gossip_exchange,
+)
 
 
 def report(result):
@@ -350,7 +352,7 @@ def phase_finish(options):
 def phase_guard(options):
     """Every client adds to, and counts under a mutex on, node 0's server."""
     del options
-    from tf_decentral.strategies import _async_gossip_runtime as runtime_lib
+    from tf_decentral.strategies.async_gossip import runtime as runtime_lib
 
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     layout = runtime_lib.layout_from_resolver(resolver)

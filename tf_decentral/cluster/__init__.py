@@ -28,6 +28,7 @@ from tf_decentral.cluster.server import run_server
 from tf_decentral.cluster.tf_config import ClusterConfig
 from tf_decentral.cluster.tf_config import from_env
 from tf_decentral.cluster.tf_config import parse_tf_config
+from tf_decentral.cluster.tf_config import training_tasks
 
 __all__ = (
     "TASK_ENV_VAR",
@@ -39,4 +40,5 @@ __all__ = (
     "parse_tf_config",
     "pick_unused_ports",
     "run_server",
+    "training_tasks",
 )

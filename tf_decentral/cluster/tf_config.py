@@ -265,6 +265,35 @@ class ClusterConfig:
         return json.dumps(config)
 
 
+def training_tasks(cluster: Mapping) -> tuple[tuple[str, int], ...]:
+    """Returns `(job, index)` of every training task, in TensorFlow's order.
+
+    The chief first (if any), then the workers: the order in which
+    `MultiWorkerMirroredStrategy` numbers its workers (`worker_index`), and
+    the order of the gossip nodes. Other jobs (ps, evaluator) are left out.
+
+    Args:
+        cluster: Job name -> addresses (a list, or a dict index -> address as
+            `tf.train.ClusterSpec.as_dict` gives for sparse jobs).
+
+    Example:
+        >>> from tf_decentral import cluster
+        >>> cluster.training_tasks(
+        ...     {"worker": ["h1:1", "h2:1"], "chief": ["h0:1"], "ps": ["p:1"]}
+        ... )
+        (('chief', 0), ('worker', 0), ('worker', 1))
+    """
+    tasks = []
+    for job in _TRAINING_JOBS:
+        addresses = cluster.get(job) or ()
+        if isinstance(addresses, Mapping):
+            indices = sorted(addresses)
+        else:
+            indices = range(len(addresses))
+        tasks.extend((job, int(i)) for i in indices)
+    return tuple(tasks)
+
+
 def parse_tf_config(text: str) -> ClusterConfig:
     """Parses a `TF_CONFIG` JSON string.
 

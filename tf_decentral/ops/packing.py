@@ -4,6 +4,7 @@ Communication and mixing cost a fixed overhead per op, so the strategies move
 all variables of a step as one buffer per dtype instead of one tensor each.
 """
 
+import collections
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -46,3 +47,15 @@ def unpack(buffer: tf.Tensor, shapes: Sequence[tf.TensorShape]) -> list:
         return [tf.reshape(buffer, shapes[0])]
     parts = tf.split(buffer, sizes, axis=0)
     return [tf.reshape(p, s) for p, s in zip(parts, shapes)]
+
+
+def group_by_dtype(variables) -> dict:
+    """Returns `{base dtype: [variables of that dtype]}`, in first-seen order.
+
+    `pack` needs one dtype per buffer: mixing, exchanging and averaging move
+    one packed buffer per group.
+    """
+    groups = collections.defaultdict(list)
+    for v in variables:
+        groups[v.dtype.base_dtype].append(v)
+    return dict(groups)

@@ -153,6 +153,11 @@ def overrides_train_step(model) -> bool:
 
 
 def _driver_of(strategy):
+    extended = getattr(strategy, "extended", None)
+    if isinstance(extended, FitDriver):
+        return extended
+    # Transitional: the FitDriver moves from the public strategy to its
+    # extended (issue 12).
     return strategy if isinstance(strategy, FitDriver) else None
 
 

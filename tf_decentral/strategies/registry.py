@@ -1,8 +1,8 @@
 """Maps strategy names (as used by flags) to strategy objects."""
 
-import itertools
-
 import tensorflow as tf
+
+from tf_decentral.strategies import _collective
 
 NAMES = ("gossip", "async_gossip", "downpour", "allreduce", "mirrored")
 
@@ -16,10 +16,8 @@ class _MirroredStrategy(tf.distribute.MirroredStrategy):
     mismatch in the collective instance". This one draws its own range.
     """
 
-    _instances = itertools.count(1)
-
     def __init__(self, devices=None, cross_device_ops=None):
-        self._collective_key_base = 3_000_000 + 1_000 * next(self._instances)
+        self._collective_key_base = _collective.key_base("mirrored")
         super().__init__(devices=devices, cross_device_ops=cross_device_ops)
 
 

@@ -49,10 +49,10 @@ import tensorflow as tf
 
 from tf_decentral._tf_private import distribute_lib
 from tf_decentral._tf_private import parameter_server_strategy_v2
-from tf_decentral.strategies import _downpour_driver as driver_lib
-from tf_decentral.strategies import _downpour_placement as placement
-from tf_decentral.strategies import _downpour_ps as ps_lib
 from tf_decentral.strategies import _keras_hooks
+from tf_decentral.strategies.downpour import driver as driver_lib
+from tf_decentral.strategies.downpour import placement
+from tf_decentral.strategies.downpour import ps as ps_lib
 
 PROTOCOLS = ps_lib.PROTOCOLS
 PushRecord = driver_lib.PushRecord

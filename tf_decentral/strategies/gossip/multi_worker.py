@@ -21,10 +21,10 @@ from tf_decentral._tf_private import nest
 from tf_decentral._tf_private import values_lib
 from tf_decentral.ops import neighbor_exchange
 from tf_decentral.ops import packing
-from tf_decentral.strategies.all_reduce import Keras3ExtendedFixes
-from tf_decentral.strategies.gossip import GossipOptimizerHooks
-from tf_decentral.strategies.gossip import GossipVariableCreator
-from tf_decentral.strategies.gossip import scale_gradients
+from tf_decentral.strategies._collective import Keras3ExtendedFixes
+from tf_decentral.strategies.gossip.strategy import GossipOptimizerHooks
+from tf_decentral.strategies.gossip.strategy import GossipVariableCreator
+from tf_decentral.strategies.gossip.strategy import scale_gradients
 
 _SUM = tf.distribute.ReduceOp.SUM
 _MEAN = tf.distribute.ReduceOp.MEAN

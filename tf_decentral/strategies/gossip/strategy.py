@@ -52,6 +52,7 @@ from tf_decentral._tf_private import record
 from tf_decentral._tf_private import values_lib
 from tf_decentral._tf_private import variable_scope
 from tf_decentral.ops import packing
+from tf_decentral.strategies import _collective
 from tf_decentral.strategies import _keras_hooks
 
 UPDATE_RULES = ("dpsgd", "atc")
@@ -497,7 +498,7 @@ class GossipStrategy(tf.distribute.Strategy):
         if cluster_resolver is None:
             cluster_resolver = _multi_worker_resolver_from_env()
         _keras_hooks.install()
-        self._collective_key_base = 1_000_000 + 1_000 * next(self._instances)
+        self._collective_key_base = _collective.key_base("gossip")
         if cluster_resolver is not None:
             if mix_implementation is not None:
                 raise ValueError(
@@ -514,12 +515,11 @@ class GossipStrategy(tf.distribute.Strategy):
                     f"devices={devices!r} and a cluster of workers."
                 )
             # Imported here: it subclasses this module's classes.
-            from tf_decentral.strategies import _multi_worker_gossip
-            from tf_decentral.strategies.all_reduce import (
-                make_communication_options,
+            from tf_decentral.strategies.gossip import (
+                multi_worker as _multi_worker_gossip,
             )
 
-            options = make_communication_options(
+            options = _collective.communication_options(
                 communication_options, DEFAULT_TIMEOUT_SECONDS
             )
             extended = _multi_worker_gossip.MultiWorkerGossipExtended(

@@ -20,8 +20,8 @@ import tensorflow as tf
 from absl import logging
 
 from tf_decentral._tf_private import coordinator_values
-from tf_decentral.strategies import _downpour_ps as ps_lib
-from tf_decentral.strategies import _downpour_worker as worker_lib
+from tf_decentral.strategies.downpour import ps as ps_lib
+from tf_decentral.strategies.downpour import worker as worker_lib
 
 # Seconds between two reads of the metrics from the ps tasks for the
 # per-batch logs (the epoch logs are always read).

@@ -35,7 +35,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from tf_decentral.strategies import _downpour_placement as placement
+from tf_decentral.strategies.downpour import placement
 
 PROTOCOLS = ("async", "softsync", "sync")
 

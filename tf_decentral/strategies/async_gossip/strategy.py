@@ -41,10 +41,12 @@ from tf_decentral import topology as topology_lib
 from tf_decentral._tf_private import distribute_lib
 from tf_decentral._tf_private import input_util
 from tf_decentral._tf_private import one_device_strategy
-from tf_decentral.strategies import _async_gossip_exchange as exchange_lib
-from tf_decentral.strategies import _async_gossip_runtime as runtime_lib
 from tf_decentral.strategies import _keras_hooks
-from tf_decentral.strategies.all_reduce import make_communication_options
+from tf_decentral.strategies._collective import (
+    communication_options as make_communication_options,
+)
+from tf_decentral.strategies.async_gossip import exchange as exchange_lib
+from tf_decentral.strategies.async_gossip import runtime as runtime_lib
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 """How long an exchange may hold a peer's lock, and a step may wait for one,
