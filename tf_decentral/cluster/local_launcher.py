@@ -20,6 +20,10 @@ Life cycle, as `launch` implements it:
   ignores SIGTERM). A second signal skips the grace period.
 
 Pure Python: this module never imports TensorFlow.
+
+Longer than 500 lines because the command line, the per-task configs and the
+supervision loop share one task table and one life cycle (above); each
+function is short.
 """
 
 import argparse

@@ -294,32 +294,8 @@ def training_tasks(cluster: Mapping) -> tuple[tuple[str, int], ...]:
     return tuple(tasks)
 
 
-def parse_tf_config(text: str) -> ClusterConfig:
-    """Parses a `TF_CONFIG` JSON string.
-
-    Args:
-        text: The JSON, with a `"cluster"` object (job -> list of
-            `"host:port"`) and a `"task"` object (`"type"`, `"index"`).
-            An optional `"rpc_layer"` string is kept; other keys (such as
-            `"environment"`) are ignored.
-
-    Returns:
-        The validated `ClusterConfig`.
-
-    Raises:
-        ValueError: If `text` is not valid JSON or does not describe a valid
-            cluster and task; the message says what was wrong and how to
-            fix it.
-
-    Example:
-        >>> from tf_decentral import cluster
-        >>> config = cluster.parse_tf_config(
-        ...     '{"cluster": {"worker": ["localhost:2222", "localhost:2223"]},'
-        ...     ' "task": {"type": "worker", "index": 0}}'
-        ... )
-        >>> config.task_name, config.is_chief, config.num_workers
-        ('worker:0', True, 2)
-    """
+def _load_json_object(text) -> dict:
+    """Returns `TF_CONFIG` decoded, checked to have "cluster" and "task"."""
     if not isinstance(text, (str, bytes, bytearray)):
         raise TypeError(
             "`text` must be a JSON string. "
@@ -357,6 +333,36 @@ def parse_tf_config(text: str) -> ClusterConfig:
             f"TF_CONFIG={_quote(text)}. Add e.g. "
             '"task": {"type": "worker", "index": 0}.'
         )
+    return config
+
+
+def parse_tf_config(text: str) -> ClusterConfig:
+    """Parses a `TF_CONFIG` JSON string.
+
+    Args:
+        text: The JSON, with a `"cluster"` object (job -> list of
+            `"host:port"`) and a `"task"` object (`"type"`, `"index"`).
+            An optional `"rpc_layer"` string is kept; other keys (such as
+            `"environment"`) are ignored.
+
+    Returns:
+        The validated `ClusterConfig`.
+
+    Raises:
+        ValueError: If `text` is not valid JSON or does not describe a valid
+            cluster and task; the message says what was wrong and how to
+            fix it.
+
+    Example:
+        >>> from tf_decentral import cluster
+        >>> config = cluster.parse_tf_config(
+        ...     '{"cluster": {"worker": ["localhost:2222", "localhost:2223"]},'
+        ...     ' "task": {"type": "worker", "index": 0}}'
+        ... )
+        >>> config.task_name, config.is_chief, config.num_workers
+        ('worker:0', True, 2)
+    """
+    config = _load_json_object(text)
     task = config["task"]
     if not isinstance(task, dict):
         raise ValueError(

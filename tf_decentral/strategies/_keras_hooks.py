@@ -42,35 +42,32 @@ strategy four more guarded patches apply, and do nothing for any other:
   built on `FitDriver.keras_optimizer_variables(variables)` (e.g. the row
   shards of a sharded variable) whichever code calls its `build`.
 
-The patch is installed once, when a strategy that needs it is created, and
-`hook_counts` records every time a hook fires so tests can prove the hooks
-are live on the installed Keras.
+`PATCHES` is the table of these patches: one small named wrapper each,
+whose target (a class and method named in `tf_decentral/_keras_private.py`,
+the inventory of private Keras names) is checked to exist before anything is
+patched. `install()` applies them once, when a strategy that needs them is
+created, and `hook_counts` records every time a hook fires so tests can
+prove the hooks are live on the installed Keras.
 """
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import threading
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
 
-# Private Keras modules: the TensorFlow backend's optimizer base class
-# `TFOptimizer`, whose `_all_reduce_sum_gradients`,
-# `_distributed_tf_update_step` and `__init__` we wrap, and its trainer, whose
-# `fit` we run in an `OptimizerHooks` strategy's fit context, whose
-# `make_train_function` we wrap to explain communication failures (and to
-# hand `fit` a `FitDriver`'s train function), whose
-# `_get_metrics_result_or_logs` we wrap to end a `FitDriver`'s epochs, and
-# whose `reset_metrics` we run in a `FitDriver`'s error context.
-from keras.src.backend.tensorflow import optimizer as _keras_tf_optimizer
-from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
+from tf_decentral import _keras_private
+from tf_decentral.strategies import _collective
 
-_HOOKED_METHODS = ("_all_reduce_sum_gradients", "_distributed_tf_update_step")
 _lock = threading.Lock()
 _installed = False
 
 hook_counts = collections.Counter()
+"""Hook name -> how many times it fired in this process."""
 
 
 class OptimizerHooks:
@@ -148,8 +145,13 @@ def overrides_train_step(model) -> bool:
     """Returns whether `model`'s class replaces Keras' TF `train_step`."""
     return (
         type(model).train_step
-        is not _keras_tf_trainer.TensorFlowTrainer.train_step
+        is not _keras_private.TensorFlowTrainer.train_step
     )
+
+
+def _hooks_of(strategy):
+    extended = getattr(strategy, "extended", None)
+    return extended if isinstance(extended, OptimizerHooks) else None
 
 
 def _driver_of(strategy):
@@ -161,166 +163,211 @@ def _driver_of(strategy):
     return strategy if isinstance(strategy, FitDriver) else None
 
 
-_COMMUNICATION_ERRORS = (
-    tf.errors.UnavailableError,
-    tf.errors.DeadlineExceededError,
-    tf.errors.CancelledError,
-    tf.errors.AbortedError,
-    tf.errors.InternalError,
+# The patches. Each `wrap_*` takes the original method and returns its
+# replacement; every replacement calls the original unchanged unless the
+# strategy in charge is one of ours that asks for the hook.
+
+
+def wrap_reduce_gradients(original):
+    """Keras' gradient all-reduce -> `OptimizerHooks.keras_reduce_gradients`."""
+
+    def reduce_gradients(self, grads_and_vars):
+        hooks = None
+        if tf.distribute.in_cross_replica_context() is False:
+            hooks = _hooks_of(tf.distribute.get_strategy())
+        if hooks is None:
+            return original(self, grads_and_vars)
+        hook_counts["reduce_gradients"] += 1
+        return hooks.keras_reduce_gradients(self, list(grads_and_vars))
+
+    return reduce_gradients
+
+
+def wrap_apply_gradients(original):
+    """Keras' cross-replica update -> `OptimizerHooks.keras_apply_gradients`."""
+
+    def apply_gradients(self, distribution, grads_and_vars, learning_rate):
+        hooks = _hooks_of(distribution)
+        if hooks is None:
+            return original(self, distribution, grads_and_vars, learning_rate)
+        hook_counts["apply_gradients"] += 1
+        grads_and_vars = list(grads_and_vars)
+
+        def apply_fn():
+            return original(self, distribution, grads_and_vars, learning_rate)
+
+        return hooks.keras_apply_gradients(
+            self, grads_and_vars, learning_rate, apply_fn
+        )
+
+    return apply_gradients
+
+
+def wrap_optimizer_init(original):
+    """An optimizer of a `FitDriver` is built on the driver's variables."""
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        driver = _driver_of(_keras_private.optimizer_strategy(self))
+        if driver is None:
+            return
+        hook_counts["driver_optimizer"] += 1
+        class_build = type(self).build
+
+        def build(variables):
+            hook_counts["driver_optimizer_build"] += 1
+            variables = driver.keras_optimizer_variables(list(variables))
+            return class_build(self, variables)
+
+        # An instance attribute, so that every caller of `build` (fit's
+        # symbolic build, BackupAndRestore, loading) gets the variables the
+        # strategy chose; `object.__setattr__` keeps it out of Keras'
+        # variable tracking.
+        object.__setattr__(self, "build", build)
+
+    return __init__
+
+
+def wrap_fit(original):
+    """`fit` runs inside `OptimizerHooks.keras_fit_context`."""
+
+    @functools.wraps(original)
+    def fit(self, *args, **kwargs):
+        hooks = _hooks_of(_keras_private.model_strategy(self))
+        if hooks is None:
+            return original(self, *args, **kwargs)
+        hook_counts["fit_context"] += 1
+        with hooks.keras_fit_context(self):
+            return original(self, *args, **kwargs)
+
+    return fit
+
+
+def wrap_make_train_function(original):
+    """A `FitDriver`'s train function, or Keras' with explained errors."""
+
+    def make_train_function(self, force=False):
+        strategy = _keras_private.model_strategy(self)
+        driver = _driver_of(strategy)
+        if driver is not None:
+            if self.train_function is None or force:
+                hook_counts["driver_train_function"] += 1
+                self.train_function = driver.keras_train_function(self)
+            return self.train_function
+        hooks = _hooks_of(strategy)
+        function = original(self, force=force)
+        if hooks is None or getattr(self.train_function, "_tfd_hooked", False):
+            return function
+        hook_counts["make_train_function"] += 1
+        self.train_function = _explained(
+            hooks, hooks.keras_wrap_train_function(self, self.train_function)
+        )
+        return function if function is None else self.train_function
+
+    return make_train_function
+
+
+def _explained(hooks, train_function):
+    """`train_function`, re-raising communication errors with the hooks'
+    explanation."""
+
+    def explained(*args, **kwargs):
+        try:
+            return train_function(*args, **kwargs)
+        except _collective.COMMUNICATION_ERRORS as e:
+            message = hooks.explain_communication_error(e)
+            if message is None:
+                raise
+            raise type(e)(e.node_def, e.op, message) from e
+
+    explained._tfd_hooked = True
+    return explained
+
+
+def wrap_epoch_logs(original):
+    """`fit`'s end-of-epoch logs wait for a `FitDriver`'s epoch to end."""
+
+    def epoch_logs(self, logs):
+        driver = _driver_of(_keras_private.model_strategy(self))
+        if driver is not None:
+            epoch_logs = driver.keras_epoch_end(self, logs)
+            if epoch_logs is not None:
+                hook_counts["driver_epoch_end"] += 1
+                return epoch_logs
+        return original(self, logs)
+
+    return epoch_logs
+
+
+def wrap_reset_metrics(original):
+    """`reset_metrics` runs in a `FitDriver`'s error context."""
+
+    def reset_metrics(self):
+        driver = _driver_of(_keras_private.model_strategy(self))
+        if driver is None:
+            return original(self)
+        hook_counts["driver_reset_metrics"] += 1
+        with driver.keras_error_context():
+            return original(self)
+
+    return reset_metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """One wrapped Keras method.
+
+    Attributes:
+        target: Key of `_keras_private.PATCH_TARGETS`: the class and method.
+        wrap: Takes the original method, returns its replacement.
+    """
+
+    target: str
+    wrap: Callable
+
+
+PATCHES = (
+    Patch("optimizer_reduce_gradients", wrap_reduce_gradients),
+    Patch("optimizer_apply_gradients", wrap_apply_gradients),
+    Patch("optimizer_init", wrap_optimizer_init),
+    Patch("trainer_fit", wrap_fit),
+    Patch("trainer_make_train_function", wrap_make_train_function),
+    Patch("trainer_epoch_logs", wrap_epoch_logs),
+    Patch("trainer_reset_metrics", wrap_reset_metrics),
 )
 
 
-def _hooks_of(strategy):
-    extended = getattr(strategy, "extended", None)
-    return extended if isinstance(extended, OptimizerHooks) else None
+def missing_targets() -> list:
+    """Returns the `PATCHES` targets this Keras does not have."""
+    missing = []
+    for patch in PATCHES:
+        owner, method = _keras_private.PATCH_TARGETS[patch.target]
+        if not callable(getattr(owner, method, None)):
+            missing.append(f"{owner.__name__}.{method}")
+    return missing
 
 
 def install():
-    """Installs the optimizer hooks on Keras' `TFOptimizer` (idempotent).
+    """Applies `PATCHES` to Keras (idempotent).
 
     Raises:
-        RuntimeError: If the installed Keras no longer has the methods the
-            hooks wrap (a Keras upgrade changed the gradient path).
+        RuntimeError: If the installed Keras no longer has a method a patch
+            wraps (a Keras upgrade changed the training path); nothing is
+            patched then.
     """
     global _installed
     with _lock:
         if _installed:
             return
-        cls = _keras_tf_optimizer.TFOptimizer
-        missing = [
-            m for m in _HOOKED_METHODS if not callable(getattr(cls, m, None))
-        ]
+        missing = missing_targets()
         if missing:
             raise RuntimeError(
-                "tf_decentral cannot hook this Keras version's gradient path: "
-                f"`TFOptimizer` has no {missing}. Received: "
+                "tf_decentral cannot hook this Keras version's training "
+                f"path: it has no {missing}. Received: "
                 f"keras=={keras.__version__}. tf_decentral supports "
                 "keras==3.15.*."
             )
-        original_reduce = cls._all_reduce_sum_gradients
-        original_update = cls._distributed_tf_update_step
-
-        def _all_reduce_sum_gradients(self, grads_and_vars):
-            hooks = None
-            if tf.distribute.in_cross_replica_context() is False:
-                hooks = _hooks_of(tf.distribute.get_strategy())
-            if hooks is None:
-                return original_reduce(self, grads_and_vars)
-            hook_counts["reduce_gradients"] += 1
-            return hooks.keras_reduce_gradients(self, list(grads_and_vars))
-
-        def _distributed_tf_update_step(
-            self, distribution, grads_and_vars, learning_rate
-        ):
-            hooks = _hooks_of(distribution)
-            if hooks is None:
-                return original_update(
-                    self, distribution, grads_and_vars, learning_rate
-                )
-            hook_counts["apply_gradients"] += 1
-            grads_and_vars = list(grads_and_vars)
-
-            def apply_fn():
-                return original_update(
-                    self, distribution, grads_and_vars, learning_rate
-                )
-
-            return hooks.keras_apply_gradients(
-                self, grads_and_vars, learning_rate, apply_fn
-            )
-
-        trainer_cls = _keras_tf_trainer.TensorFlowTrainer
-        original_make_train_function = trainer_cls.make_train_function
-
-        def make_train_function(self, force=False):
-            driver = _driver_of(getattr(self, "_distribute_strategy", None))
-            if driver is not None:
-                if self.train_function is None or force:
-                    hook_counts["driver_train_function"] += 1
-                    self.train_function = driver.keras_train_function(self)
-                return self.train_function
-            hooks = _hooks_of(getattr(self, "_distribute_strategy", None))
-            function = original_make_train_function(self, force=force)
-            if hooks is None or getattr(
-                self.train_function, "_tfd_explained", False
-            ):
-                return function
-            hook_counts["make_train_function"] += 1
-            train_function = hooks.keras_wrap_train_function(
-                self, self.train_function
-            )
-
-            def explained(*args, **kwargs):
-                try:
-                    return train_function(*args, **kwargs)
-                except _COMMUNICATION_ERRORS as e:
-                    message = hooks.explain_communication_error(e)
-                    if message is None:
-                        raise
-                    raise type(e)(e.node_def, e.op, message) from e
-
-            explained._tfd_explained = True
-            self.train_function = explained
-            return function if function is None else explained
-
-        original_fit = trainer_cls.fit
-
-        @functools.wraps(original_fit)
-        def fit(self, *args, **kwargs):
-            hooks = _hooks_of(getattr(self, "_distribute_strategy", None))
-            if hooks is None:
-                return original_fit(self, *args, **kwargs)
-            hook_counts["fit_context"] += 1
-            with hooks.keras_fit_context(self):
-                return original_fit(self, *args, **kwargs)
-
-        original_epoch_logs = trainer_cls._get_metrics_result_or_logs
-
-        def _get_metrics_result_or_logs(self, logs):
-            driver = _driver_of(getattr(self, "_distribute_strategy", None))
-            if driver is not None:
-                epoch_logs = driver.keras_epoch_end(self, logs)
-                if epoch_logs is not None:
-                    hook_counts["driver_epoch_end"] += 1
-                    return epoch_logs
-            return original_epoch_logs(self, logs)
-
-        original_reset_metrics = trainer_cls.reset_metrics
-
-        def reset_metrics(self):
-            driver = _driver_of(getattr(self, "_distribute_strategy", None))
-            if driver is None:
-                return original_reset_metrics(self)
-            hook_counts["driver_reset_metrics"] += 1
-            with driver.keras_error_context():
-                return original_reset_metrics(self)
-
-        original_init = cls.__init__
-
-        def __init__(self, *args, **kwargs):
-            original_init(self, *args, **kwargs)
-            driver = _driver_of(self._distribution_strategy)
-            if driver is None:
-                return
-            hook_counts["driver_optimizer"] += 1
-            class_build = type(self).build
-
-            def build(variables):
-                hook_counts["driver_optimizer_build"] += 1
-                variables = driver.keras_optimizer_variables(list(variables))
-                return class_build(self, variables)
-
-            # An instance attribute, so that every caller of `build` (fit's
-            # symbolic build, BackupAndRestore, loading) gets the variables
-            # the strategy chose; `object.__setattr__` keeps it out of Keras'
-            # variable tracking.
-            object.__setattr__(self, "build", build)
-
-        cls._all_reduce_sum_gradients = _all_reduce_sum_gradients
-        cls._distributed_tf_update_step = _distributed_tf_update_step
-        cls.__init__ = __init__
-        trainer_cls.fit = fit
-        trainer_cls.make_train_function = make_train_function
-        trainer_cls._get_metrics_result_or_logs = _get_metrics_result_or_logs
-        trainer_cls.reset_metrics = reset_metrics
+        for patch in PATCHES:
+            owner, method = _keras_private.PATCH_TARGETS[patch.target]
+            setattr(owner, method, patch.wrap(getattr(owner, method)))
         _installed = True

@@ -20,6 +20,10 @@ ignore SIGTERM, and killing the group also reaches the task's children.
 Outputs go to temporary files, so a chatty task never blocks on a full pipe.
 
 This module imports no TensorFlow (though `tf_decentral.testing` may).
+
+Longer than 500 lines because the cluster harness (start, wait, kill, the
+start-up crash retry) and its helpers for test programs are one life cycle;
+each function is short.
 """
 
 import contextlib
