@@ -118,13 +118,14 @@ class CollectiveAllReduceExtended(
 ):
     """TF's `CollectiveAllReduceExtended` with public-named hooks.
 
-    Subclasses override `reduce_to` instead of TF's private `_reduce_to`.
+    Subclasses override `cross_device_reduce` instead of TF's private
+    `_reduce_to` (the public `reduce_to` validates, then calls it).
     """
 
     def _reduce_to(self, reduce_op, value, destinations, options):
-        return self.reduce_to(reduce_op, value, destinations, options)
+        return self.cross_device_reduce(reduce_op, value, destinations, options)
 
-    def reduce_to(self, reduce_op, value, destinations, options):
+    def cross_device_reduce(self, reduce_op, value, destinations, options):
         """Reduces `value` as TF's collective extended does."""
         return collective_reduce_to(
             self, reduce_op, value, destinations, options

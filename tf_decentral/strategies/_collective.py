@@ -79,6 +79,11 @@ def key_base(kind: str) -> int:
     )
 
 
+# `tf.distribute.experimental.CommunicationOptions` is a factory, not the
+# class of the objects it makes.
+_OPTIONS_TYPE = type(tf.distribute.experimental.CommunicationOptions())
+
+
 def communication_options(options=None, default_timeout=None):
     """Returns `options`, or default options with `default_timeout`.
 
@@ -93,7 +98,7 @@ def communication_options(options=None, default_timeout=None):
         return tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=default_timeout
         )
-    if not isinstance(options, tf.distribute.experimental.CommunicationOptions):
+    if not isinstance(options, _OPTIONS_TYPE):
         raise TypeError(
             "`communication_options` must be a "
             "`tf.distribute.experimental.CommunicationOptions`. "
@@ -110,16 +115,18 @@ class Keras3ExtendedFixes:
     does not map over ("Attempt to convert a value (PerReplica...)").
     """
 
-    def reduce_to(self, reduce_op, value, destinations, options):
+    def cross_device_reduce(self, reduce_op, value, destinations, options):
         if tf.nest.is_nested(value):
             self.hook_counts["nested_reduce"] += 1
             return tf.nest.map_structure(
-                lambda v: self.reduce_one(reduce_op, v, destinations, options),
+                lambda v: self.collective_reduce(
+                    reduce_op, v, destinations, options
+                ),
                 value,
             )
-        return self.reduce_one(reduce_op, value, destinations, options)
+        return self.collective_reduce(reduce_op, value, destinations, options)
 
-    def reduce_one(self, reduce_op, value, destinations, options):
+    def collective_reduce(self, reduce_op, value, destinations, options):
         """Reduces one (non-nested) value as TF's collective extended does."""
         return _tf_private.collective_reduce_to(
             self, reduce_op, value, destinations, options

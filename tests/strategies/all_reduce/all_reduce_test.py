@@ -1,0 +1,78 @@
+"""AllReduceStrategy in one process (no cluster): the Keras 3 fixes.
+
+The multi-worker equivalence with MirroredStrategy runs in
+`all_reduce_multiprocess_test.py`.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tf_decentral as tfd
+
+
+def _model():
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, activation="softmax")]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+class AllReduceStrategyTest(tf.test.TestCase):
+    def test_fit_without_a_cluster(self):
+        strategy = tfd.AllReduceStrategy()
+        x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+        y = (x[:, 0] > 0).astype("int32")
+        with strategy.scope():
+            model = _model()
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+        self.assertLen(history.history["loss"], 2)
+        self.assertLess(history.history["loss"][1], history.history["loss"][0])
+
+    def test_reduce_of_a_nested_structure(self):
+        # Keras' first-batch build reduces an (x, y) structure; TF's
+        # collective extended cannot (keras#20585).
+        strategy = tfd.AllReduceStrategy()
+        values = strategy.run(lambda: (tf.constant(1.0), tf.constant([2.0])))
+        first, second = strategy.reduce("MEAN", values, axis=None)
+        self.assertAllClose(first, 1.0)
+        self.assertAllClose(second, [2.0])
+        self.assertEqual(strategy.extended.hook_counts["nested_reduce"], 1)
+
+    def test_reduce_of_a_scalar_along_axis_0(self):
+        # Keras reduces scalar step outputs with axis=0, which TF rejects
+        # ("Invalid reduction dimension 0", tensorflow#72388).
+        strategy = tfd.AllReduceStrategy()
+        value = strategy.run(lambda: tf.constant(3.0))
+        self.assertAllClose(strategy.reduce("MEAN", value, axis=0), 3.0)
+        self.assertEqual(
+            strategy.extended.hook_counts["scalar_reduce_axis"], 1
+        )
+
+    def test_communication_options_must_be_communication_options(self):
+        with self.assertRaisesRegex(TypeError, "CommunicationOptions"):
+            tfd.AllReduceStrategy(communication_options={"timeout": 3})
+
+    def test_instances_draw_distinct_collective_key_ranges(self):
+        # Two strategies in one process (a run and its comparison) must not
+        # share collective groups; each reduces its own value correctly.
+        first = tfd.AllReduceStrategy()
+        second = tfd.AllReduceStrategy()
+        for strategy, value in ((first, 2.0), (second, 5.0)):
+            total = strategy.reduce(
+                tf.distribute.ReduceOp.SUM,
+                strategy.run(lambda v=value: tf.constant(v)),
+                axis=None,
+            )
+            self.assertAllClose(
+                total, value * strategy.num_replicas_in_sync
+            )
+
+
+if __name__ == "__main__":
+    tf.test.main()

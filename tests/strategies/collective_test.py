@@ -1,0 +1,67 @@
+"""What the strategies share: errors, options, collective key ranges."""
+
+import tensorflow as tf
+from absl.testing import parameterized
+
+from tf_decentral.ops import neighbor_exchange
+from tf_decentral.strategies import _collective
+
+
+class CollectiveTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters("gossip", "allreduce", "mirrored")
+    def test_key_bases_of_a_kind_are_distinct_and_in_its_range(self, kind):
+        first, second = _collective.key_base(kind), _collective.key_base(kind)
+        self.assertGreater(second, first)
+        self.assertLess(second, _collective.NEIGHBOR_GROUP_KEY_BASE)
+
+    def test_kinds_do_not_overlap(self):
+        bases = {
+            kind: _collective.key_base(kind)
+            for kind in ("gossip", "allreduce", "mirrored")
+        }
+        starts = sorted(bases.values())
+        for lower, upper in zip(starts, starts[1:]):
+            self.assertGreaterEqual(upper - lower, 1_000)
+
+    def test_unknown_kind(self):
+        with self.assertRaisesRegex(ValueError, "Received: kind='ps'"):
+            _collective.key_base("ps")
+
+    def test_neighbor_keys_are_above_every_strategy_range(self):
+        self.assertEqual(
+            neighbor_exchange.GROUP_KEY_BASE,
+            _collective.NEIGHBOR_GROUP_KEY_BASE,
+        )
+        self.assertGreater(
+            neighbor_exchange.pair_group_key(0, 1, 8),
+            _collective.key_base("mirrored"),
+        )
+
+    def test_default_options_carry_the_default_timeout(self):
+        options = _collective.communication_options(None, 12.0)
+        self.assertEqual(options.timeout_seconds, 12.0)
+        given = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=3
+        )
+        self.assertIs(_collective.communication_options(given, 12.0), given)
+
+    def test_options_of_the_wrong_type(self):
+        with self.assertRaisesRegex(TypeError, "Received: 30"):
+            _collective.communication_options(30)
+
+    def test_error_families_extend_the_communication_errors(self):
+        for family in (
+            _collective.PEER_STATE_LOST_ERRORS,
+            _collective.REMOTE_FUNCTION_ERRORS,
+        ):
+            self.assertEqual(
+                family[: len(_collective.COMMUNICATION_ERRORS)],
+                _collective.COMMUNICATION_ERRORS,
+            )
+        self.assertNotIn(
+            tf.errors.InvalidArgumentError, _collective.COMMUNICATION_ERRORS
+        )
+
+
+if __name__ == "__main__":
+    tf.test.main()
