@@ -341,12 +341,12 @@ def _task_env(extra):
 
 
 def _tf_config(net, tasks, port, task):
+    from tf_decentral import cluster as cluster_lib
+
     cluster = {}
     for t in tasks:
         cluster.setdefault(t.job, []).append(f"{net.address(t.host)}:{port}")
-    return json.dumps(
-        {"cluster": cluster, "task": {"type": task.job, "index": task.index}}
-    )
+    return cluster_lib.ClusterConfig(cluster, task.job, task.index).to_json()
 
 
 class LoadSampler:
@@ -502,7 +502,7 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
             }
             if failed:
                 task, code = next(iter(failed.items()))
-                status = "not_available" if code == 3 else "failed"
+                status = "failed"
                 detail = f"{task.name} exited with {code}"
                 break
             if all(codes[t] is not None for t in reporting):

@@ -65,7 +65,7 @@ _DATASET = flags.DEFINE_enum(
     "dataset",
     "fashion_mnist",
     ["fashion_mnist", "synthetic"],
-    "fashion_mnist: Debian's dataset-fashion-mnist files (or tfds); "
+    "fashion_mnist: Debian's dataset-fashion-mnist IDX files; "
     "synthetic: random images (timing only).",
 )
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Per worker.", lower_bound=1)
@@ -123,22 +123,6 @@ _FINAL_AVERAGE = flags.DEFINE_bool(
     "workers' models (a collective).",
 )
 
-_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def _idx(path):
-    import gzip
-
-    import numpy as np
-
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in
-             range(dims)]  # fmt: skip
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 def load_data():
     """Returns `(x_train, y_train, x_test, y_test)` as float32 / int32."""
     import numpy as np
@@ -148,28 +132,10 @@ def load_data():
         x = rng.random((4096, 28, 28), np.float32)
         y = rng.integers(0, 10, 4096).astype(np.int32)
         return x, y, x[:1000], y[:1000]
-    files = {
-        k: os.path.join(_FASHION_MNIST_DIR, f"{k}-ubyte.gz")
-        for k in (
-            "train-images-idx3",
-            "train-labels-idx1",
-            "t10k-images-idx3",
-            "t10k-labels-idx1",
-        )
-    }
-    if all(os.path.exists(p) for p in files.values()):
-        arrays = [_idx(p) for p in files.values()]
-    else:  # tfds via the project's offline loader
-        import tensorflow_datasets as tfds
+    from tf_decentral import datasets
 
-        from tf_decentral import datasets
-
-        arrays = []
-        for split in ("train", "test"):
-            ds = datasets.load("fashion_mnist", split=split, batch_size=-1)
-            ds = tfds.as_numpy(ds)
-            arrays += [ds["image"][..., 0], ds["label"]]
-    x_train, y_train, x_test, y_test = arrays
+    x_train, y_train, x_test, y_test = datasets.fashion_mnist_arrays()
+    x_train, x_test = x_train[..., 0], x_test[..., 0]
     return (
         x_train.astype(np.float32) / 255.0,
         y_train.astype(np.int32),
@@ -204,68 +170,41 @@ def compile_model(model):
     )
 
 
-def _available(name):
-    """Returns (True, "") or (False, why) for a tf_decentral export."""
-    try:
-        import tf_decentral
-
-        return hasattr(tf_decentral, name), f"tf_decentral has no {name}"
-    except Exception as e:  # a half-written module raises ImportError etc.
-        return False, f"importing tf_decentral.{name} failed: {e!r}"
-
-
-class NotAvailableYet(RuntimeError):
-    """A scheme whose strategy has not landed in tf_decentral yet."""
-
-
 def make_strategy():
+    """Returns the strategy `--strategy` names, built from the flags."""
     import tensorflow as tf
 
     import tf_decentral as tfd
 
-    options = tf.distribute.experimental.CommunicationOptions(
-        implementation=(
-            tf.distribute.experimental.CommunicationImplementation.RING
-        ),
-        timeout_seconds=_TIMEOUT.value,
-    )
     name = _STRATEGY.value
-    if name == "allreduce":
-        return tfd.AllReduceStrategy(communication_options=options)
-    if name == "gossip":
-        return tfd.GossipStrategy(
-            _TOPOLOGY.value, update="dpsgd", communication_options=options
+    if name == "downpour":
+        options = dict(
+            n_fetch=_N_FETCH.value,
+            n_push=_N_PUSH.value,
+            protocol=_PS_PROTOCOL.value,
         )
-    if name == "async_gossip":
-        ok, why = _available("AsyncGossipStrategy")
-        if not ok:
-            raise NotAvailableYet(
-                f"AD-PSGD is not available yet: {why}. It runs as soon as "
-                "tf_decentral exports AsyncGossipStrategy (issue 7)."
+    else:
+        options = dict(
+            communication_options=(
+                tf.distribute.experimental.CommunicationOptions(
+                    implementation=(
+                        tf.distribute.experimental.CommunicationImplementation.RING
+                    ),
+                    timeout_seconds=_TIMEOUT.value,
+                )
             )
-        return tfd.AsyncGossipStrategy(
-            _TOPOLOGY.value,
+        )
+    if name == "gossip":
+        options.update(topology=_TOPOLOGY.value, update="dpsgd")
+    elif name == "async_gossip":
+        options.update(
+            topology=_TOPOLOGY.value,
             active_passive={"auto": None, "true": True, "false": False}[
                 _ACTIVE_PASSIVE.value
             ],
             seed=_SEED.value,
-            communication_options=tf.distribute.experimental.CommunicationOptions(
-                timeout_seconds=_TIMEOUT.value
-            ),
         )
-    ok, why = _available("DownpourParameterServerStrategy")
-    if not ok:
-        raise NotAvailableYet(
-            f"Downpour / S-PSGD / A-PSGD are not available yet: {why}. They "
-            "run as soon as tf_decentral exports "
-            "DownpourParameterServerStrategy (issue 3)."
-        )
-    # HOOK (untested until issue 3 lands): the chief drives the workers.
-    return tfd.DownpourParameterServerStrategy(
-        n_fetch=_N_FETCH.value,
-        n_push=_N_PUSH.value,
-        protocol=_PS_PROTOCOL.value,
-    )
+    return tfd.strategies.get(name, **options)
 
 
 def _read_counter(name):
@@ -397,18 +336,11 @@ def main(argv):
             "ps",
         )
     ):
-        # HOOK (issue 3): parameter-server and worker tasks only serve.
+        # Parameter-server and worker tasks of a PS scheme only serve.
         cluster.run_server(config)
         return 0
 
-    try:
-        strategy = make_strategy()
-    except NotAvailableYet as e:
-        result["error"] = str(e)
-        result["not_available"] = True
-        write()
-        print(f"NOT AVAILABLE: {e}", flush=True)
-        return 3
+    strategy = make_strategy()
 
     # This worker's index among the training tasks (chief first).
     node = (

@@ -173,3 +173,20 @@ def test_load_reads_prepared_data_without_probing(prepared, monkeypatch):
     images, labels = next(iter(ds.batch(8)))
     assert images.shape == (8, 28, 28, 1)
     assert labels.shape == (8,)
+
+
+def test_arrays_are_the_idx_files_in_file_order():
+    x_train, y_train, x_test, y_test = datasets.fashion_mnist_arrays()
+    assert x_train.shape == (60000, 28, 28, 1)
+    assert x_test.shape == (10000, 28, 28, 1)
+    assert x_train.dtype == np.uint8 and y_train.dtype == np.int64
+    np.testing.assert_array_equal(
+        x_test[..., 0], read_idx("t10k-images-idx3-ubyte.gz")
+    )
+    labels = read_idx("train-labels-idx1-ubyte.gz")
+    np.testing.assert_array_equal(y_train, labels)
+
+
+def test_arrays_from_a_directory_without_the_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Missing"):
+        datasets.fashion_mnist_arrays(tmp_path)

@@ -20,6 +20,9 @@ Example:
     >>> ds = datasets.load("fashion_mnist", split="train")  # doctest: +SKIP
 """
 
+from tf_decentral.datasets._fashion_mnist import (
+    load_arrays as fashion_mnist_arrays,
+)
 from tf_decentral.datasets._loader import DEFAULT_PROBE_HOST
 from tf_decentral.datasets._loader import DatasetUnavailableError
 from tf_decentral.datasets._loader import internet_reachable
@@ -37,6 +40,7 @@ __all__ = (
     "Mnist5k",
     "PreparedDataset",
     "default_data_dir",
+    "fashion_mnist_arrays",
     "internet_reachable",
     "load",
     "prepare",

@@ -132,6 +132,34 @@ def read_split(
     return images[..., np.newaxis], labels.astype(np.int64)
 
 
+def load_arrays(
+    source: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Returns Fashion-MNIST as NumPy arrays, straight from the IDX files.
+
+    No tfds and no TensorFlow: for benchmarks and tools that want the
+    arrays in memory.
+
+    Args:
+        source: Directory holding the four IDX files (`DEFAULT_SOURCE` by
+            default).
+
+    Returns:
+        `(x_train, y_train, x_test, y_test)`: uint8 images `(n, 28, 28, 1)`
+        and int64 labels, 60000 train and 10000 test examples.
+
+    Raises:
+        FileNotFoundError: If a file is missing (see `source_files`).
+        ValueError: If a file is corrupt.
+    """
+    paths = list(source_files(source).values())
+    arrays = []
+    for i, split in enumerate(_FILES):
+        images, labels = paths[2 * i], paths[2 * i + 1]
+        arrays += read_split(images, labels, NUM_EXAMPLES[split])
+    return tuple(arrays)
+
+
 class LocalFashionMNIST(
     _local_builder.LocalSourceBuilder,
     tfds_mnist.FashionMNIST,
