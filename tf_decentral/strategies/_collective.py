@@ -15,6 +15,7 @@
 """
 
 import itertools
+import re
 
 import tensorflow as tf
 
@@ -85,26 +86,91 @@ _OPTIONS_TYPE = type(tf.distribute.experimental.CommunicationOptions())
 
 
 def communication_options(options=None, default_timeout=None):
-    """Returns `options`, or default options with `default_timeout`.
+    """Returns `options` with a timeout, or default options.
 
     Args:
         options: A `tf.distribute.experimental.CommunicationOptions` or None.
-        default_timeout: Seconds of the default options' collective timeout.
+        default_timeout: Seconds of the collective timeout when `options`
+            is None or sets none.
 
     Raises:
         TypeError: If `options` is neither None nor `CommunicationOptions`.
+        ValueError: If its `timeout_seconds` is not positive (TF would wait
+            forever on 0 and fail at once on a negative value).
     """
     if options is None:
-        return tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=default_timeout
-        )
+        options = tf.distribute.experimental.CommunicationOptions()
     if not isinstance(options, _OPTIONS_TYPE):
         raise TypeError(
             "`communication_options` must be a "
             "`tf.distribute.experimental.CommunicationOptions`. "
             f"Received: {options!r}"
         )
+    timeout = options.timeout_seconds
+    if timeout is None:
+        return options.merge(
+            tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=default_timeout
+            )
+        )
+    if isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(
+            "`communication_options.timeout_seconds` must be a positive "
+            "number of seconds (a dead worker is detected after it). "
+            f"Received: timeout_seconds={timeout!r}"
+        )
     return options
+
+
+_TASK_IN_ERROR = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+
+
+def named_tasks(text: str, cluster: dict, own: tuple) -> list:
+    """Returns "job:index (address)" of every other task `text` names.
+
+    Args:
+        text: An error message of TensorFlow's runtime.
+        cluster: Job name -> addresses (`ClusterSpec.as_dict()`).
+        own: `(job, index)` of this task, left out.
+    """
+    labels = []
+    for job, index in _TASK_IN_ERROR.findall(text):
+        index = int(index)
+        if (job, index) == tuple(own):
+            continue
+        addresses = cluster.get(job) or ()
+        address = addresses[index] if index < len(addresses) else "?"
+        label = f"{job}:{index} ({address})"
+        if label not in labels:
+            labels.append(label)
+    return labels
+
+
+def explain_lost_worker(error, resolver, *, what: str, timeout) -> str:
+    """Returns the message of `error` for a collective that lost a worker.
+
+    Args:
+        error: A `COMMUNICATION_ERRORS` instance raised by a step.
+        resolver: The strategy's cluster resolver.
+        what: What was running, e.g. "All-reduce training".
+        timeout: The collective timeout in seconds.
+    """
+    text = getattr(error, "message", str(error))
+    own = (resolver.task_type, resolver.task_id)
+    culprits = named_tasks(text, resolver.cluster_spec().as_dict(), own)
+    culprit = ", ".join(culprits) or "a worker (TF did not say which)"
+    aborted = text.find("Collective ops is aborted")
+    detail = text[aborted:] if aborted >= 0 else text[-1500:]
+    return (
+        f"{what} on {own[0]}:{own[1]} lost contact with {culprit}: "
+        f"{type(error).__name__}. The worker has probably stopped (crash, "
+        "out of memory, preemption) or is unreachable; collectives give up "
+        f"after {timeout:g} s (set with communication_options="
+        "tf.distribute.experimental.CommunicationOptions(timeout_seconds="
+        "...)). Check that worker's log, then restart every worker: with "
+        "keras.callbacks.BackupAndRestore, training resumes from the last "
+        "checkpoint.\n\nTensorFlow's error: " + detail[:2000]
+    )
 
 
 class Keras3ExtendedFixes:

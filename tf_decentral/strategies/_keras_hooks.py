@@ -18,10 +18,14 @@ unchanged. Patching these two methods, rather than reinterpreting every
 replica-context all-reduce, keeps other all-reduces (synchronized batch
 normalization, user code) real all-reduces.
 
-`TensorFlowTrainer.fit` runs inside the strategy's
-`OptimizerHooks.keras_fit_context` (AsyncGossipStrategy tells its peers when
-a worker trains), and `make_train_function` hands Keras' train function to
-`OptimizerHooks.keras_wrap_train_function`.
+A strategy whose `extended` is a `TrainFunctionHooks` (every
+`OptimizerHooks` is one; `AllReduceStrategy` is one without taking over the
+gradients) hooks `fit`'s loop: `TensorFlowTrainer.fit` runs inside its
+`keras_fit_context` (AsyncGossipStrategy tells its peers when a worker
+trains), `make_train_function` hands Keras' train function to its
+`keras_wrap_train_function` (AllReduceStrategy traces Keras' step in a
+context that keeps the step's logs on the worker), and communication errors
+of a step are re-raised with its `explain_communication_error`.
 
 A strategy that is a `FitDriver` (DownpourParameterServerStrategy) replaces
 Keras' whole training step instead: `fit` calls `make_train_function`, then
@@ -70,7 +74,35 @@ hook_counts = collections.Counter()
 """Hook name -> how many times it fired in this process."""
 
 
-class OptimizerHooks:
+class TrainFunctionHooks:
+    """Mixin for `StrategyExtended` classes that hook Keras' `fit` loop."""
+
+    def keras_wrap_train_function(self, model, train_function):
+        """Returns the function `fit` calls per step instead of Keras' one.
+
+        The default keeps Keras' `train_function`; a strategy may run its
+        own work around each call (asynchronous gossip exchanges after it,
+        or a context that Keras' step is traced in).
+        """
+        del model
+        return train_function
+
+    def keras_fit_context(self, model):
+        """Returns a context manager that `fit` runs in (entered before its
+        first step, exited when it returns or raises)."""
+        del model
+        return contextlib.nullcontext()
+
+    def explain_communication_error(self, error):
+        """Returns a clearer message for `error` raised by a train step.
+
+        Returns None to let the original error through unchanged.
+        """
+        del error
+        return None
+
+
+class OptimizerHooks(TrainFunctionHooks):
     """Mixin for `StrategyExtended` classes that own the gradient path."""
 
     def keras_reduce_gradients(self, optimizer, grads_and_vars):
@@ -91,29 +123,6 @@ class OptimizerHooks:
     ):
         """Replaces the cross-replica update; must call `apply_fn()` once."""
         raise NotImplementedError
-
-    def keras_wrap_train_function(self, model, train_function):
-        """Returns the function `fit` calls per step instead of Keras' one.
-
-        The default keeps Keras' `train_function`; a strategy may run its
-        own work around each call (asynchronous gossip exchanges after it).
-        """
-        del model
-        return train_function
-
-    def keras_fit_context(self, model):
-        """Returns a context manager that `fit` runs in (entered before its
-        first step, exited when it returns or raises)."""
-        del model
-        return contextlib.nullcontext()
-
-    def explain_communication_error(self, error):
-        """Returns a clearer message for `error` raised by a train step.
-
-        Returns None to let the original error through unchanged.
-        """
-        del error
-        return None
 
 
 class FitDriver:
@@ -149,9 +158,9 @@ def overrides_train_step(model) -> bool:
     )
 
 
-def _hooks_of(strategy):
+def _hooks_of(strategy, protocol=TrainFunctionHooks):
     extended = getattr(strategy, "extended", None)
-    return extended if isinstance(extended, OptimizerHooks) else None
+    return extended if isinstance(extended, protocol) else None
 
 
 def _driver_of(strategy):
@@ -174,7 +183,7 @@ def wrap_reduce_gradients(original):
     def reduce_gradients(self, grads_and_vars):
         hooks = None
         if tf.distribute.in_cross_replica_context() is False:
-            hooks = _hooks_of(tf.distribute.get_strategy())
+            hooks = _hooks_of(tf.distribute.get_strategy(), OptimizerHooks)
         if hooks is None:
             return original(self, grads_and_vars)
         hook_counts["reduce_gradients"] += 1
@@ -187,7 +196,7 @@ def wrap_apply_gradients(original):
     """Keras' cross-replica update -> `OptimizerHooks.keras_apply_gradients`."""
 
     def apply_gradients(self, distribution, grads_and_vars, learning_rate):
-        hooks = _hooks_of(distribution)
+        hooks = _hooks_of(distribution, OptimizerHooks)
         if hooks is None:
             return original(self, distribution, grads_and_vars, learning_rate)
         hook_counts["apply_gradients"] += 1
@@ -271,6 +280,7 @@ def _explained(hooks, train_function):
     """`train_function`, re-raising communication errors with the hooks'
     explanation."""
 
+    @functools.wraps(train_function)
     def explained(*args, **kwargs):
         try:
             return train_function(*args, **kwargs)

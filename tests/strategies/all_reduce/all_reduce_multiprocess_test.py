@@ -1,0 +1,148 @@
+"""AllReduceStrategy across real TF worker processes.
+
+Every test starts a local cluster (one process per worker, see
+`tf_decentral.testing.cluster`), runs `all_reduce_worker.py` in every
+process, and compares what the workers report with MirroredStrategy run on
+the same global batches in this process. Processes are SIGKILLed on
+teardown.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+
+import tf_decentral as tfd
+from tf_decentral.testing import cluster
+
+sys.path.insert(0, os.path.dirname(__file__))
+import all_reduce_worker as worker  # noqa: E402
+
+WORKER = os.path.join(os.path.dirname(__file__), "all_reduce_worker.py")
+COLLECTIVE_TIMEOUT = 20
+NUM_WORKERS = 2
+
+
+def run_cluster(phase, step_logs="local", num_workers=NUM_WORKERS):
+    """Runs `phase` on every worker; returns their RESULT dicts by node."""
+    command = [sys.executable, WORKER, phase, step_logs]
+    command.append(str(COLLECTIVE_TIMEOUT))
+    with cluster.local_cluster(
+        command,
+        num_workers=num_workers,
+        timeout=200,
+        env=cluster.thread_env(intra_op=1, inter_op=2),
+    ) as local:
+        results = local.wait(fail_fast=False)
+    reports = {}
+    for name, result in results.items():
+        lines = [
+            line
+            for line in result.stdout.splitlines()
+            if line.startswith("RESULT ")
+        ]
+        if lines:
+            report = json.loads(lines[-1][len("RESULT ") :])
+            reports[report["node"]] = report
+        elif phase != "kill" or name != "worker:1":
+            raise AssertionError(f"{name} reported nothing:\n{result}")
+    return reports
+
+
+def mirrored_reference(num_workers=NUM_WORKERS):
+    """Weights, History and per-step logs of MirroredStrategy on the same
+    global batches (replica i gets worker i's rows)."""
+    devices = [f"/device:CPU:{i}" for i in range(num_workers)]
+    strategy = tfd.strategies.get("mirrored", devices=devices)
+    model = worker.linear_model(strategy)
+    x, y = worker.data(num_workers)
+    batch_logs = worker.BatchLogs()
+    history = model.fit(
+        x,
+        y,
+        batch_size=num_workers * worker.PER_WORKER_BATCH,
+        shuffle=False,
+        epochs=1,
+        verbose=0,
+        callbacks=[batch_logs],
+    )
+    return model.get_weights(), history.history, batch_logs.logs
+
+
+class AllReduceMultiWorkerTest(tf.test.TestCase, parameterized.TestCase):
+    def tearDown(self):
+        self.assertEqual(cluster.child_pids(), [])
+        super().tearDown()
+
+    @pytest.mark.timeout(300)
+    def test_one_collective_per_step_same_weights_and_epoch_logs(self):
+        reports = run_cluster("fit", "local")
+        weights, history, step_logs = mirrored_reference()
+        self.assertEqual(sorted(reports), list(range(NUM_WORKERS)))
+        for report in reports.values():
+            # The gradients' all-reduce and nothing else (stock MWMS adds
+            # one per logged scalar: the loss and the metric).
+            self.assertEqual(report["collectives"], 1)
+            for got, want in zip(report["weights"], weights):
+                self.assertAllClose(got, want, atol=1e-5)
+            # Epoch logs are global: equal to MirroredStrategy's.
+            for key in ("loss", "mae"):
+                self.assertAllClose(report["history"][key], history[key])
+            self.assertGreater(report["hook_counts"]["local_step_logs"], 0)
+        # Step logs are each worker's own; their mean is the global log.
+        local = [
+            [step["loss"] for step in reports[node]["batch_logs"]]
+            for node in range(NUM_WORKERS)
+        ]
+        self.assertNotAllClose(local[0], local[1])
+        self.assertAllClose(
+            np.mean(local, axis=0),
+            [step["loss"] for step in step_logs],
+            rtol=1e-5,
+        )
+
+    @pytest.mark.timeout(300)
+    def test_global_step_logs_cost_one_packed_collective(self):
+        reports = run_cluster("fit", "global")
+        _, history, step_logs = mirrored_reference()
+        for report in reports.values():
+            self.assertEqual(report["collectives"], 2)
+            self.assertEqual(report["hook_counts"]["packed_step_logs"], 1)
+            for got, want in zip(report["batch_logs"], step_logs):
+                self.assertAllClose(
+                    [got["loss"], got["mae"]],
+                    [want["loss"], want["mae"]],
+                    rtol=1e-5,
+                )
+            self.assertAllClose(report["history"]["loss"], history["loss"])
+
+    @pytest.mark.timeout(300)
+    def test_dead_worker_gives_an_error_that_names_it(self):
+        reports = run_cluster("kill")
+        self.assertEqual(sorted(reports), [0])
+        report = reports[0]
+        self.assertIn(
+            report["error_type"],
+            ("UnavailableError", "DeadlineExceededError", "CancelledError"),
+            report,
+        )
+        self.assertIn("All-reduce training on worker:0", report["error"])
+        self.assertIn("lost contact with worker:1", report["error"])
+        self.assertIn("BackupAndRestore", report["error"])
+        self.assertLess(report["seconds"], COLLECTIVE_TIMEOUT + 30)
+
+    def test_reference_sees_the_same_batches(self):
+        # Replica i of the reference gets exactly worker i's rows.
+        x, y = worker.data(NUM_WORKERS)
+        shard, _ = worker.worker_shard(x, y, 1, NUM_WORKERS)
+        batch = NUM_WORKERS * worker.PER_WORKER_BATCH
+        second_half = x[: batch][worker.PER_WORKER_BATCH :]
+        self.assertAllEqual(shard[: worker.PER_WORKER_BATCH], second_half)
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -1,0 +1,147 @@
+"""One worker of the multi-worker AllReduceStrategy tests (run with TF_CONFIG).
+
+Usage: all_reduce_worker.py PHASE STEP_LOGS TIMEOUT_SECONDS
+PHASE: "fit" (train and report) or "kill" (worker 1 dies after a few steps
+and the others report their error). Prints one line `RESULT {json}`.
+"""
+
+import inspect
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_decentral as tfd  # noqa: E402
+
+DIM = 8
+PER_WORKER_BATCH = 16
+STEPS = 4
+LR = 0.05
+COLLECTIVE_OPS = {"CollectiveReduceV2", "CollectiveGatherV2"}
+
+
+def data(num_workers, steps=STEPS, seed=0):
+    """The global data of `steps` global batches (shared with the test)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(steps * num_workers * PER_WORKER_BATCH, DIM))
+    y = x @ rng.normal(size=(DIM, 1)) + 0.3
+    return x.astype("float32"), y.astype("float32")
+
+
+def worker_shard(x, y, node, num_workers):
+    """Rows of worker `node` in every global batch."""
+    shape = (-1, num_workers, PER_WORKER_BATCH)
+    xs = x.reshape(*shape, DIM)[:, node].reshape(-1, DIM)
+    ys = y.reshape(*shape, 1)[:, node].reshape(-1, 1)
+    return xs, ys
+
+
+def linear_model(strategy):
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(LR), "mse", metrics=["mae"])
+    return model
+
+
+class BatchLogs(keras.callbacks.Callback):
+    def __init__(self, die_after=None):
+        super().__init__()
+        self.logs = []
+        self.die_after = die_after
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append({k: float(v) for k, v in (logs or {}).items()})
+        if self.die_after is not None and batch + 1 == self.die_after:
+            os._exit(17)
+
+
+def tf_function_in(function, name):
+    """The `tf.function` named `name` that a chain of Python wrappers (ours,
+    Keras') around Keras' train function closes over."""
+    seen, todo = set(), [function]
+    while todo:
+        f = todo.pop()
+        if id(f) in seen:
+            continue
+        seen.add(id(f))
+        if isinstance(f, tf.types.experimental.PolymorphicFunction):
+            if f.python_function.__name__ == name:
+                return f
+            continue
+        if callable(f):
+            todo.append(inspect.unwrap(f))
+            cells = getattr(f, "__closure__", None) or ()
+            todo.extend(c.cell_contents for c in cells)
+    raise ValueError(f"no tf.function {name} inside {function!r}")
+
+
+def count_collectives(function, batch):
+    """Collective ops in the graph of Keras' one training step (and every
+    function it calls) in `function`, traced for `batch`."""
+    step = tf_function_in(function, "one_step_on_data")
+    concrete = step.get_concrete_function(batch)
+    graph_def = concrete.graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for fdef in graph_def.library.function:
+        nodes.extend(fdef.node_def)
+    return sum(node.op in COLLECTIVE_OPS for node in nodes)
+
+
+def main(phase, step_logs, timeout):
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=timeout
+    )
+    strategy = tfd.AllReduceStrategy(
+        communication_options=options, step_logs=step_logs
+    )
+    num_workers = strategy.num_replicas_in_sync
+    node = strategy.cluster_resolver.task_id
+    model = linear_model(strategy)
+    x, y = worker_shard(*data(num_workers, STEPS), node, num_workers)
+
+    def dataset_fn(context):
+        del context
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        return ds.batch(PER_WORKER_BATCH)
+
+    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    batch_logs = BatchLogs(2 if phase == "kill" and node == 1 else None)
+    start = time.monotonic()
+    result = {"node": node}
+    try:
+        history = model.fit(
+            dataset,
+            epochs=2 if phase == "kill" else 1,
+            steps_per_epoch=STEPS,
+            verbose=0,
+            callbacks=[batch_logs],
+        )
+    except tf.errors.OpError as e:
+        result.update(
+            error_type=type(e).__name__,
+            error=e.message,
+            seconds=time.monotonic() - start,
+        )
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    result.update(
+        weights=[w.tolist() for w in model.get_weights()],
+        history={k: v for k, v in history.history.items()},
+        batch_logs=batch_logs.logs,
+        hook_counts=dict(strategy.extended.hook_counts),
+        collectives=count_collectives(
+            model.train_function, next(iter(dataset))
+        ),
+    )
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]))
