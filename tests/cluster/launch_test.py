@@ -12,6 +12,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from unittest import mock
 
 import pytest
 from absl.testing import absltest
@@ -404,12 +405,14 @@ class CommandLineTest(parameterized.TestCase):
         (
             "zero_workers",
             ["--workers", "0", "--", "true"],
-            "argument --workers: must be an integer >= 1. Received: '0'",
+            "argument --workers: must be an integer in [1, 64] (one machine "
+            "runs at most 64 tasks: each is a TensorFlow process of about "
+            "600 MB). Received: '0'",
         ),
         (
             "workers_not_a_number",
             ["--workers", "two", "--", "true"],
-            "argument --workers: must be an integer >= 1. Received: 'two'",
+            "argument --workers: must be an integer in [1, 64]",
         ),
         (
             "no_workers",
@@ -419,17 +422,39 @@ class CommandLineTest(parameterized.TestCase):
         (
             "negative_ps",
             ["--workers", "1", "--ps", "-1", "--", "true"],
-            "argument --ps: must be an integer >= 0. Received: '-1'",
+            "argument --ps: must be an integer in [0, 64]",
+        ),
+        (
+            "too_many_workers",
+            ["--workers", "10000", "--", "true"],
+            "argument --workers: must be an integer in [1, 64]",
+        ),
+        (
+            "too_many_tasks",
+            ["--workers", "60", "--ps", "10", "--", "true"],
+            "the cluster has 70 tasks; one machine runs at most 64",
+        ),
+        (
+            "huge_grace",
+            ["--workers", "1", "--grace-seconds", "1e308", "--", "true"],
+            "argument --grace-seconds: must be a number of seconds in "
+            "[0, 3600]. Received: '1e308'",
+        ),
+        (
+            "privileged_port_base",
+            ["--workers", "1", "--port-base", "22", "--", "true"],
+            "argument --port-base: must be an integer in [1024, 65535] "
+            "(lower ports are privileged or well known). Received: '22'",
         ),
         (
             "negative_grace",
             ["--workers", "1", "--grace-seconds", "-1", "--", "true"],
-            "argument --grace-seconds: must be a number of seconds >= 0",
+            "argument --grace-seconds: must be a number of seconds in",
         ),
         (
             "port_base_out_of_range",
             ["--workers", "1", "--port-base", "70000", "--", "true"],
-            "argument --port-base: must be an integer in [1, 65535]",
+            "argument --port-base: must be an integer in [1024, 65535]",
         ),
         (
             "ports_past_65535",
@@ -467,6 +492,70 @@ class CommandLineTest(parameterized.TestCase):
             self.assertIn(option, stdout)
         self.assertIn("--grace-seconds", stdout)
         self.assertIn("--dry-run", stdout)
+        self.assertIn("--private-network", stdout)
+
+    def test_warns_when_other_hosts_can_reach_the_servers(self):
+        stderr = io.StringIO()
+        with mock.patch.object(
+            cluster.exposure,
+            "non_loopback_addresses",
+            return_value=["192.0.2.2 (eth0)"],
+        ):
+            code = cluster.launch(
+                ["true"],
+                cluster.local_cluster_configs(2, ports=[7001, 7002]),
+                stdout=io.StringIO(),
+                stderr=stderr,
+            )
+        self.assertEqual(code, 0)
+        message = stderr.getvalue()
+        self.assertIn("(ports 7001, 7002) listen on EVERY network", message)
+        self.assertIn("including 192.0.2.2 (eth0)", message)
+        self.assertIn("no authentication", message)
+        self.assertIn("--private-network", message)
+
+    def test_no_warning_when_only_loopback_exists(self):
+        stderr = io.StringIO()
+        with mock.patch.object(
+            cluster.exposure, "non_loopback_addresses", return_value=[]
+        ):
+            cluster.launch(
+                ["true"],
+                cluster.local_cluster_configs(1, ports=[7001]),
+                stdout=io.StringIO(),
+                stderr=stderr,
+            )
+        self.assertNotIn("EVERY network interface", stderr.getvalue())
+
+    @pytest.mark.skipif(
+        not cluster_testing.can_unshare_network(),
+        reason="needs Linux network namespaces (unshare --net)",
+    )
+    def test_private_network_tasks_see_only_loopback(self):
+        code = "import socket; print(sorted(n for _, n in socket.if_nameindex()))"  # noqa: E501
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tf_decentral.launch",
+                "--workers",
+                "2",
+                "--private-network",
+                "--",
+                sys.executable,
+                "-c",
+                code,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(
+            sorted(result.stdout.splitlines()),
+            ["[worker:0] ['lo']", "[worker:1] ['lo']"],
+        )
+        self.assertNotIn("EVERY network interface", result.stderr)
 
     def test_launch_validates_its_arguments(self):
         configs = cluster.local_cluster_configs(1, ports=[2000])

@@ -284,13 +284,13 @@ class ParseErrorTest(parameterized.TestCase):
             _tf_config({"worker": ["a:1", "a:1"]}),
             [
                 "Every task must have its own address",
-                'worker:0 and worker:1 both at "a:1"',
+                'worker:0 at "a:1" and worker:1 at "a:1", the same server',
             ],
         ),
         (
             "duplicate_across_jobs",
             _tf_config({"chief": ["a:1"], "worker": ["b:1", "a:1"]}),
-            ['chief:0 and worker:1 both at "a:1"'],
+            ['chief:0 at "a:1" and worker:1 at "a:1"'],
         ),
         (
             "two_chiefs",
@@ -300,7 +300,61 @@ class ParseErrorTest(parameterized.TestCase):
         (
             "bad_rpc_layer",
             _tf_config(rpc_layer=1),
-            ["`rpc_layer` must be a string", "Received: rpc_layer=1"],
+            ["`rpc_layer` must be one of ['grpc']", "Received: rpc_layer=1"],
+        ),
+        (
+            "unknown_rpc_layer",
+            _tf_config(rpc_layer="grpc+verbs"),
+            ["gRPC only", "Received: rpc_layer='grpc+verbs'"],
+        ),
+        (
+            "loopback_aliases_are_one_server",
+            _tf_config({"worker": ["localhost:2222", "127.0.0.1:2222"]}),
+            [
+                'worker:0 at "localhost:2222" and worker:1 at '
+                '"127.0.0.1:2222", the same server'
+            ],
+        ),
+        (
+            "ipv6_loopback_alias",
+            _tf_config({"worker": ["[::1]:7", "LOCALHOST:7"]}),
+            ["the same server"],
+        ),
+        (
+            "scheme",
+            _tf_config({"worker": ["grpc://h:2222"]}),
+            ["has a scheme", "Received: worker[0]='grpc://h:2222'"],
+        ),
+        (
+            "leading_space",
+            _tf_config({"worker": [" h:2222"]}),
+            ["white space", "Received: worker[0]=' h:2222'"],
+        ),
+        (
+            "unbracketed_ipv6",
+            _tf_config({"worker": ["fe80::1:2222"]}),
+            ["without brackets", '"[::1]:2222"'],
+        ),
+        (
+            "non_ascii_digits_in_port",
+            _tf_config({"worker": ["h:２２２２"]}),
+            ["ASCII digits"],
+        ),
+        (
+            "misspelt_job",
+            _tf_config({"worker": ["a:1"], "wrker": ["b:1"]}),
+            ["must be one of ['chief', 'worker', 'ps', 'evaluator']",
+             "Received: job name 'wrker'", 'Did you mean "worker"?'],
+        ),
+        (
+            "deeply_nested",
+            '{"cluster": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            ["not nested this deeply"],
+        ),
+        (
+            "not_utf8",
+            b'{"cluster": {"worker": ["h\xff:1"]}}',
+            ["must be UTF-8", "at byte 26"],
         ),
     )
     def test_error_message(self, text, fragments):
@@ -334,6 +388,8 @@ class FromEnvTest(parameterized.TestCase):
         ("empty", {"TF_CONFIG": ""}),
         ("blank", {"TF_CONFIG": "  \n"}),
         ("empty_object", {"TF_CONFIG": "{}"}),
+        ("empty_object_with_spaces", {"TF_CONFIG": "{ }"}),
+        ("empty_object_on_lines", {"TF_CONFIG": "{\n}"}),
     )
     def test_no_cluster(self, environ):
         self.assertIsNone(cluster.from_env(environ))
@@ -355,3 +411,17 @@ class FromEnvTest(parameterized.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class LargeClusterTest(absltest.TestCase):
+    def test_configs_of_a_large_cluster_validate_the_cluster_once(self):
+        with mock.patch.object(
+            cluster.tf_config,
+            "_check_address",
+            wraps=cluster.tf_config._check_address,
+        ) as check:
+            configs = cluster.local_cluster_configs(
+                2000, ports=range(10_000, 12_000)
+            )
+        self.assertLen(configs, 2000)
+        self.assertEqual(check.call_count, 2000)

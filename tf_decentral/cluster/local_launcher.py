@@ -1,9 +1,13 @@
 """Runs a whole cluster on this machine: one subprocess per task.
 
 Every task runs the same command with its own `TF_CONFIG` (and
-`TF_DECENTRAL_TASK`, e.g. `"worker:1"`). The addresses are free loopback
-ports, so a multi-worker program can be tried on one machine exactly as it
-will run on many.
+`TF_DECENTRAL_TASK`, e.g. `"worker:1"`). The addresses are free ports on
+`localhost`, so a multi-worker program can be tried on one machine exactly as
+it will run on many. TensorFlow's servers listen on every interface of the
+machine whatever host `TF_CONFIG` names, without authentication (see
+`tf_decentral.cluster.exposure`): the launcher says so when the machine has
+other interfaces, and `--private-network` runs the tasks in a network
+namespace of their own where only they can reach each other.
 
 Life cycle, as `launch` implements it:
 
@@ -28,9 +32,13 @@ function is short.
 
 import argparse
 import dataclasses
+import fcntl
 import os
 import shlex
+import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -39,6 +47,7 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import IO
 
+from tf_decentral.cluster import exposure
 from tf_decentral.cluster.tf_config import ClusterConfig
 
 # The environment variable naming the task, e.g. "worker:1".
@@ -52,6 +61,15 @@ _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _EXIT_NOT_FOUND = 127
 _EXIT_NOT_EXECUTABLE = 126
 _PROG = "python -m tf_decentral.launch"
+# One TF task takes about 2 s of CPU to start and 260 MB of private memory
+# (600 MB resident); past this many tasks one machine thrashes instead of
+# training. Real clusters of more tasks are launched by a cluster manager.
+MAX_TASKS = 64
+MAX_GRACE_SECONDS = 3600.0
+# Ports below this are privileged or belong to well-known services.
+MIN_PORT = 1024
+# Set in the environment of a launcher re-run inside its network namespace.
+_PRIVATE_NETWORK_ENV = "TF_DECENTRAL_PRIVATE_NETWORK"
 _EXAMPLE_COMMAND = f"{_PROG} --workers 2 -- python train.py"
 
 
@@ -164,11 +182,7 @@ def local_cluster_configs(
             cluster[job] = tuple(
                 f"{host}:{next(next_port)}" for _ in range(count)
             )
-    return [
-        ClusterConfig(cluster, job, index)
-        for job, count in jobs
-        for index in range(count)
-    ]
+    return ClusterConfig.every_task(cluster)
 
 
 def exit_code(returncode: int) -> int:
@@ -475,10 +489,14 @@ def launch(
         os.environ if env is None else env,
         output,
     )
+    ports = [int(c.address.rpartition(":")[2]) for c in configs]
+    warning = exposure.exposure_warning(ports)
+    if warning is not None:
+        print(warning, file=stderr or sys.stderr, flush=True)
     return launcher.run()
 
 
-def _bounded_int(low: int, high: int | None = None):
+def _bounded_int(low: int, high: int | None = None, why: str = ""):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -487,21 +505,28 @@ def _bounded_int(low: int, high: int | None = None):
         if value is None or value < low or (high is not None and value > high):
             bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
             raise argparse.ArgumentTypeError(
-                f"must be an integer {bound}. Received: {text!r}"
+                f"must be an integer {bound}{why}. Received: {text!r}"
             )
         return value
 
     return parse
 
 
-def _non_negative_float(text: str) -> float:
+_TASKS_WHY = (
+    f" (one machine runs at most {MAX_TASKS} tasks: each is a TensorFlow "
+    "process of about 600 MB)"
+)
+
+
+def _grace_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = None
-    if value is None or not value >= 0 or value == float("inf"):
+    if value is None or not 0 <= value <= MAX_GRACE_SECONDS:
         raise argparse.ArgumentTypeError(
-            f"must be a number of seconds >= 0. Received: {text!r}"
+            f"must be a number of seconds in [0, {MAX_GRACE_SECONDS:g}]. "
+            f"Received: {text!r}"
         )
     return value
 
@@ -511,8 +536,8 @@ def _parser() -> argparse.ArgumentParser:
         prog=_PROG,
         usage=(
             f"{_PROG} --workers N [--ps K] [--chief]\n"
-            "       [--port-base P] [--grace-seconds S] [--dry-run] "
-            "-- CMD [ARG ...]"
+            "       [--port-base P] [--grace-seconds S] [--private-network]\n"
+            "       [--dry-run] -- CMD [ARG ...]"
         ),
         description=(
             "Runs CMD once per task of a cluster on this machine, each with "
@@ -526,14 +551,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=_bounded_int(1),
+        type=_bounded_int(1, MAX_TASKS, _TASKS_WHY),
         required=True,
         metavar="N",
-        help="number of worker tasks (at least 1)",
+        help=(
+            f"number of worker tasks (1 to {MAX_TASKS}: every task is a "
+            "TensorFlow process of about 600 MB)"
+        ),
     )
     parser.add_argument(
         "--ps",
-        type=_bounded_int(0),
+        type=_bounded_int(0, MAX_TASKS, _TASKS_WHY),
         default=0,
         metavar="K",
         help="number of parameter-server tasks (default: 0)",
@@ -541,7 +569,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--chief", action="store_true", help="add a chief task")
     parser.add_argument(
         "--port-base",
-        type=_bounded_int(1, 65535),
+        type=_bounded_int(
+            MIN_PORT, 65535, " (lower ports are privileged or well known)"
+        ),
         default=None,
         metavar="P",
         help=(
@@ -551,12 +581,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--grace-seconds",
-        type=_non_negative_float,
+        type=_grace_seconds,
         default=5.0,
         metavar="S",
         help=(
             "seconds between SIGTERM (or the forwarded signal) and SIGKILL "
             "when stopping tasks (default: 5)"
+        ),
+    )
+    parser.add_argument(
+        "--private-network",
+        action="store_true",
+        help=(
+            "run the tasks in a network namespace of their own (Linux, "
+            "util-linux's unshare): they reach each other on loopback and "
+            "nothing else reaches them, nor do they reach any other host"
         ),
     )
     parser.add_argument(
@@ -568,6 +607,40 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     return parser
+
+
+def _rerun_in_private_network(parser, argv) -> int:
+    """Runs this launcher again in a new network namespace; returns its
+    exit code."""
+    unshare = shutil.which("unshare")
+    if unshare is None or not sys.platform.startswith("linux"):
+        parser.error(
+            "--private-network needs Linux and util-linux's `unshare` "
+            "(apt-get install util-linux). Received: platform "
+            f"{sys.platform!r}, unshare {unshare or 'missing'}."
+        )
+    namespace = [unshare, "--net"]
+    if os.getuid() != 0:
+        namespace.append("--map-root-user")
+    launcher = [sys.executable, "-m", "tf_decentral.launch"]
+    command = [*namespace, "--", *launcher, *argv]
+    env = {**os.environ, _PRIVATE_NETWORK_ENV: "1"}
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+def _loopback_up() -> None:
+    """Brings up `lo` in this (new) network namespace."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH", b"lo", 0)
+        flags = struct.unpack(
+            "16sH", fcntl.ioctl(s.fileno(), siocgifflags, request)[:18]
+        )[1]
+        request = struct.pack("16sH", b"lo", flags | iff_up)
+        fcntl.ioctl(s.fileno(), siocsifflags, request)
 
 
 def _dry_run(configs: Sequence[ClusterConfig], command: Sequence[str]):
@@ -615,6 +688,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"`{_EXAMPLE_COMMAND}`."
         )
     num_tasks = int(args.chief) + args.workers + args.ps
+    if num_tasks > MAX_TASKS:
+        parser.error(
+            f"the cluster has {num_tasks} tasks; one machine runs at most "
+            f"{MAX_TASKS} (each is a TensorFlow process of about 600 MB). "
+            f"Received: --workers {args.workers} --ps {args.ps}"
+            f"{' --chief' if args.chief else ''}."
+        )
+    if args.private_network and not args.dry_run:
+        if not os.environ.get(_PRIVATE_NETWORK_ENV):
+            return _rerun_in_private_network(parser, argv)
+        _loopback_up()
     ports = None
     if args.port_base is not None:
         last = args.port_base + num_tasks - 1

@@ -20,12 +20,15 @@ A `TF_CONFIG` looks like::
 """
 
 import dataclasses
+import difflib
 import json
 import os
 from collections.abc import Mapping
 
 # How many characters of a bad `TF_CONFIG` an error message quotes.
 _MAX_QUOTED_CHARS = 200
+# A TF_CONFIG of a cluster this package can run is far below this.
+_MAX_TF_CONFIG_CHARS = 1_000_000
 _EXAMPLE = (
     '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, '
     '"task": {"type": "worker", "index": 0}}'
@@ -53,16 +56,80 @@ def _excerpt(text: str, pos: int, width: int = 30) -> str:
     return f"{before}>>>{after}"
 
 
+# Jobs that TensorFlow's strategies know. A cluster with another job name is
+# almost always a typo ("wrker"), which TensorFlow would silently ignore.
+KNOWN_JOBS = ("chief", "worker", "ps", "evaluator")
+RPC_LAYERS = ("grpc",)
+# Host names that always name this machine's loopback interface.
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+_ASCII_DIGITS = frozenset("0123456789")
+_HOST_CHARACTERS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
+)
+
+
+def _address_problem(address: object) -> str | None:
+    """Returns what is wrong with a "host:port" address, or None."""
+    if not isinstance(address, str) or ":" not in address:
+        return 'it is not a "host:port" string'
+    if "://" in address:
+        return (
+            "it has a scheme: TF_CONFIG addresses are plain host:port (the "
+            'protocol is "rpc_layer")'
+        )
+    if address != address.strip() or any(c.isspace() for c in address):
+        return "it contains white space"
+    host, _, port = address.rpartition(":")
+    if not port or not set(port) <= _ASCII_DIGITS or not 0 < int(port) < 65536:
+        return "its port is not a number in [1, 65535] (ASCII digits)"
+    if host.startswith("[") and host.endswith("]") and len(host) > 2:
+        inner = host[1:-1]
+        if set(inner) <= frozenset("0123456789abcdefABCDEF:.") and ":" in inner:
+            return None
+        return "its bracketed IPv6 address is not valid"
+    if ":" in host:
+        return (
+            "it looks like an IPv6 address without brackets: write "
+            '"[::1]:2222", not "::1:2222"'
+        )
+    if not host or not set(host) <= _HOST_CHARACTERS:
+        return "its host is not a host name or IPv4 address (ASCII only)"
+    return None
+
+
 def _check_address(address: object, job: str, index: int) -> str:
-    if isinstance(address, str) and ":" in address:
-        host, _, port = address.rpartition(":")
-        if host and port.isdigit() and 0 < int(port) < 65536:
-            return address
+    problem = _address_problem(address)
+    if problem is None:
+        return address
     raise ValueError(
         f'Every address of job "{job}" must be a "host:port" string with a '
-        f"port in [1, 65535]. Received: {job}[{index}]={_quote(address)}. "
-        'Write addresses like "localhost:2222" or "10.0.0.1:2222".'
+        f"port in [1, 65535]; {job}[{index}] is not: {problem}. Received: "
+        f"{job}[{index}]={_quote(address)}. Write addresses like "
+        '"localhost:2222", "10.0.0.1:2222" or "[fd00::1]:2222".'
     )
+
+
+def _endpoint(address: str) -> str:
+    """The server an address reaches: loopback aliases are one endpoint."""
+    host, _, port = address.rpartition(":")
+    if host.lower() in _LOOPBACK_NAMES or host.startswith("127."):
+        host = "loopback"
+    return f"{host.lower()}:{port}"
+
+
+def _check_job_name(job: object) -> None:
+    if not isinstance(job, str) or not job:
+        raise ValueError(
+            "Every job name in `cluster` must be a non-empty string. "
+            f"Received: job name {_quote(job)}"
+        )
+    if job not in KNOWN_JOBS:
+        close = difflib.get_close_matches(job, KNOWN_JOBS, n=1)
+        hint = f' Did you mean "{close[0]}"?' if close else ""
+        raise ValueError(
+            f"Every job name in `cluster` must be one of {list(KNOWN_JOBS)}."
+            f" Received: job name {_quote(job)}.{hint}"
+        )
 
 
 def _normalize_cluster(cluster: object) -> dict[str, tuple[str, ...]]:
@@ -72,13 +139,11 @@ def _normalize_cluster(cluster: object) -> dict[str, tuple[str, ...]]:
             '`cluster` must map job names to lists of "host:port" addresses. '
             f"Received: cluster={_quote(cluster)}. Example: {_EXAMPLE}"
         )
-    normalized = {}
+    if isinstance(cluster, _NormalizedCluster):
+        return cluster
+    normalized = _NormalizedCluster()
     for job, addresses in cluster.items():
-        if not isinstance(job, str) or not job:
-            raise ValueError(
-                "Every job name in `cluster` must be a non-empty string. "
-                f"Received: job name {_quote(job)}"
-            )
+        _check_job_name(job)
         if not isinstance(addresses, (list, tuple)):
             raise ValueError(
                 f'Job "{job}" must be a list of "host:port" strings. '
@@ -92,13 +157,16 @@ def _normalize_cluster(cluster: object) -> dict[str, tuple[str, ...]]:
     owners = {}
     for job, addresses in normalized.items():
         for index, address in enumerate(addresses):
-            if address in owners:
+            endpoint = _endpoint(address)
+            if endpoint in owners:
+                owner, owner_address = owners[endpoint]
                 raise ValueError(
                     "Every task must have its own address. Received: "
-                    f"{owners[address]} and {job}:{index} both at "
-                    f'"{address}". Give each task a distinct host or port.'
+                    f'{owner} at "{owner_address}" and {job}:{index} at '
+                    f'"{address}", the same server. Give each task a '
+                    "distinct host or port."
                 )
-            owners[address] = f"{job}:{index}"
+            owners[endpoint] = (f"{job}:{index}", address)
     num_training = sum(len(normalized.get(job, ())) for job in _TRAINING_JOBS)
     if num_training == 0:
         raise ValueError(
@@ -112,6 +180,14 @@ def _normalize_cluster(cluster: object) -> dict[str, tuple[str, ...]]:
             f"chief={list(normalized['chief'])}. Make the others workers."
         )
     return normalized
+
+
+class _NormalizedCluster(dict):
+    """A cluster `_normalize_cluster` has checked: job -> address tuple.
+
+    Building one `ClusterConfig` per task of a large cluster validates the
+    cluster once, not once per task.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,11 +255,26 @@ class ClusterConfig:
                 f"task_id={self.task_id}. Use an index below {size}, or add "
                 f'addresses to the "{self.task_type}" job.'
             )
-        if self.rpc_layer is not None and not isinstance(self.rpc_layer, str):
+        if self.rpc_layer is not None and self.rpc_layer not in RPC_LAYERS:
             raise ValueError(
-                '`rpc_layer` must be a string such as "grpc" or None. '
-                f"Received: rpc_layer={_quote(self.rpc_layer)}"
+                f"`rpc_layer` must be one of {list(RPC_LAYERS)} or absent "
+                "(TensorFlow's servers speak gRPC only). Received: "
+                f"rpc_layer={_quote(self.rpc_layer)}"
             )
+
+    @classmethod
+    def every_task(cls, cluster) -> list["ClusterConfig"]:
+        """Returns the config of every task of `cluster`, in TF's job order.
+
+        Chief, workers, ps, then evaluator tasks. The cluster is validated
+        once for all of them.
+        """
+        cluster = _normalize_cluster(cluster)
+        return [
+            cls(cluster, job, index)
+            for job in KNOWN_JOBS
+            for index in range(len(cluster.get(job, ())))
+        ]
 
     @property
     def num_workers(self) -> int:
@@ -294,15 +385,31 @@ def training_tasks(cluster: Mapping) -> tuple[tuple[str, int], ...]:
     return tuple(tasks)
 
 
-def _load_json_object(text) -> dict:
-    """Returns `TF_CONFIG` decoded, checked to have "cluster" and "task"."""
+def _decode_json(text) -> object:
+    """Returns the decoded JSON of `TF_CONFIG`; ValueError if it is not."""
     if not isinstance(text, (str, bytes, bytearray)):
         raise TypeError(
             "`text` must be a JSON string. "
             f"Received: text of type {type(text).__name__}"
         )
+    if len(text) > _MAX_TF_CONFIG_CHARS:
+        raise ValueError(
+            f"`TF_CONFIG` must be at most {_MAX_TF_CONFIG_CHARS} characters. "
+            f"Received: {len(text)} characters starting {_quote(text, 60)}."
+        )
     try:
-        config = json.loads(text)
+        return json.loads(text)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"`TF_CONFIG` must be UTF-8 text. Received: bytes that are not "
+            f"UTF-8 ({e.reason} at byte {e.start}): {_quote(text)}."
+        ) from None
+    except RecursionError:
+        raise ValueError(
+            "`TF_CONFIG` must be a flat JSON object, not nested this deeply."
+            f" Received: TF_CONFIG={_quote(text)}. Expected something like: "
+            f"{_EXAMPLE}"
+        ) from None
     except json.JSONDecodeError as e:
         hint = ""
         if "'" in e.doc and '"' not in e.doc:
@@ -314,6 +421,11 @@ def _load_json_object(text) -> dict:
             f"TF_CONFIG={_quote(e.doc)}.{hint} Expected something like: "
             f"{_EXAMPLE}"
         ) from None
+
+
+def _load_json_object(text) -> dict:
+    """Returns `TF_CONFIG` decoded, checked to have "cluster" and "task"."""
+    config = _decode_json(text)
     if not isinstance(config, dict):
         raise ValueError(
             '`TF_CONFIG` must be a JSON object with keys "cluster" and '
@@ -412,6 +524,6 @@ def from_env(
         'h1:1'
     """
     text = environ.get("TF_CONFIG", "")
-    if not text.strip() or text.strip() == "{}":
+    if not text.strip() or _decode_json(text) == {}:
         return None
     return parse_tf_config(text)

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,24 @@ def thread_env(intra_op: int = 1, inter_op: int = 1) -> dict[str, str]:
         "TF_NUM_INTEROP_THREADS": str(inter_op),
         "OMP_NUM_THREADS": str(intra_op),
     }
+
+
+def can_unshare_network() -> bool:
+    """Whether this machine lets us create a network namespace (Linux,
+    util-linux's `unshare`, and root or unprivileged user namespaces)."""
+    unshare = shutil.which("unshare")
+    if unshare is None or not sys.platform.startswith("linux"):
+        return False
+    command = [unshare, "--net"]
+    if os.getuid() != 0:
+        command.append("--map-root-user")
+    try:
+        result = subprocess.run(
+            [*command, "--", "true"], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
 
 
 def python_command(code: str, *args: str) -> list[str]:
