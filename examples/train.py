@@ -138,7 +138,18 @@ _OPTIMIZER = flags.DEFINE_enum(
     ["sgd", "momentum", "adam", "adamw", "adagrad"],
     "Optimizer: sgd, momentum (SGD with momentum 0.9), adam, adamw, adagrad.",
 )
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.02, "Learning rate.")
+_LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate",
+    0.02,
+    "Learning rate, in (0, 10].",
+    lower_bound=0.0,
+    upper_bound=10.0,
+)
+flags.register_validator(
+    "learning_rate",
+    lambda value: value > 0,
+    message="--learning_rate must be > 0 (0 would not train).",
+)
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size",
     32,
@@ -173,7 +184,14 @@ _TIMEOUT = flags.DEFINE_float(
     "collective_timeout",
     120.0,
     "Cluster only: seconds before a collective waiting for a dead or "
-    "unreachable worker raises instead of hanging.",
+    "unreachable worker raises instead of hanging; in (0, 86400].",
+    lower_bound=0.0,
+    upper_bound=86400.0,
+)
+flags.register_validator(
+    "collective_timeout",
+    lambda value: value > 0,
+    message="--collective_timeout must be > 0 seconds (0 would wait forever).",
 )
 _COMPARE = flags.DEFINE_bool(
     "compare_allreduce",

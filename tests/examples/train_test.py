@@ -186,6 +186,25 @@ def test_flag_errors_are_clear(argv, tf_config, message, monkeypatch):
             flags.FLAGS.unparse_flags()
 
 
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--collective_timeout=0", "0 would wait forever"),
+        ("--collective_timeout=-5", "collective_timeout"),
+        ("--collective_timeout=1e308", "collective_timeout"),
+        ("--learning_rate=0", "0 would not train"),
+        ("--learning_rate=-0.1", "learning_rate"),
+        ("--learning_rate=1e9", "learning_rate"),
+    ],
+)
+def test_out_of_range_numbers_are_rejected_by_the_flag(flag, message):
+    try:
+        with pytest.raises(flags.IllegalFlagValueError, match=message):
+            flags.FLAGS(["train.py", flag])
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
 def test_unknown_strategy_is_rejected_by_the_flag():
     with pytest.raises(flags.IllegalFlagValueError, match="gosip"):
         flags.FLAGS(["train.py", "--strategy=gosip"])

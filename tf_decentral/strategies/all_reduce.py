@@ -32,6 +32,7 @@ import threading
 import tensorflow as tf
 
 from tf_decentral import _tf_private
+from tf_decentral.cluster import tf_config
 from tf_decentral.ops import packing
 from tf_decentral.strategies import _collective
 from tf_decentral.strategies import _keras_hooks
@@ -119,8 +120,9 @@ class AllReduceStrategy(
             cost of one extra collective per step (all scalars packed).
 
     Raises:
-        ValueError: For an unknown `step_logs` or a timeout that is not
-            positive.
+        ValueError: For an unknown `step_logs`, a timeout that is not
+            positive, or a malformed `TF_CONFIG` (the message says what is
+            wrong).
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class AllReduceStrategy(
                 f"Received: step_logs={step_logs!r}"
             )
         if cluster_resolver is None:
+            tf_config.from_env()  # a ValueError saying what is wrong
             cluster_resolver = (
                 tf.distribute.cluster_resolver.TFConfigClusterResolver()
             )

@@ -4,6 +4,9 @@ The multi-worker equivalence with MirroredStrategy runs in
 `all_reduce_multiprocess_test.py`.
 """
 
+import os
+from unittest import mock
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -53,6 +56,27 @@ class AllReduceStrategyTest(tf.test.TestCase):
         self.assertEqual(
             strategy.extended.hook_counts["scalar_reduce_axis"], 1
         )
+
+    def test_a_malformed_tf_config_is_explained(self):
+        config = (
+            '{"cluster": {"wrker": ["localhost:2222"]}, '
+            '"task": {"type": "worker", "index": 0}}'
+        )
+        with mock.patch.dict(os.environ, {"TF_CONFIG": config}):
+            with self.assertRaisesRegex(ValueError, 'Did you mean "worker"'):
+                tfd.AllReduceStrategy()
+
+    def test_timeouts_must_be_positive(self):
+        for timeout in (0, -1):
+            options = tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=timeout
+            )
+            with self.assertRaisesRegex(ValueError, "must be a positive"):
+                tfd.AllReduceStrategy(communication_options=options)
+
+    def test_the_default_timeout_is_finite(self):
+        strategy = tfd.AllReduceStrategy()
+        self.assertEqual(strategy.extended.timeout_seconds, 120.0)
 
     def test_communication_options_must_be_communication_options(self):
         with self.assertRaisesRegex(TypeError, "CommunicationOptions"):
