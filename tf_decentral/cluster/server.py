@@ -19,70 +19,52 @@ Importing this module does not import TensorFlow; `run_server` does.
 """
 
 import os
-import socket
 import sys
-import time
 
+from tf_decentral.cluster import exposure
+from tf_decentral.cluster import lifecycle
 from tf_decentral.cluster import tf_config
 
-SERVER_JOBS = ("worker", "ps")
-# Seconds between two checks that the chief is still there.
-_CHIEF_POLL_SECONDS = 1.0
-_CONNECT_TIMEOUT_SECONDS = 1.0
-
-
-def _reachable(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection(
-            (host.strip("[]"), int(port)), timeout=_CONNECT_TIMEOUT_SECONDS
-        ):
-            return True
-    except OSError:
-        return False
-
-
-def _wait_for_chief_to_leave(address: str, grace_seconds: float):
-    """Returns once `address` went away for `grace_seconds` after being up."""
-    seen = False
-    down_since = None
-    while True:
-        if _reachable(address):
-            seen, down_since = True, None
-        elif seen:
-            now = time.monotonic()
-            down_since = down_since or now
-            if now - down_since >= grace_seconds:
-                return
-        time.sleep(_CHIEF_POLL_SECONDS)
+SERVER_JOBS = lifecycle.SERVER_JOBS
+DEFAULT_GRACE_SECONDS = 30.0
+DEFAULT_START_TIMEOUT_SECONDS = 600.0
 
 
 def run_server(
     config: tf_config.ClusterConfig | None = None,
     *,
     exit_with_chief: bool = True,
-    chief_grace_seconds: float = 5.0,
+    chief_grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    chief_start_timeout_seconds: float = DEFAULT_START_TIMEOUT_SECONDS,
 ) -> None:
     """Serves this task's TensorFlow server if it is a worker or ps task.
 
     On a `"worker"` or `"ps"` task this starts `tf.distribute.Server` at the
-    task's address and never returns: the process exits (code 0) once the
-    chief has gone, or runs until it is killed. On any other task (the chief,
-    an evaluator) or without a cluster it returns at once, so that the same
-    script can run on every task.
+    task's address and never returns: the process exits when the job is
+    over for it (see `tf_decentral.cluster.lifecycle`), with code 0 when the
+    chief says the job is done, 1 when the chief's program failed, 2 when
+    the chief's heartbeat stopped for `chief_grace_seconds` (a crashed,
+    stopped or unreachable chief: this task's state is lost), 3 when no
+    chief came within `chief_start_timeout_seconds`. On any other task (the
+    chief, an evaluator) or without a cluster it returns at once, so that
+    the same script can run on every task.
+
+    The server listens on every network interface, without authentication
+    (`tf_decentral.cluster.exposure`): keep cluster ports on a private
+    network.
 
     Args:
         config: The task's `ClusterConfig`; None reads `TF_CONFIG`.
-        exit_with_chief: If the cluster has a `"chief"` task, exit once the
-            chief's address stopped accepting connections for
-            `chief_grace_seconds` after it was first up (the chief serves at
-            its address while it trains). Lets launchers such as
-            `python -m tf_decentral.launch` end when training ends. With
-            False, the server runs until it is killed.
-        chief_grace_seconds: Seconds the chief must stay unreachable; > 0.
+        exit_with_chief: Whether to exit when the job is over (above). With
+            False, or in a cluster without a `"chief"`, the server runs
+            until it is killed.
+        chief_grace_seconds: Seconds the chief's heartbeat may stand still;
+            > 0.
+        chief_start_timeout_seconds: Seconds to wait for the chief's first
+            heartbeat; > 0.
 
     Raises:
-        ValueError: If `chief_grace_seconds` is not positive.
+        ValueError: If a number of seconds is not positive.
 
     Example:
         >>> from tf_decentral import cluster
@@ -94,11 +76,15 @@ def run_server(
         >>> cluster.run_server(chief) is None  # the chief trains instead
         True
     """
-    if not chief_grace_seconds > 0:
-        raise ValueError(
-            "`chief_grace_seconds` must be > 0. "
-            f"Received: chief_grace_seconds={chief_grace_seconds!r}"
-        )
+    for name, value in (
+        ("chief_grace_seconds", chief_grace_seconds),
+        ("chief_start_timeout_seconds", chief_start_timeout_seconds),
+    ):
+        if isinstance(value, bool) or not 0 < value < float("inf"):
+            raise ValueError(
+                f"`{name}` must be a positive number of seconds. "
+                f"Received: {name}={value!r}"
+            )
     if config is None:
         config = tf_config.from_env()
     if config is None or config.task_type not in SERVER_JOBS:
@@ -114,24 +100,32 @@ def run_server(
         protocol=config.rpc_layer or "grpc",
         start=True,
     )
+    port = int(config.address.rpartition(":")[2])
     print(
-        f"tf_decentral: {config.task_name} serving at {config.address}",
+        f"tf_decentral: {config.task_name} serving at {config.address} "
+        f"(listening on {', '.join(exposure.listening_hosts(port)) or '?'}, "
+        "no authentication: keep this port on a private network)",
         file=sys.stderr,
         flush=True,
     )
-    chief = config.cluster.get("chief")
-    if not (exit_with_chief and chief):
+    if not (exit_with_chief and config.cluster.get("chief")):
         server.join()
-    _wait_for_chief_to_leave(chief[0], chief_grace_seconds)
+    verdict = lifecycle.watch_chief(
+        server,
+        config.task_type,
+        config.task_id,
+        grace_seconds=chief_grace_seconds,
+        start_timeout_seconds=chief_start_timeout_seconds,
+    )
     print(
-        f"tf_decentral: {config.task_name} stops: the chief at {chief[0]} "
-        "has gone.",
+        f"tf_decentral: {config.task_name} stops (exit code {verdict.code}):"
+        f" {verdict.message}.",
         file=sys.stderr,
         flush=True,
     )
     sys.stdout.flush()
     # TensorFlow servers cannot be stopped cleanly; leave without teardown.
-    os._exit(0)
+    os._exit(verdict.code)
 
 
 if __name__ == "__main__":
