@@ -9,13 +9,17 @@ SIGKILLed on teardown.
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
 import pytest
+import tensorflow as tf
+from absl.testing import parameterized
 
 from tf_decentral.testing import cluster
 
@@ -71,7 +75,8 @@ def _kill(local, task_name):
 def _result(results):
     chief = results["chief:0"]
     lines = _lines(chief.stdout, "RESULT ")
-    assert lines, chief.describe()
+    if not lines:
+        raise AssertionError(chief.describe())
     return lines[-1], chief
 
 
@@ -119,113 +124,146 @@ def _wait_for(local, predicate, what, timeout):
     )
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("protocol", ["async", "softsync"])
-def test_killed_worker_training_continues_and_restarted_worker_rejoins(
-    tmp_path, protocol
-):
-    go, stop = tmp_path / "restart", tmp_path / "stop"
-    times = {}
-
-    def kill_and_restart(local):
-        config = local.configs[
-            [c.task_name for c in local.configs].index("worker:1")
-        ]
-        standby = subprocess.Popen(
-            [sys.executable, "-c", STANDBY, str(go)],
-            env={
-                **os.environ,
-                **cluster.thread_env(intra_op=1, inter_op=2),
-                "TF_CONFIG": config.to_json(),
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-            },
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            _wait_for_epoch(local, 1)
-            times["killed"] = _kill(local, "worker:1")
-            # Training goes on without worker 1 ...
-            _wait_for(
-                local,
-                lambda epochs: any(
-                    e["time"] > times["killed"] + 0.5 and e["workers"] == [0]
-                    for e in epochs
-                ),
-                "an epoch on worker 0 alone",
-                timeout=60,
-            )
-            times["restarted"] = time.time()
-            go.touch()
-            # ... and worker 1 takes closures again once it is back.
-            _wait_for(
-                local,
-                lambda epochs: any(
-                    e["time"] > times["restarted"] and 1 in e["workers"]
-                    for e in epochs
-                ),
-                "worker 1 back",
-                timeout=90,
-            )
-        finally:
-            stop.touch()
-            local.wait(fail_fast=False)
-            os.killpg(standby.pid, signal.SIGKILL)
-            standby.wait()
-
-    env = {
-        "DOWNPOUR_TEST_STOP_FILE": str(stop),
-        "DOWNPOUR_TEST_PROTOCOL": protocol,
-    }
-    results, _ = _run(env, kill_and_restart)
-    result, chief = _result(results)
-    assert "error" not in result, result
-    stats = result["stats"]
-    # Every scheduled step was pushed exactly once (re-runs of the dead
-    # worker's closures are deduplicated) and the counters agree.
-    assert stats["pushes"] == result["epochs"] * STEPS_PER_EPOCH, stats
-    assert stats["clock"] == stats["iterations"], stats
-    required = 2 if protocol == "softsync" else 1
-    assert (stats["clock"] - stats["flushes"]) * required + stats[
-        "flushed"
-    ] + stats["pending"] == stats["pushes"], stats
-    epochs = _lines(chief.stdout, "EPOCH ")
-    assert any(1 in e["workers"] for e in epochs if e["time"] < times["killed"])
-    assert result["loss"] < 1.0, result
-
-
-@pytest.mark.timeout(300)
-def test_killed_ps_raises_clear_error_quickly_then_backup_resumes(tmp_path):
-    env = {
-        "DOWNPOUR_TEST_BACKUP": str(tmp_path / "backup"),
-        "DOWNPOUR_TEST_EPOCHS": "6",
-    }
-
-    def kill_ps(local):
+def _kill_and_restart(local, go, stop, times):
+    """Kills worker 1 after epoch 1, restarts it once training went on
+    without it, waits until it takes closures again; records the times
+    in `times`; finally stops training (`stop`)."""
+    config = local.configs[
+        [c.task_name for c in local.configs].index("worker:1")
+    ]
+    standby = subprocess.Popen(
+        [sys.executable, "-c", STANDBY, str(go)],
+        env={
+            **os.environ,
+            **cluster.thread_env(intra_op=1, inter_op=2),
+            "TF_CONFIG": config.to_json(),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
         _wait_for_epoch(local, 1)
-        return _kill(local, "ps:0")
+        times["killed"] = _kill(local, "worker:1")
+        # Training goes on without worker 1 ...
+        _wait_for(
+            local,
+            lambda epochs: any(
+                e["time"] > times["killed"] + 0.5
+                and e["workers"] == [0]
+                for e in epochs
+            ),
+            "an epoch on worker 0 alone",
+            timeout=60,
+        )
+        times["restarted"] = time.time()
+        go.touch()
+        # ... and worker 1 takes closures again once it is back.
+        _wait_for(
+            local,
+            lambda epochs: any(
+                e["time"] > times["restarted"] and 1 in e["workers"]
+                for e in epochs
+            ),
+            "worker 1 back",
+            timeout=90,
+        )
+    finally:
+        stop.touch()
+        local.wait(fail_fast=False)
+        os.killpg(standby.pid, signal.SIGKILL)
+        standby.wait()
 
-    results, killed_at = _run(env, kill_ps)
-    result, chief = _result(results)
-    assert result.get("error_type") in (
-        "UnavailableError",
-        "PSUnavailableError",
-        "AbortedError",
-        "CancelledError",
-    ), result
-    assert "lost parameter server ps:0" in result["error"], result
-    assert "BackupAndRestore" in result["error"]
-    assert result["error_time"] - killed_at < 10, result
-    saved = _lines(chief.stdout, "EPOCH ")[-1]
 
-    # A new job with the same backup directory resumes where the last
-    # completed epoch left the parameters and the optimizer.
-    results, _ = _run(env)
-    resumed, chief = _result(results)
-    assert "error" not in resumed, resumed
-    begin = _lines(chief.stdout, "BEGIN ")[-1]
-    assert begin["iterations"] == saved["iterations"], (begin, saved)
-    assert begin["checksum"] == pytest.approx(saved["checksum"], rel=1e-6)
-    assert resumed["epochs"] == 6 - (saved["epoch"] + 1), resumed
-    assert resumed["stats"]["iterations"] == 6 * STEPS_PER_EPOCH, resumed
+class DownpourFaultsTest(tf.test.TestCase, parameterized.TestCase):
+    def _tmp(self):
+        return pathlib.Path(tempfile.mkdtemp(dir=self.get_temp_dir()))
+
+    @parameterized.parameters("async", "softsync")
+    @pytest.mark.timeout(300)
+    def test_killed_worker_training_continues_and_restarted_worker_rejoins(
+        self, protocol
+    ):
+        tmp_path = self._tmp()
+        go, stop = tmp_path / "restart", tmp_path / "stop"
+        times = {}
+
+        env = {
+            "DOWNPOUR_TEST_STOP_FILE": str(stop),
+            "DOWNPOUR_TEST_PROTOCOL": protocol,
+        }
+        results, _ = _run(
+            env, lambda local: _kill_and_restart(local, go, stop, times)
+        )
+        result, chief = _result(results)
+        self.assertNotIn("error", result)
+        stats = result["stats"]
+        # Every scheduled step was pushed exactly once (re-runs of the dead
+        # worker's closures are deduplicated) and the counters agree.
+        self.assertEqual(
+            stats["pushes"], result["epochs"] * STEPS_PER_EPOCH, stats
+        )
+        self.assertEqual(stats["clock"], stats["iterations"], stats)
+        required = 2 if protocol == "softsync" else 1
+        self.assertEqual(
+            (stats["clock"] - stats["flushes"]) * required
+            + stats["flushed"]
+            + stats["pending"],
+            stats["pushes"],
+            stats,
+        )
+        epochs = _lines(chief.stdout, "EPOCH ")
+        self.assertTrue(
+            any(
+                1 in e["workers"]
+                for e in epochs
+                if e["time"] < times["killed"]
+            )
+        )
+        self.assertLess(result["loss"], 1.0, result)
+
+    @pytest.mark.timeout(300)
+    def test_killed_ps_raises_clear_error_quickly_then_backup_resumes(self):
+        env = {
+            "DOWNPOUR_TEST_BACKUP": str(self._tmp() / "backup"),
+            "DOWNPOUR_TEST_EPOCHS": "6",
+        }
+
+        def kill_ps(local):
+            _wait_for_epoch(local, 1)
+            return _kill(local, "ps:0")
+
+        results, killed_at = _run(env, kill_ps)
+        result, chief = _result(results)
+        self.assertIn(
+            result.get("error_type"),
+            (
+                "UnavailableError",
+                "PSUnavailableError",
+                "AbortedError",
+                "CancelledError",
+            ),
+            result,
+        )
+        self.assertIn("lost parameter server ps:0", result["error"])
+        self.assertIn("BackupAndRestore", result["error"])
+        self.assertLess(result["error_time"] - killed_at, 10, result)
+        saved = _lines(chief.stdout, "EPOCH ")[-1]
+
+        # A new job with the same backup directory resumes where the last
+        # completed epoch left the parameters and the optimizer.
+        results, _ = _run(env)
+        resumed, chief = _result(results)
+        self.assertNotIn("error", resumed)
+        begin = _lines(chief.stdout, "BEGIN ")[-1]
+        self.assertEqual(begin["iterations"], saved["iterations"])
+        self.assertAllClose(begin["checksum"], saved["checksum"], rtol=1e-6)
+        self.assertEqual(resumed["epochs"], 6 - (saved["epoch"] + 1))
+        self.assertEqual(
+            resumed["stats"]["iterations"], 6 * STEPS_PER_EPOCH, resumed
+        )
+
+
+if __name__ == "__main__":
+    tf.test.main()
