@@ -197,12 +197,13 @@ PRIVATE_NAMES.update({
         "eager client settings), called by ParameterServerStrategyBase"
     ),
     "_should_use_with_coordinator": (
-        "flag of ParameterServerStrategyV2.__init__ that Keras and TF's "
-        "input code read to treat the strategy as a coordinator strategy"
+        "flag of ParameterServerStrategyV2.__init__ (Strategy sets False) "
+        "marking a strategy driven by a ClusterCoordinator; kept as TF sets it"
     ),
     "_canonicalize_devices": (
-        "flag of ParameterServerStrategyV2.__init__ read when building "
-        "distributed iterators"
+        "flag of ParameterServerStrategyV2.__init__ that TF's input_lib "
+        "reads when building distributed iterators (no device canonicalizing "
+        "on the chief)"
     ),
     "_is_parameter_server_strategy_v2": (
         "flag of ParameterServerStrategyV2.__init__ that ClusterCoordinator "
