@@ -12,6 +12,8 @@ The TensorFlow counterpart is `tf_decentral/_tf_private.py`.
 """
 
 # pylint: disable=g-direct-tensorflow-import
+import contextlib
+
 from keras.src.backend.tensorflow import optimizer as _keras_tf_optimizer
 from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
 
@@ -96,7 +98,78 @@ def optimizer_strategy(optimizer):
 # =====================================================================
 # DownpourParameterServerStrategy (strategies/downpour/)
 # =====================================================================
+# A Downpour worker runs Keras' training step itself, statelessly, on
+# fetched tensors (strategies/downpour/worker.py), as Keras' JAX trainer
+# does; it needs the same few model and optimizer internals that trainer
+# reads. The ps applies the optimizer per shard (ps.py), which needs its
+# weight-decay rule.
 
-PRIVATE_NAMES.update({})
+PRIVATE_NAMES.update({
+    "_call_has_training_arg": (
+        "whether the model's `call` takes `training`, so the worker's "
+        "stateless_call passes training=True only when it does"
+    ),
+    "_losses_override": (
+        "the layer losses a stateless call returned, which "
+        "stateless_compute_loss adds to the compiled loss (as the JAX "
+        "trainer sets them)"
+    ),
+    "_loss_tracker": (
+        "the model's 'loss' metric, updated by the worker as Keras' "
+        "train_step updates it"
+    ),
+    "_clip_gradients": (
+        "the optimizer's clipnorm/clipvalue/global_clipnorm, applied by the "
+        "worker before it accumulates a gradient"
+    ),
+    "_use_weight_decay": (
+        "whether the optimizer decays a variable (exclude_from_weight_decay), "
+        "asked by the ps per shard"
+    ),
+    "_distribution_strategy": (
+        "the strategy an optimizer was created under: Downpour refuses an "
+        "optimizer made outside its scope (its slots would not be on the ps)"
+    ),
+})
+
+
+def call_has_training_arg(model) -> bool:
+    """Returns whether `model.call` takes a `training` argument."""
+    return model._call_has_training_arg
+
+
+@contextlib.contextmanager
+def override_layer_losses(model, losses):
+    """Makes `model.stateless_compute_loss` add `losses` (the layer losses
+    of a stateless call) in this block; does nothing if `losses` is empty."""
+    if not losses:
+        yield
+        return
+    model._losses_override.clear()
+    model._losses_override = losses
+    try:
+        yield
+    finally:
+        model._losses_override.clear()
+
+
+def loss_tracker(model):
+    """Returns the model's `"loss"` metric (a `keras.metrics.Mean`)."""
+    return model._loss_tracker
+
+
+def clip_gradients(optimizer, grads):
+    """Returns `grads` clipped as `optimizer`'s clip options say."""
+    return optimizer._clip_gradients(grads)
+
+
+def uses_weight_decay(optimizer, variable) -> bool:
+    """Returns whether `optimizer` applies weight decay to `variable`."""
+    return optimizer._use_weight_decay(variable)
+
+
+def optimizer_strategy(optimizer):
+    """Returns the `tf.distribute` strategy `optimizer` was created under."""
+    return getattr(optimizer, "_distribution_strategy", None)
 
 # (end of the DownpourParameterServerStrategy section)

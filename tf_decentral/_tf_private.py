@@ -16,6 +16,8 @@ The Keras counterpart is `tf_decentral/_keras_private.py`.
 """
 
 # pylint: disable=g-direct-tensorflow-import,unused-import
+import tensorflow as tf
+
 # MirroredExtended: base of the single-host GossipStrategy implementation
 # (`_update`, `_create_variable`, `_devices`, `_num_replicas_in_sync`,
 # `_get_variable_creator_initial_value`, `_use_merge_call`).
@@ -39,18 +41,6 @@ The Keras counterpart is `tf_decentral/_keras_private.py`.
 # replica per worker process; `_input_workers_with_options`).
 # input_util.get_distributed_datasets_from_function: AsyncGossipStrategy
 # gives `dataset_fn` an InputContext naming the worker's input pipeline.
-# parameter_server_strategy_v2.ParameterServerStrategyV2Extended: base of the
-# DownpourParameterServerStrategy implementation (`_create_variable`,
-# `_create_variable_round_robin`, `_variable_partitioner`, `_num_ps`,
-# `_num_workers`, `_allow_run_without_coordinator`).
-# sharded_variable.ShardedVariable: the container of a row-sharded Downpour
-# variable (our subclass adds `__array__`).
-# ops.colocate_with(None, ignore_existing=True): clearing the colocation scope
-# when placing a Downpour variable, as ParameterServerStrategy does (the
-# public tf.compat.v1.colocate_with logs a deprecation warning).
-# coordinator_values.serialize_dataset_to_graph /
-# deserialize_dataset_from_graph: shipping the chief's input pipeline to every
-# Downpour worker (as ClusterCoordinator.create_per_worker_dataset does).
 from tensorflow.python.distribute import collective_all_reduce_strategy  # noqa: F401
 from tensorflow.python.distribute import collective_util  # noqa: F401
 
@@ -62,15 +52,15 @@ from tensorflow.python.distribute import input_util  # noqa: F401
 from tensorflow.python.distribute import mirrored_strategy  # noqa: F401
 from tensorflow.python.distribute import numpy_dataset  # noqa: F401
 from tensorflow.python.distribute import one_device_strategy  # noqa: F401
-from tensorflow.python.distribute import parameter_server_strategy_v2  # noqa: F401
-from tensorflow.python.distribute import sharded_variable  # noqa: F401
+from tensorflow.python.distribute import parameter_server_strategy_v2
+from tensorflow.python.distribute import sharded_variable
 from tensorflow.python.distribute import values as values_lib  # noqa: F401
-from tensorflow.python.distribute.coordinator import (  # noqa: F401
+from tensorflow.python.distribute.coordinator import (
     values as coordinator_values,
 )
 from tensorflow.python.eager import context  # noqa: F401
 from tensorflow.python.eager import record  # noqa: F401
-from tensorflow.python.framework import ops  # noqa: F401
+from tensorflow.python.framework import ops
 from tensorflow.python.ops import collective_ops  # noqa: F401
 from tensorflow.python.ops import variable_scope  # noqa: F401
 from tensorflow.python.util import nest  # noqa: F401
@@ -160,7 +150,200 @@ PRIVATE_NAMES.update({})
 # =====================================================================
 # DownpourParameterServerStrategy (strategies/downpour/)
 # =====================================================================
+# `tf.distribute.experimental.ParameterServerStrategy` (TF's
+# `ParameterServerStrategyV2`) is what `ClusterCoordinator` schedules
+# closures for, but its constructor always builds TF's own extended, and its
+# extended places variables round-robin with no public hook. Downpour needs
+# its own extended (least-loaded placement, row shards, pinned bookkeeping
+# variables, the Keras `FitDriver`), so these adapters give it TF's
+# constructor with an extended of its choice and public-named placement
+# hooks; `ShardedVariable` and the dataset (de)serialization TF's
+# coordinator uses are re-exported with why.
 
-PRIVATE_NAMES.update({})
+PRIVATE_NAMES.update({
+    "tensorflow.python.distribute.parameter_server_strategy_v2": (
+        "ParameterServerStrategyV2 (the class behind tf.distribute."
+        "experimental.ParameterServerStrategy) and its extended: the bases "
+        "of DownpourParameterServerStrategy and its implementation"
+    ),
+    "tensorflow.python.distribute.sharded_variable": (
+        "ShardedVariable, the container TF's parameter-server extended "
+        "returns for a partitioned variable; Downpour's row-sharded "
+        "variables subclass it (TF exports it only under tf.__internal__)"
+    ),
+    "tensorflow.python.distribute.coordinator.values": (
+        "serialize_dataset_to_graph / deserialize_dataset_from_graph: "
+        "shipping the chief's input pipeline to every Downpour worker, as "
+        "ClusterCoordinator.create_per_worker_dataset does"
+    ),
+    "tensorflow.python.framework.ops": (
+        "ops.colocate_with(None, ignore_existing=True) clears the colocation "
+        "scope when a Downpour variable is placed, as TF's round robin does "
+        "(the public tf.compat.v1.colocate_with logs a deprecation warning)"
+    ),
+    "_cluster_resolver": (
+        "ParameterServerStrategyV2.__init__'s first step, read by its "
+        "_connect_to_cluster; set by ParameterServerStrategyBase"
+    ),
+    "_verify_args_and_config": (
+        "TF's own cluster checks of ParameterServerStrategyV2.__init__, "
+        "called by ParameterServerStrategyBase instead of copying them"
+    ),
+    "_cluster_coordinator": (
+        "ParameterServerStrategyV2.__init__ sets it to None; "
+        "ClusterCoordinator(strategy) stores its single instance there"
+    ),
+    "_connect_to_cluster": (
+        "TF's own connection of the chief to the cluster (device filters, "
+        "eager client settings), called by ParameterServerStrategyBase"
+    ),
+    "_should_use_with_coordinator": (
+        "flag of ParameterServerStrategyV2.__init__ (Strategy sets False) "
+        "marking a strategy driven by a ClusterCoordinator; kept as TF sets it"
+    ),
+    "_canonicalize_devices": (
+        "flag of ParameterServerStrategyV2.__init__ that TF's input_lib "
+        "reads when building distributed iterators (no device canonicalizing "
+        "on the chief)"
+    ),
+    "_is_parameter_server_strategy_v2": (
+        "flag of ParameterServerStrategyV2.__init__ that ClusterCoordinator "
+        "checks (hasattr) before accepting a strategy"
+    ),
+    "_create_variable": (
+        "the parameter-server extended's variable creator (partitioning, "
+        "colocation); ParameterServerExtendedBase exposes it as "
+        "create_variable"
+    ),
+    "_create_variable_round_robin": (
+        "the parameter-server extended's placement of one whole variable or "
+        "shard; ParameterServerExtendedBase exposes it as place_variable"
+    ),
+    "_num_ps": "the number of ps tasks, counted by TF's extended",
+    "_num_workers": "the number of worker tasks, counted by TF's extended",
+    "_allow_run_without_coordinator": (
+        "lets evaluate/predict/save run on the chief outside "
+        "ClusterCoordinator.schedule without TF's warning"
+    ),
+})
+
+
+class ParameterServerStrategyBase(
+    parameter_server_strategy_v2.ParameterServerStrategyV2
+):
+    """TF's `ParameterServerStrategy` built on an extended of our choice.
+
+    Does what `ParameterServerStrategyV2.__init__` does, calling TF's own
+    pieces (`_verify_args_and_config`, `_connect_to_cluster` as `"chief"`),
+    except that the extended is `make_extended(self, cluster_resolver)`.
+    It leaves out TF's usage gauge and its opt-in coordination service
+    (undocumented `TF_PSS_ENABLE_COORDINATION_SERVICE`), which Downpour has
+    never used.
+
+    Args:
+        cluster_resolver: A `tf.distribute.cluster_resolver.ClusterResolver`.
+        make_extended: `(strategy, cluster_resolver) -> extended`.
+    """
+
+    def __init__(self, cluster_resolver, make_extended):
+        self._cluster_resolver = cluster_resolver
+        self._verify_args_and_config(cluster_resolver)
+        self._cluster_coordinator = None
+        self._connect_to_cluster(coordinator_name="chief")
+        extended = make_extended(self, cluster_resolver)
+        tf.distribute.Strategy.__init__(self, extended)
+        self._should_use_with_coordinator = True
+        self._canonicalize_devices = False
+        self._is_parameter_server_strategy_v2 = True
+
+
+class ParameterServerExtendedBase(
+    parameter_server_strategy_v2.ParameterServerStrategyV2Extended
+):
+    """TF's parameter-server extended with public-named placement hooks.
+
+    TF's `_create_variable` calls `create_variable` (override it to wrap
+    variable creation; `default_create_variable` is TF's partitioning and
+    colocation), which places every whole variable or shard with
+    `place_variable` (TF's round robin by default).
+
+    Args:
+        container_strategy: The strategy.
+        cluster_resolver: Its cluster resolver.
+        variable_partitioner: `(shape, dtype) -> partitions per axis`, or
+            None (never partition).
+        allow_run_without_coordinator: If True, functions may run on the
+            chief outside `ClusterCoordinator.schedule` without a warning.
+    """
+
+    def __init__(
+        self,
+        container_strategy,
+        cluster_resolver,
+        variable_partitioner=None,
+        allow_run_without_coordinator=False,
+    ):
+        super().__init__(
+            container_strategy, cluster_resolver, variable_partitioner
+        )
+        self._allow_run_without_coordinator = allow_run_without_coordinator
+
+    @property
+    def num_ps(self) -> int:
+        """The number of parameter-server tasks."""
+        return self._num_ps
+
+    @property
+    def num_workers(self) -> int:
+        """The number of worker tasks."""
+        return self._num_workers
+
+    def _create_variable(self, next_creator, **kwargs):
+        return self.create_variable(next_creator, **kwargs)
+
+    def create_variable(self, next_creator, **kwargs):
+        """Creates a variable in the strategy's scope."""
+        return self.default_create_variable(next_creator, **kwargs)
+
+    def default_create_variable(self, next_creator, **kwargs):
+        """TF's variable creation: partitions, colocates, places."""
+        return parameter_server_strategy_v2.ParameterServerStrategyV2Extended._create_variable(  # noqa: E501
+            self, next_creator, **kwargs
+        )
+
+    def _create_variable_round_robin(self, next_creator, **kwargs):
+        return self.place_variable(next_creator, **kwargs)
+
+    def place_variable(self, next_creator, **kwargs):
+        """Creates one whole variable or shard on a ps task of its choice.
+
+        The default is TF's round robin over the ps tasks.
+        """
+        return parameter_server_strategy_v2.ParameterServerStrategyV2Extended._create_variable_round_robin(  # noqa: E501
+            self, next_creator, **kwargs
+        )
+
+
+def clear_colocation():
+    """Returns a context that clears the colocation scope (as TF's
+    parameter-server placement does before choosing a device)."""
+    return ops.colocate_with(None, ignore_existing=True)
+
+
+ShardedVariable = sharded_variable.ShardedVariable
+"""TF's container of a variable partitioned by a parameter-server extended
+(one `tf.Variable` per shard, read as their concatenation)."""
+
+
+def serialize_dataset(dataset):
+    """Returns `dataset`'s graph, to rebuild it on another task."""
+    return coordinator_values.serialize_dataset_to_graph(dataset)
+
+
+def deserialize_dataset(graph_def, element_spec):
+    """Rebuilds a dataset from `serialize_dataset`'s graph."""
+    return coordinator_values.deserialize_dataset_from_graph(
+        graph_def, element_spec
+    )
 
 # (end of the DownpourParameterServerStrategy section)

@@ -1,26 +1,41 @@
-"""The chief side of Downpour: Keras' `train_function`, closure scheduling.
+"""The chief side of Downpour: the strategy's extended and Keras' train step.
+
+`DownpourExtended` is `DownpourParameterServerStrategy`'s implementation:
+TensorFlow's parameter-server extended with Downpour's variable placement
+(`placement.py`), the run's configuration (`RunConfig`) and state (closure
+ids, warm start, `stats.PushStats`), and the Keras `FitDriver` hooks, by
+which `fit` uses a `TrainFunction` instead of Keras' train function.
 
 `fit` calls `train_function(iterator)` once per `steps_per_execution`
 batches and expects the logs back. Here a call only counts the batches as
 pending and schedules closures on the `ClusterCoordinator` (one closure =
-`lcm(n_fetch, n_push)` steps of one worker): it returns at once, while at
-most `max_inflight` closures are queued or running. At the end of each epoch
-(`end_epoch`, called by the Keras hook before the epoch's callbacks) the
-remaining batches are scheduled and every closure is waited for, so that
-epoch logs, `ModelCheckpoint` and `BackupAndRestore` see every committed
-update. `"sync"` schedules one closure per worker at a time and waits for
-all of them (S-PSGD's barrier); warm-up steps run one closure at a time.
+`lcm(n_fetch, n_push)` steps of one worker, `worker.py`): it returns at
+once, while at most `max_inflight` closures are queued or running. At the
+end of each epoch (`end_epoch`, called by the Keras hook before the epoch's
+callbacks) the remaining batches are scheduled and every closure is waited
+for, so that epoch logs, `ModelCheckpoint` and `BackupAndRestore` see every
+committed update. `"sync"` schedules one closure per worker at a time and
+waits for all of them (S-PSGD's barrier); warm-up steps run one closure at a
+time.
 """
 
 import collections
+import contextlib
+import dataclasses
+import math
 import re
+import threading
 import time
 
 import tensorflow as tf
 from absl import logging
 
-from tf_decentral._tf_private import coordinator_values
+from tf_decentral import _tf_private
+from tf_decentral.strategies import _collective
+from tf_decentral.strategies import _keras_hooks
+from tf_decentral.strategies.downpour import placement
 from tf_decentral.strategies.downpour import ps as ps_lib
+from tf_decentral.strategies.downpour import stats as stats_lib
 from tf_decentral.strategies.downpour import worker as worker_lib
 
 # Seconds between two reads of the metrics from the ps tasks for the
@@ -28,28 +43,176 @@ from tf_decentral.strategies.downpour import worker as worker_lib
 _LOGS_INTERVAL_SECONDS = 0.5
 _PS_TASK = re.compile(r"/job:ps/replica:\d+/task:(\d+)")
 _WORKER_TASK = re.compile(r"/job:worker/replica:\d+/task:(\d+)")
-_FAILURES = (
-    tf.errors.UnavailableError,
-    tf.errors.CancelledError,
-    tf.errors.AbortedError,
-    tf.errors.DeadlineExceededError,
-    tf.errors.InternalError,
-    tf.errors.UnknownError,
-)
 
-PushRecord = collections.namedtuple(
-    "PushRecord", ["closure", "worker", "push", "staleness", "fresh"]
-)
-PushRecord.__doc__ = """One push, as the chief saw its closure finish.
 
-Attributes:
-    closure: The closure's id (closures are numbered in scheduling order).
-    worker: The index of the worker that ran the closure (its last run).
-    push: The push's index within the closure.
-    staleness: The push's staleness (0 for a duplicate).
-    fresh: Whether the ps accepted it (False: a duplicate push of a re-run
-        closure, dropped).
-"""
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A Downpour strategy's validated arguments, and what follows from them.
+
+    Attributes:
+        n_fetch, n_push, protocol, softsync_n, staleness_lr,
+        warm_start_steps, options: The strategy's arguments.
+        num_workers: The number of worker tasks.
+    """
+
+    n_fetch: int
+    n_push: int
+    protocol: str
+    softsync_n: int | None
+    staleness_lr: bool
+    warm_start_steps: int
+    options: object
+    num_workers: int
+
+    @property
+    def steps_per_closure(self) -> int:
+        """Steps of one closure: `lcm(n_fetch, n_push)`."""
+        return math.lcm(self.n_fetch, self.n_push)
+
+    @property
+    def max_inflight(self) -> int:
+        """Closures scheduled but not finished before the chief waits."""
+        return self.options.max_inflight_per_worker * self.num_workers
+
+    @property
+    def max_pushes(self) -> int:
+        """Pushes of the longest closure (the spacing of push ids)."""
+        return self.steps_per_closure // self.n_push
+
+    @property
+    def required_pushes(self) -> int:
+        """Pushes the ps averages per update."""
+        return {
+            "async": 1,
+            "softsync": self.softsync_n,
+            "sync": self.num_workers,
+        }[self.protocol]
+
+    @property
+    def ring_size(self) -> int:
+        """Recent push ids the ps remembers: more than can be in flight."""
+        return max(
+            64,
+            4 * self.max_pushes * (self.max_inflight + self.num_workers + 1),
+        )
+
+
+class DownpourExtended(placement.PlacementExtended, _keras_hooks.FitDriver):
+    """Implementation of `DownpourParameterServerStrategy`.
+
+    Args:
+        container_strategy: The strategy.
+        cluster_resolver: Its cluster resolver.
+        config: Its `RunConfig`.
+
+    Attributes:
+        config: The `RunConfig`.
+        coordinator: The strategy's `ClusterCoordinator` (set by the
+            strategy once it is constructed).
+        push_stats: The `stats.PushStats` of every finished closure.
+        last_train_function: The `TrainFunction` of the model trained last,
+            or None.
+    """
+
+    def __init__(self, container_strategy, cluster_resolver, config):
+        super().__init__(
+            container_strategy,
+            cluster_resolver,
+            config.options.max_shard_bytes,
+        )
+        self.config = config
+        self.coordinator = None
+        self.push_stats = stats_lib.PushStats()
+        self.last_train_function = None
+        self._closures = 0
+        self._warm_steps_done = 0
+        self._pinned = threading.local()
+
+    # -- variables ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def pinned_creation(self):
+        """Variables created in this block go exactly where `tf.device` says.
+
+        For Downpour's own bookkeeping variables (counters, buffers), which
+        must not be placed like model variables, even inside the scope.
+        """
+        previous = getattr(self._pinned, "on", False)
+        self._pinned.on = True
+        try:
+            yield
+        finally:
+            self._pinned.on = previous
+
+    def create_variable(self, next_creator, **kwargs):
+        if getattr(self._pinned, "on", False):
+            kwargs.pop("colocate_with", None)
+            return next_creator(**kwargs)
+        return super().create_variable(next_creator, **kwargs)
+
+    # -- run state ----------------------------------------------------------
+
+    def new_closure_id(self) -> int:
+        """Returns the next closure id (1, 2, ... in scheduling order)."""
+        self._closures += 1
+        return self._closures
+
+    def warm_steps_left(self) -> int:
+        """Steps still to run one closure at a time (the warm start)."""
+        return self.config.warm_start_steps - self._warm_steps_done
+
+    def count_warm_steps(self, steps: int) -> None:
+        """Counts `steps` run as part of the warm start."""
+        self._warm_steps_done += steps
+
+    def ps_stats(self) -> dict[str, int]:
+        """The ps counters of the model trained last (see the strategy).
+
+        Raises:
+            RuntimeError: If no model has been trained yet.
+        """
+        if self.last_train_function is None:
+            raise RuntimeError(
+                "`ps_stats()` needs a model trained with this strategy. Call "
+                "`model.fit(...)` first."
+            )
+        with Explained(self.coordinator):
+            return self.last_train_function.state.stats()
+
+    # -- FitDriver (the Keras hooks) ------------------------------------------
+
+    def keras_train_function(self, model):
+        worker_lib.check_model(model, self)
+        return TrainFunction(self, model)
+
+    def keras_epoch_end(self, model, logs):
+        del logs
+        function = getattr(model, "train_function", None)
+        if isinstance(function, TrainFunction) and function.active:
+            return function.end_epoch()
+        return None
+
+    def keras_error_context(self):
+        return Explained(self.coordinator)
+
+    def keras_optimizer_variables(self, variables):
+        return [part for v in variables for part in placement.shards_of(v)]
+
+
+class ChiefDataset:
+    """What `experimental_distribute_dataset` gives Keras on the chief.
+
+    Iterating it iterates the dataset; the iterator remembers its dataset so
+    that the train function can send the dataset to the workers.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        iterator = iter(self.dataset)
+        iterator._tfd_dataset = self.dataset
+        return iterator
 
 
 def explain(error, coordinator=None):
@@ -61,10 +224,10 @@ def explain(error, coordinator=None):
     if isinstance(error, tf.errors.CancelledError) and coordinator is not None:
         try:
             coordinator.join()
-        except _FAILURES as root:
+        except _collective.REMOTE_FUNCTION_ERRORS as root:
             error = root
     text = str(error)
-    if not isinstance(error, _FAILURES):
+    if not isinstance(error, _collective.REMOTE_FUNCTION_ERRORS):
         return None
     match = _PS_TASK.search(text)
     if match is None:
@@ -84,14 +247,14 @@ def explain(error, coordinator=None):
 class TrainFunction:
     """`model.train_function` of a model trained by a Downpour strategy."""
 
-    def __init__(self, strategy, model):
-        self.strategy = strategy
+    def __init__(self, extended, model):
+        self.extended = extended
         self.model = model
         self.state = None
         self.builder = None
+        self.iterator = None  # The per-worker iterator closures read.
         self.active = False
         self._dataset = None
-        self._iterator = None
         self._consume_chief_batches = False
         self._pending_steps = 0
         self._inflight = collections.deque()
@@ -117,7 +280,7 @@ class TrainFunction:
                 steps = self._consume(iterator, steps)
             if not self.active:
                 self.active = True
-                self.strategy._start_epoch()
+                self.extended.push_stats.start_epoch()
             self._pending_steps += steps
             self._dispatch(final=False)
             return self._read_logs(force=False)
@@ -138,7 +301,7 @@ class TrainFunction:
     # -- internals ----------------------------------------------------------
 
     def _explained(self):
-        return Explained(self.strategy.coordinator)
+        return Explained(self.extended.coordinator)
 
     def _consume(self, iterator, steps):
         # A dataset of unknown size: the chief reads along to find the
@@ -155,27 +318,27 @@ class TrainFunction:
         return consumed
 
     def _prepare(self, dataset):
-        strategy = self.strategy
+        config = self.extended.config
         if self.state is None:
             self.state = ps_lib.ParameterServerState(
                 self.model,
-                protocol=strategy.protocol,
-                required=strategy._required_pushes,
-                staleness_lr=strategy.staleness_lr,
-                ring_size=strategy._ring_size,
-                pinned=strategy.extended.pinned_creation,
+                protocol=config.protocol,
+                required=config.required_pushes,
+                staleness_lr=config.staleness_lr,
+                ring_size=config.ring_size,
+                pinned=self.extended.pinned_creation,
             )
             self.builder = worker_lib.ClosureBuilder(
                 self.model,
                 self.state,
-                n_fetch=strategy.n_fetch,
-                n_push=strategy.n_push,
-                max_pushes=strategy._max_pushes,
+                n_fetch=config.n_fetch,
+                n_push=config.n_push,
+                max_pushes=config.max_pushes,
             )
-            strategy._latest = self
+            self.extended.last_train_function = self
         if dataset is not self._dataset:
             self._wait_all()
-            self._iterator = self._per_worker_iterator(dataset)
+            self.iterator = self._per_worker_iterator(dataset)
             self._dataset = dataset
             cardinality = int(dataset.cardinality())
             self._consume_chief_batches = (
@@ -183,7 +346,7 @@ class TrainFunction:
             )
 
     def _per_worker_iterator(self, dataset):
-        num_workers = self.strategy.extended.num_workers
+        num_workers = self.extended.num_workers
         cardinality = int(dataset.cardinality())
         if 0 <= cardinality < num_workers:
             raise ValueError(
@@ -193,7 +356,7 @@ class TrainFunction:
                 f"Received: a dataset of {cardinality} batch(es). Use a "
                 "smaller `batch_size` or more data."
             )
-        graph_def = coordinator_values.serialize_dataset_to_graph(dataset)
+        graph_def = _tf_private.serialize_dataset(dataset)
         element_spec = dataset.element_spec
 
         worker_index = (
@@ -202,21 +365,18 @@ class TrainFunction:
 
         def dataset_fn():
             worker = worker_index()
-            shard = coordinator_values.deserialize_dataset_from_graph(
-                graph_def, element_spec
-            )
+            shard = _tf_private.deserialize_dataset(graph_def, element_spec)
             return shard.shard(num_workers, worker).repeat()
 
-        coordinator = self.strategy.coordinator
+        coordinator = self.extended.coordinator
         return iter(coordinator.create_per_worker_dataset(dataset_fn))
 
     def _schedule(self, num_steps):
-        strategy = self.strategy
-        closure_id = strategy._new_closure_id()
+        closure_id = self.extended.new_closure_id()
         function = self.builder.function(num_steps)
-        remote = strategy.coordinator.schedule(
+        remote = self.extended.coordinator.schedule(
             function,
-            args=(self._iterator, tf.constant(closure_id, tf.int64)),
+            args=(self.iterator, tf.constant(closure_id, tf.int64)),
         )
         self._inflight.append(remote)
 
@@ -230,7 +390,7 @@ class TrainFunction:
             # Only its push records are lost; a ps failure is raised.
             if _PS_TASK.search(str(e)) or not _WORKER_TASK.search(str(e)):
                 raise
-            self.strategy._lost_results += 1
+            self.extended.push_stats.lose_result()
             logging.warning(
                 "DownpourParameterServerStrategy: the result of a finished "
                 "closure is lost with its worker (%s); its pushes count, "
@@ -238,20 +398,21 @@ class TrainFunction:
                 str(e).strip().splitlines()[0][:200],
             )
             return
-        self.strategy._record(result)
+        self.extended.push_stats.record(result)
 
     def _wait_all(self):
         if not self._inflight:
             return
-        self.strategy.coordinator.join()
+        self.extended.coordinator.join()
         while self._inflight:
             self._collect_oldest()
 
     def _dispatch(self, final):
-        strategy = self.strategy
-        length = strategy.steps_per_closure
-        if strategy.protocol == "sync":
-            num_workers = strategy.extended.num_workers
+        extended = self.extended
+        config = extended.config
+        length = config.steps_per_closure
+        if config.protocol == "sync":
+            num_workers = extended.num_workers
             unit = num_workers * length
             while self._pending_steps >= unit or (
                 final and self._pending_steps > 0
@@ -265,13 +426,13 @@ class TrainFunction:
             if self._pending_steps < length and not final:
                 return
             steps = min(length, self._pending_steps)
-            warm = strategy._warm_steps_left() > 0
+            warm = extended.warm_steps_left() > 0
             self._schedule(steps)
             self._pending_steps -= steps
             if warm:
                 self._wait_all()
-                strategy._warm_steps_done += steps
-            while len(self._inflight) > strategy.max_inflight:
+                extended.count_warm_steps(steps)
+            while len(self._inflight) > config.max_inflight:
                 self._collect_oldest()
 
     def _read_logs(self, force):
@@ -298,7 +459,7 @@ class TrainFunction:
 
             self._read_metrics = read_metrics
         logs = dict(self._read_metrics())
-        logs.update(self.strategy._staleness_logs())
+        logs.update(self.extended.push_stats.epoch_logs())
         self._logs, self._logs_time = logs, now
         return logs
 

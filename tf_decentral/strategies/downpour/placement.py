@@ -23,14 +23,12 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from tf_decentral._tf_private import ops
-from tf_decentral._tf_private import parameter_server_strategy_v2
-from tf_decentral._tf_private import sharded_variable
+from tf_decentral import _tf_private
 
 _PS_DEVICE = "/job:ps/replica:0/task:{}/device:CPU:0"
 
 
-class RowShardedVariable(sharded_variable.ShardedVariable):
+class RowShardedVariable(_tf_private.ShardedVariable):
     """A variable stored as row shards on several parameter servers.
 
     Reading it concatenates the shards; assigning it splits the value. It is
@@ -63,7 +61,7 @@ def shards_of(variable) -> list:
         variable: A Keras variable (or a TensorFlow variable).
     """
     value = getattr(variable, "value", None)
-    if isinstance(value, sharded_variable.ShardedVariable):
+    if isinstance(value, _tf_private.ShardedVariable):
         return list(value.variables)
     return [variable]
 
@@ -75,9 +73,7 @@ def _num_bytes(shape, dtype) -> int:
     return int(shape.num_elements()) * tf.as_dtype(dtype).size
 
 
-class PlacementExtended(
-    parameter_server_strategy_v2.ParameterServerStrategyV2Extended
-):
+class PlacementExtended(_tf_private.ParameterServerExtendedBase):
     """`ParameterServerStrategy`'s implementation with Downpour placement.
 
     Attributes:
@@ -88,61 +84,54 @@ class PlacementExtended(
     """
 
     def __init__(self, container_strategy, cluster_resolver, max_shard_bytes):
+        # `partition` is the variable partitioner: the base class shards a
+        # variable for which it returns more than one partition and calls
+        # `place_variable` (our least-loaded placement) for each shard or
+        # whole variable. `evaluate`, `predict` and `save` run on the chief,
+        # outside `ClusterCoordinator.schedule`, by design: no warnings.
         super().__init__(
-            container_strategy, cluster_resolver, variable_partitioner=None
+            container_strategy,
+            cluster_resolver,
+            variable_partitioner=self.partition,
+            allow_run_without_coordinator=True,
         )
         self.max_shard_bytes = max_shard_bytes
-        self.ps_bytes = [0] * self._num_ps
+        self.ps_bytes = [0] * self.num_ps
         self.hook_counts = collections.Counter()
-        # Our partition rule; the base class shards variables for which it
-        # returns more than one partition and calls
-        # `_create_variable_round_robin` (our least-loaded placement) for each
-        # shard or whole variable.
-        self._variable_partitioner = self._partition
-        # `evaluate`, `predict` and `save` run on the chief, outside
-        # `ClusterCoordinator.schedule`, by design: no warnings for that.
-        self._allow_run_without_coordinator = True
 
-    @property
-    def num_ps(self) -> int:
-        return self._num_ps
-
-    @property
-    def num_workers(self) -> int:
-        return self._num_workers
-
-    def _partition(self, shape, dtype):
+    def partition(self, shape, dtype) -> list:
+        """Returns how many row shards a variable gets (per axis)."""
         rank = shape.rank
         num_bytes = _num_bytes(shape, dtype)
         limit = self.max_shard_bytes
-        if limit is None or self._num_ps < 2 or num_bytes <= limit:
+        if limit is None or self.num_ps < 2 or num_bytes <= limit:
             return [1] * rank
-        shards = min(self._num_ps, int(shape[0]), math.ceil(num_bytes / limit))
+        shards = min(self.num_ps, int(shape[0]), math.ceil(num_bytes / limit))
         return [max(shards, 1)] + [1] * (rank - 1)
 
-    def _create_variable(self, next_creator, **kwargs):
+    def create_variable(self, next_creator, **kwargs):
         colocate_with = kwargs.get("colocate_with")
-        if isinstance(colocate_with, sharded_variable.ShardedVariable):
+        if isinstance(colocate_with, _tf_private.ShardedVariable):
             raise ValueError(
                 "A variable cannot be colocated with the row-sharded variable "
                 f"{colocate_with.name!r}. Create the optimizer inside "
                 "`strategy.scope()` so that it is built on the shards."
             )
-        variable = super()._create_variable(next_creator, **kwargs)
+        variable = super().create_variable(next_creator, **kwargs)
         if isinstance(
-            variable, sharded_variable.ShardedVariable
+            variable, _tf_private.ShardedVariable
         ) and not isinstance(variable, RowShardedVariable):
             self.hook_counts["row_sharded"] += 1
             variable = RowShardedVariable(variable.variables)
         return variable
 
-    def _create_variable_round_robin(self, next_creator, **kwargs):
+    def place_variable(self, next_creator, **kwargs):
+        """Creates a whole variable or shard on the least-loaded ps task."""
         task = int(np.argmin(self.ps_bytes))
         # Clear the colocation scope, as the base class does.
-        with ops.colocate_with(None, ignore_existing=True):
+        with _tf_private.clear_colocation():
             with tf.device(ps_device(task)):
                 variable = next_creator(**kwargs)
         self.ps_bytes[task] += _num_bytes(variable.shape, variable.dtype)
-        self._variable_count += 1
         self.hook_counts["placed"] += 1
         return variable

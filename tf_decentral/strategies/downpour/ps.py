@@ -1,6 +1,6 @@
 """The parameter-server side of Downpour: counters, pushes and applies.
 
-Vocabulary (used throughout `downpour.py`):
+Vocabulary (used throughout `tf_decentral/strategies/downpour/`):
 
 * **fetch**: a worker reads every model variable from the ps tasks into
   local tensors (its cache), together with the **clock**.
@@ -35,6 +35,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from tf_decentral import _keras_private
 from tf_decentral.strategies.downpour import placement
 
 PROTOCOLS = ("async", "softsync", "sync")
@@ -245,7 +246,7 @@ class ParameterServerState:
             for part, piece in zip(target.parts, pieces):
                 with tf.device(placement.device_of(part)):
                     if optimizer.weight_decay is not None and (
-                        optimizer._use_weight_decay(part)
+                        _keras_private.uses_weight_decay(optimizer, part)
                     ):
                         decay = tf.cast(optimizer.weight_decay, part.dtype)
                         optimizer.assign_sub(

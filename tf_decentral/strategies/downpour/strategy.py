@@ -8,16 +8,19 @@ tasks. Keras 3 has no parameter-server path of its own
 (keras-team/keras#18624).
 
 How it works. The model's variables live on the ps tasks (see
-`_downpour_placement`: whole variables spread by size, large ones split in
-row shards; optimizer slots beside their shard). The chief only schedules
+`placement.py`: whole variables spread by size, large ones split in row
+shards; optimizer slots beside their shard). The chief only schedules
 *closures* (`tf.distribute.experimental.coordinator.ClusterCoordinator`);
 each closure runs `lcm(n_fetch, n_push)` steps on one worker, on that
 worker's shard of the data: it fetches the parameters every `n_fetch` steps
 into local tensors, takes local steps, accumulates its gradients and pushes
 them every `n_push` steps. A push runs the compiled Keras optimizer on the ps
-tasks, shard by shard (`_downpour_ps`); only gradients and parameters cross
-the network. Terms (fetch, push, clock, staleness, apply, duplicate) are
-defined in `_downpour_ps`.
+tasks, shard by shard (`ps.py`); only gradients and parameters cross the
+network. Terms (fetch, push, clock, staleness, apply, duplicate) are defined
+in `ps.py`. The chief's side (scheduling, epochs, warm start) is the
+strategy's extended in `driver.py`; push records and staleness statistics
+are in `stats.py`. This module holds the public class (validation,
+construction, accessors) only.
 
 Protocols:
 
@@ -36,35 +39,22 @@ References:
     Deep Learning: A Systematic Study." ICDM 2016.
 """
 
-import collections
-import contextlib
 import dataclasses
-import math
-import os
-import threading
 
-import keras
-import numpy as np
 import tensorflow as tf
 
-from tf_decentral._tf_private import distribute_lib
-from tf_decentral._tf_private import parameter_server_strategy_v2
+from tf_decentral import _tf_private
 from tf_decentral.strategies import _keras_hooks
 from tf_decentral.strategies.downpour import driver as driver_lib
-from tf_decentral.strategies.downpour import placement
 from tf_decentral.strategies.downpour import ps as ps_lib
 
 PROTOCOLS = ps_lib.PROTOCOLS
-PushRecord = driver_lib.PushRecord
-RowShardedVariable = placement.RowShardedVariable
 
 _TF_CONFIG_EXAMPLE = (
     '{"cluster": {"chief": ["host0:2222"], "worker": ["host1:2222", '
     '"host2:2222"], "ps": ["host3:2222"]}, "task": {"type": "chief", '
     '"index": 0}}'
 )
-# How many push records `push_records` keeps (the newest).
-_MAX_RECORDS = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,38 +100,11 @@ def _is_int_at_least(value, low):
     )
 
 
-class _DownpourExtended(placement.PlacementExtended):
-    """Implementation of `DownpourParameterServerStrategy`."""
-
-    def __init__(self, container_strategy, cluster_resolver, max_shard_bytes):
-        super().__init__(container_strategy, cluster_resolver, max_shard_bytes)
-        self._pinned = threading.local()
-
-    @contextlib.contextmanager
-    def pinned_creation(self):
-        """Variables created in this block go exactly where `tf.device` says.
-
-        For Downpour's own bookkeeping variables (counters, buffers), which
-        must not be placed like model variables, even inside the scope.
-        """
-        previous = getattr(self._pinned, "on", False)
-        self._pinned.on = True
-        try:
-            yield
-        finally:
-            self._pinned.on = previous
-
-    def _create_variable(self, next_creator, **kwargs):
-        if getattr(self._pinned, "on", False):
-            kwargs.pop("colocate_with", None)
-            return next_creator(**kwargs)
-        return super()._create_variable(next_creator, **kwargs)
+def _config_property(name, doc):
+    return property(lambda self: getattr(self.extended.config, name), doc=doc)
 
 
-class DownpourParameterServerStrategy(
-    _keras_hooks.FitDriver,
-    parameter_server_strategy_v2.ParameterServerStrategyV2,
-):
+class DownpourParameterServerStrategy(_tf_private.ParameterServerStrategyBase):
     """Downpour SGD and the parameter-server protocols, for Keras `fit`.
 
     Run it on the chief of a cluster with `"worker"` and `"ps"` tasks; every
@@ -255,50 +218,58 @@ class DownpourParameterServerStrategy(
                 "`softsync_n` must be at most the number of workers "
                 f"({num_workers}). Received: softsync_n={softsync_n}"
             )
-        self.n_fetch = n_fetch
-        self.n_push = n_push
-        self.protocol = protocol
-        self.softsync_n = softsync_n
-        self.staleness_lr = staleness_lr
-        self.warm_start_steps = warm_start_steps
-        self.options = options
-        self.steps_per_closure = math.lcm(n_fetch, n_push)
-        self.max_inflight = options.max_inflight_per_worker * num_workers
-        self._max_pushes = self.steps_per_closure // n_push
-        self._required_pushes = {
-            "async": 1,
-            "softsync": softsync_n,
-            "sync": num_workers,
-        }[protocol]
-        self._ring_size = max(
-            64, 4 * self._max_pushes * (self.max_inflight + num_workers + 1)
+        config = driver_lib.RunConfig(
+            n_fetch=n_fetch,
+            n_push=n_push,
+            protocol=protocol,
+            softsync_n=softsync_n,
+            staleness_lr=staleness_lr,
+            warm_start_steps=warm_start_steps,
+            options=options,
+            num_workers=num_workers,
         )
-        self._closures = 0
-        self._lost_results = 0
-        self._warm_steps_done = 0
-        self._histogram = collections.Counter()
-        self._epoch_staleness = collections.Counter()
-        self._records = collections.deque(maxlen=_MAX_RECORDS)
-        self._latest = None
-
-        # What `ParameterServerStrategyV2.__init__` does, with our extended.
-        self._cluster_resolver = cluster_resolver
-        self._verify_args_and_config(cluster_resolver)
-        self._cluster_coordinator = None
-        self._connect_to_cluster(coordinator_name="chief")
-        extended = _DownpourExtended(
-            self, cluster_resolver, options.max_shard_bytes
+        super().__init__(
+            cluster_resolver,
+            lambda strategy, resolver: driver_lib.DownpourExtended(
+                strategy, resolver, config
+            ),
         )
-        distribute_lib.Strategy.__init__(self, extended)
-        self._should_use_with_coordinator = True
-        self._canonicalize_devices = False
-        self._is_parameter_server_strategy_v2 = True
-        self.coordinator = (
+        # One per strategy (TF's `ClusterCoordinator` is a singleton per
+        # strategy); the extended schedules the closures on it.
+        self.extended.coordinator = (
             tf.distribute.experimental.coordinator.ClusterCoordinator(self)
         )
         _keras_hooks.install()
 
     # -- public -------------------------------------------------------------
+
+    n_fetch = _config_property("n_fetch", "Steps between two fetches.")
+    n_push = _config_property("n_push", "Steps between two pushes.")
+    protocol = _config_property(
+        "protocol", '`"async"`, `"softsync"` or `"sync"`.'
+    )
+    softsync_n = _config_property(
+        "softsync_n", 'Pushes per update with `"softsync"`, else None.'
+    )
+    staleness_lr = _config_property(
+        "staleness_lr", "Whether updates divide the rate by the staleness."
+    )
+    warm_start_steps = _config_property(
+        "warm_start_steps", "Steps run one closure at a time at the start."
+    )
+    options = _config_property("options", "The `DownpourOptions`.")
+    steps_per_closure = _config_property(
+        "steps_per_closure", "Steps of one closure: `lcm(n_fetch, n_push)`."
+    )
+    max_inflight = _config_property(
+        "max_inflight",
+        "Closures scheduled but not finished before the chief waits.",
+    )
+
+    @property
+    def coordinator(self):
+        """The `ClusterCoordinator` the closures are scheduled on."""
+        return self.extended.coordinator
 
     @property
     def num_workers(self) -> int:
@@ -310,17 +281,23 @@ class DownpourParameterServerStrategy(
         """The number of parameter-server tasks."""
         return self.extended.num_ps
 
-    def staleness_histogram(self) -> dict[int, int]:
+    def staleness_histogram(
+        self, *, current_epoch: bool = False
+    ) -> dict[int, int]:
         """Returns `{staleness: number of pushes}` over every accepted push.
 
         Staleness 1 means the gradient was computed on the parameters it
-        updated; see `_downpour_ps` for the definition.
+        updated; see `ps.py` for the definition.
+
+        Args:
+            current_epoch: Count only the pushes of `fit`'s current epoch
+                (the one just ended, in a callback's `on_epoch_end`).
         """
-        return dict(sorted(self._histogram.items()))
+        return self.extended.push_stats.histogram(current_epoch)
 
     def push_records(self) -> list:
         """Returns a `PushRecord` per push, oldest first (the newest 100k)."""
-        return list(self._records)
+        return self.extended.push_stats.records()
 
     def ps_stats(self) -> dict[str, int]:
         """Returns the ps counters of the model trained last.
@@ -338,13 +315,7 @@ class DownpourParameterServerStrategy(
         Raises:
             RuntimeError: If no model has been trained yet.
         """
-        if self._latest is None:
-            raise RuntimeError(
-                "`ps_stats()` needs a model trained with this strategy. Call "
-                "`model.fit(...)` first."
-            )
-        with driver_lib.Explained(self.coordinator):
-            return self._latest.state.stats()
+        return self.extended.ps_stats()
 
     def experimental_distribute_dataset(self, dataset, options=None):
         """Returns `dataset` for Keras on the chief.
@@ -353,7 +324,7 @@ class DownpourParameterServerStrategy(
         `predict` read it on the chief.
         """
         del options
-        return _ChiefDataset(dataset)
+        return driver_lib.ChiefDataset(dataset)
 
     def distribute_datasets_from_function(self, dataset_fn, options=None):
         """Not supported: `fit` distributes the dataset itself.
@@ -369,125 +340,6 @@ class DownpourParameterServerStrategy(
             "`tf.data.Dataset` or arrays, batched by `fit`). Received: a call "
             "to `distribute_datasets_from_function`."
         )
-
-    # -- FitDriver (the Keras hooks) ------------------------------------------
-
-    def keras_train_function(self, model):
-        _check_model(self, model)
-        return driver_lib.TrainFunction(self, model)
-
-    def keras_epoch_end(self, model, logs):
-        del logs
-        function = getattr(model, "train_function", None)
-        if isinstance(function, driver_lib.TrainFunction) and function.active:
-            return function.end_epoch()
-        return None
-
-    def keras_error_context(self):
-        return driver_lib.Explained(self.coordinator)
-
-    def keras_optimizer_variables(self, variables):
-        return [part for v in variables for part in placement.shards_of(v)]
-
-    # -- internals used by the driver -----------------------------------------
-
-    def _new_closure_id(self) -> int:
-        self._closures += 1
-        return self._closures
-
-    def _warm_steps_left(self) -> int:
-        return self.warm_start_steps - self._warm_steps_done
-
-    def _start_epoch(self):
-        self._epoch_staleness = collections.Counter()
-
-    def _record(self, result):
-        worker = int(result["worker"])
-        closure = int(result["closure"])
-        for push, (staleness, fresh) in enumerate(
-            zip(result["staleness"].tolist(), result["fresh"].tolist())
-        ):
-            self._records.append(
-                PushRecord(closure, worker, push, int(staleness), bool(fresh))
-            )
-            if fresh:
-                self._histogram[int(staleness)] += 1
-                self._epoch_staleness[int(staleness)] += 1
-
-    def _staleness_logs(self) -> dict:
-        counts = self._epoch_staleness
-        total = sum(counts.values())
-        if not total:
-            return {}
-        mean = sum(s * c for s, c in counts.items()) / total
-        return {"staleness": float(mean), "staleness_max": float(max(counts))}
-
-
-class StalenessHistogram(keras.callbacks.Callback):
-    """Writes each epoch's staleness histogram for TensorBoard.
-
-    The epoch logs of a Downpour `fit` carry the mean and maximum staleness
-    as scalars (which Keras' `TensorBoard` callback plots); this callback
-    adds the whole distribution, as a `tf.summary.histogram` named
-    `"staleness"` with the epoch as step, in `log_dir/train` (next to
-    `keras.callbacks.TensorBoard(log_dir)`'s own events).
-
-    Args:
-        log_dir: The TensorBoard log directory.
-
-    Example:
-        >>> from tf_decentral.strategies import downpour
-        >>> callbacks = [
-        ...     keras.callbacks.TensorBoard("logs"),
-        ...     downpour.StalenessHistogram("logs"),
-        ... ]
-        >>> callbacks[1].log_dir
-        'logs'
-    """
-
-    def __init__(self, log_dir):
-        super().__init__()
-        self.log_dir = os.fspath(log_dir)
-        self._writer = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        strategy = self.model.distribute_strategy
-        if not isinstance(strategy, DownpourParameterServerStrategy):
-            return
-        counts = strategy._epoch_staleness
-        if not counts:
-            return
-        if self._writer is None:
-            self._writer = tf.summary.create_file_writer(
-                os.path.join(self.log_dir, "train")
-            )
-        values = np.repeat(
-            np.array(list(counts), np.float32), list(counts.values())
-        )
-        with self._writer.as_default():
-            tf.summary.histogram("staleness", values, step=epoch)
-        self._writer.flush()
-
-    def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
-class _ChiefDataset:
-    """What `experimental_distribute_dataset` gives Keras on the chief.
-
-    Iterating it iterates the dataset; the iterator remembers its dataset so
-    that the train function can send the dataset to the workers.
-    """
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __iter__(self):
-        iterator = iter(self.dataset)
-        iterator._tfd_dataset = self.dataset
-        return iterator
 
 
 def _check_arguments(
@@ -571,45 +423,3 @@ def _check_cluster(cluster_resolver) -> int:
             "(it blocks on worker and ps tasks)."
         )
     return len(jobs["worker"])
-
-
-def _check_model(strategy, model):
-    cls = type(model)
-    if _keras_hooks.overrides_train_step(model):
-        raise ValueError(
-            "DownpourParameterServerStrategy runs the compiled loss, metrics "
-            "and optimizer itself, statelessly on the workers, so it cannot "
-            f"run a custom `train_step`. Received: {cls.__name__} overrides "
-            "`train_step`. Remove the override; custom loss logic can go in "
-            "`compute_loss`, which Downpour calls."
-        )
-    optimizer = model.optimizer
-    if optimizer is None:
-        raise ValueError(
-            "The model must be compiled with an optimizer. Received: "
-            "optimizer=None"
-        )
-    if type(optimizer).__name__ == "LossScaleOptimizer":
-        raise ValueError(
-            "DownpourParameterServerStrategy does not support "
-            "`LossScaleOptimizer` (mixed float16). Received: "
-            f"optimizer={optimizer.name}"
-        )
-    if optimizer.gradient_accumulation_steps:
-        raise ValueError(
-            "The optimizer's `gradient_accumulation_steps` is not supported; "
-            "use the strategy's `n_push` instead. Received: "
-            "gradient_accumulation_steps="
-            f"{optimizer.gradient_accumulation_steps}"
-        )
-    if optimizer.use_ema:
-        raise ValueError(
-            "The optimizer's `use_ema=True` is not supported by "
-            "DownpourParameterServerStrategy. Received: use_ema=True"
-        )
-    if getattr(optimizer, "_distribution_strategy", None) is not strategy:
-        raise ValueError(
-            "The optimizer must be created inside `strategy.scope()` (pass "
-            "it, or its name, to `compile` inside the scope) so that its "
-            "variables live beside the parameters on the ps tasks."
-        )

@@ -16,25 +16,20 @@ that worker's data shard:
    normalization statistics; the last writer wins) -- only if its last push
    was accepted, so a re-run closure does not count twice.
 
-Keras internals used (Keras 3.15, the same the JAX trainer uses):
-`Model._call_has_training_arg`, `Layer._losses_override` (layer losses of a
-stateless call), `Model._loss_tracker` (the "loss" metric) and
-`BaseOptimizer._clip_gradients`.
+Keras internals used (Keras 3.15, the same the JAX trainer uses), through
+the Downpour section of `tf_decentral/_keras_private.py`: whether `call`
+takes `training`, the layer losses of a stateless call, the "loss" metric
+and the optimizer's gradient clipping.
+
+`check_model` says why a model cannot be trained this way (a custom
+`train_step`, an optimizer made outside the strategy's scope, ...).
 """
 
 import keras
 import tensorflow as tf
 
-
-def _unpack(data):
-    if isinstance(data, (list, tuple)):
-        if len(data) == 1:
-            return data[0], None, None
-        if len(data) == 2:
-            return data[0], data[1], None
-        if len(data) == 3:
-            return data[0], data[1], data[2]
-    return data, None, None
+from tf_decentral import _keras_private
+from tf_decentral.strategies import _keras_hooks
 
 
 def _add(accumulated, grads):
@@ -82,28 +77,26 @@ class ClosureBuilder:
         """One stateless training step; returns grads, state, metrics."""
         model = self.model
         optimizer = model.optimizer
-        x, y, sample_weight = _unpack(data)
-        kwargs = {"training": True} if model._call_has_training_arg else {}
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        kwargs = {}
+        if _keras_private.call_has_training_arg(model):
+            kwargs["training"] = True
         with tf.GradientTape() as tape:
             tape.watch(params)
             y_pred, state, losses = model.stateless_call(
                 params, state, x, return_losses=True, **kwargs
             )
-            if losses:
-                model._losses_override.clear()
-                model._losses_override = losses
-            loss, (_, state, metrics) = model.stateless_compute_loss(
-                params,
-                state,
-                metrics,
-                x=x,
-                y=y,
-                y_pred=y_pred,
-                sample_weight=sample_weight,
-                training=True,
-            )
-            if losses:
-                model._losses_override.clear()
+            with _keras_private.override_layer_losses(model, losses):
+                loss, (_, state, metrics) = model.stateless_compute_loss(
+                    params,
+                    state,
+                    metrics,
+                    x=x,
+                    y=y,
+                    y_pred=y_pred,
+                    sample_weight=sample_weight,
+                    training=True,
+                )
             scaled_loss = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled_loss, params)
         grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]
@@ -112,10 +105,12 @@ class ClosureBuilder:
                 None if g is None else g / optimizer.loss_scale_factor
                 for g in grads
             ]
-        grads = optimizer._clip_gradients(grads)
+        grads = _keras_private.clip_gradients(optimizer, grads)
         mapping = list(zip(model.metrics_variables, metrics))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            model._loss_tracker.update_state(loss, sample_weight=_batch_size(x))
+            _keras_private.loss_tracker(model).update_state(
+                loss, sample_weight=_batch_size(x)
+            )
             model.compute_metrics(x, y, y_pred, sample_weight)
         updated = []
         for variable, before in zip(model.metrics_variables, metrics):
@@ -185,3 +180,53 @@ class ClosureBuilder:
             "fresh": tf.stack(freshes),
             "committed": committed,
         }
+
+
+def check_model(model, extended) -> None:
+    """Raises a `ValueError` if the worker cannot train `model`.
+
+    The worker runs the compiled loss, metrics and optimizer itself,
+    statelessly (not the model's `train_step`), and the ps tasks run the
+    optimizer on variables placed by the strategy whose extended is
+    `extended`.
+    """
+    cls = type(model)
+    if _keras_hooks.overrides_train_step(model):
+        raise ValueError(
+            "DownpourParameterServerStrategy runs the compiled loss, metrics "
+            "and optimizer itself, statelessly on the workers, so it cannot "
+            f"run a custom `train_step`. Received: {cls.__name__} overrides "
+            "`train_step`. Remove the override; custom loss logic can go in "
+            "`compute_loss`, which Downpour calls."
+        )
+    optimizer = model.optimizer
+    if optimizer is None:
+        raise ValueError(
+            "The model must be compiled with an optimizer. Received: "
+            "optimizer=None"
+        )
+    if type(optimizer).__name__ == "LossScaleOptimizer":
+        raise ValueError(
+            "DownpourParameterServerStrategy does not support "
+            "`LossScaleOptimizer` (mixed float16). Received: "
+            f"optimizer={optimizer.name}"
+        )
+    if optimizer.gradient_accumulation_steps:
+        raise ValueError(
+            "The optimizer's `gradient_accumulation_steps` is not supported; "
+            "use the strategy's `n_push` instead. Received: "
+            "gradient_accumulation_steps="
+            f"{optimizer.gradient_accumulation_steps}"
+        )
+    if optimizer.use_ema:
+        raise ValueError(
+            "The optimizer's `use_ema=True` is not supported by "
+            "DownpourParameterServerStrategy. Received: use_ema=True"
+        )
+    strategy = _keras_private.optimizer_strategy(optimizer)
+    if getattr(strategy, "extended", None) is not extended:
+        raise ValueError(
+            "The optimizer must be created inside `strategy.scope()` (pass "
+            "it, or its name, to `compile` inside the scope) so that its "
+            "variables live beside the parameters on the ps tasks."
+        )

@@ -295,7 +295,7 @@ def exact(resolver, tmp):
     train_function = model.train_function
     remote = strategy.coordinator.schedule(
         train_function.builder.function(2),
-        args=(train_function._iterator, tf.constant(5, tf.int64)),
+        args=(train_function.iterator, tf.constant(5, tf.int64)),
     )
     rerun = remote.fetch()
     result["rerun"] = {

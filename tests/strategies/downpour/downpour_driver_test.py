@@ -1,0 +1,98 @@
+"""The chief side of Downpour (`driver.py`) that needs no cluster."""
+
+import tensorflow as tf
+from absl.testing import parameterized
+
+from tf_decentral.strategies import downpour
+from tf_decentral.strategies.downpour import driver
+
+
+def _config(**kwargs):
+    arguments = {
+        "n_fetch": 1,
+        "n_push": 1,
+        "protocol": "async",
+        "softsync_n": None,
+        "staleness_lr": False,
+        "warm_start_steps": 0,
+        "options": downpour.DownpourOptions(),
+        "num_workers": 3,
+        **kwargs,
+    }
+    return driver.RunConfig(**arguments)
+
+
+class RunConfigTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(
+        (1, 1, 1, 1),
+        (2, 1, 2, 2),
+        (2, 3, 6, 2),
+        (4, 4, 4, 1),
+    )
+    def test_closure_length_and_pushes(self, n_fetch, n_push, steps, pushes):
+        config = _config(n_fetch=n_fetch, n_push=n_push)
+        self.assertEqual(config.steps_per_closure, steps)
+        self.assertEqual(config.max_pushes, pushes)
+
+    @parameterized.parameters(
+        ("async", None, 1),
+        ("softsync", 2, 2),
+        ("sync", None, 3),
+    )
+    def test_required_pushes(self, protocol, softsync_n, required):
+        config = _config(protocol=protocol, softsync_n=softsync_n)
+        self.assertEqual(config.required_pushes, required)
+
+    def test_push_id_ring_outlasts_every_closure_in_flight(self):
+        config = _config(
+            n_fetch=4,
+            options=downpour.DownpourOptions(max_inflight_per_worker=5),
+        )
+        self.assertEqual(config.max_inflight, 15)
+        in_flight = config.max_pushes * (config.max_inflight + 3 + 1)
+        self.assertGreater(config.ring_size, in_flight)
+        self.assertEqual(_config().ring_size, 64)
+
+
+class ExplainTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(
+        tf.errors.UnavailableError,
+        tf.errors.AbortedError,
+        tf.errors.UnknownError,
+    )
+    def test_a_lost_ps_gets_a_clear_message(self, error_type):
+        error = error_type(
+            None, None, "Socket closed\n/job:ps/replica:0/task:1 is down"
+        )
+        clearer = driver.explain(error)
+        self.assertIsInstance(clearer, error_type)
+        self.assertIn("lost parameter server ps:1", clearer.message)
+        self.assertIn("Socket closed", clearer.message)
+        self.assertIn("BackupAndRestore", clearer.message)
+
+    def test_other_errors_pass_through(self):
+        worker = tf.errors.UnavailableError(
+            None, None, "/job:worker/replica:0/task:0 is down"
+        )
+        self.assertIsNone(driver.explain(worker))
+        bug = tf.errors.InvalidArgumentError(
+            None, None, "/job:ps/replica:0/task:0: shapes differ"
+        )
+        self.assertIsNone(driver.explain(bug))
+        self.assertIsNone(driver.explain(ValueError("/job:ps/task:0")))
+
+    def test_explained_reraises_only_ps_failures(self):
+        with self.assertRaisesRegex(
+            tf.errors.UnavailableError, "lost parameter server ps:0"
+        ):
+            with driver.Explained():
+                raise tf.errors.UnavailableError(
+                    None, None, "/job:ps/replica:0/task:0 unreachable"
+                )
+        with self.assertRaisesRegex(ValueError, "a bug"):
+            with driver.Explained():
+                raise ValueError("a bug")
+
+
+if __name__ == "__main__":
+    tf.test.main()
