@@ -82,8 +82,9 @@ def _foreign_private_names(cls):
 class _Scan(ast.NodeVisitor):
     """Collects private imports, definitions and uses in one module."""
 
-    def __init__(self, module):
+    def __init__(self, module, strings_are_names=False):
         self.module = module
+        self.strings_are_names = strings_are_names
         self.imports = []
         self.defined = set()
         self.uses = []  # (lineno, name, receiver is self/cls, class or None)
@@ -130,8 +131,25 @@ class _Scan(ast.NodeVisitor):
             self.uses.append((node.lineno, node.attr, on_self, cls, False))
         self.generic_visit(node)
 
+    def visit_Dict(self, node):
+        # Keys of a dict literal (PRIVATE_NAMES) name, they do not use.
+        for key in node.keys:
+            if key is not None and not isinstance(key, ast.Constant):
+                self.visit(key)
+        for value in node.values:
+            self.visit(value)
+
     def visit_Constant(self, node):
         value = node.value
+        if (
+            self.strings_are_names
+            and isinstance(value, str)
+            and re.fullmatch(r"_[A-Za-z]\w*", value)
+            and _is_private(value)
+        ):
+            # In an inventory, a private name may be kept as a string (an
+            # attribute name for getattr/setattr): that is a use.
+            self.uses.append((node.lineno, value, False, None, False))
         if (
             isinstance(value, str)
             and TF_ENV_VAR.match(value)
@@ -158,7 +176,7 @@ def _scan_all():
     scans = {}
     for name, path, tree in _modules():
         module = importlib.import_module(name)
-        scan = _Scan(module)
+        scan = _Scan(module, strings_are_names=path.name in INVENTORIES)
         scan.visit(tree)
         scans[name] = (path, scan)
     return scans

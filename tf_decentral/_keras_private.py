@@ -13,7 +13,9 @@ The TensorFlow counterpart is `tf_decentral/_tf_private.py`.
 
 # pylint: disable=g-direct-tensorflow-import
 import contextlib
+import os
 
+import keras
 from keras.src.backend.tensorflow import optimizer as _keras_tf_optimizer
 from keras.src.backend.tensorflow import trainer as _keras_tf_trainer
 
@@ -49,7 +51,21 @@ PRIVATE_NAMES.update(
             "asynchronous work there so checkpoints see every committed "
             "update"
         ),
-        "_distribute_strategy": (
+        "_save_model": (
+        "BackupAndRestore's and ModelCheckpoint's one write of a checkpoint: "
+        "on a cluster only the chief writes where the user asked"
+    ),
+    "_weights_path": "the file BackupAndRestore writes the weights to",
+    "_training_metadata_path": "the file BackupAndRestore writes the epoch to",
+    "_prev_weights_path": "BackupAndRestore's previous weights file",
+    "_prev_training_metadata_path": (
+        "BackupAndRestore's previous epoch file"
+    ),
+    "_initial_epoch": (
+        "the epoch BackupAndRestore tells fit to resume at, which every "
+        "worker must agree on"
+    ),
+    "_distribute_strategy": (
             "the strategy a Keras model was built under (Trainer attribute), "
             "which decides whether our hooks act"
         ),
@@ -81,8 +97,53 @@ PATCH_TARGETS = {
         TensorFlowTrainer._get_metrics_result_or_logs.__name__,
     ),
     "trainer_reset_metrics": (TensorFlowTrainer, "reset_metrics"),
+    "backup_restore": (keras.callbacks.BackupAndRestore, "on_train_begin"),
+    "backup_save": (
+        keras.callbacks.BackupAndRestore,
+        keras.callbacks.BackupAndRestore._save_model.__name__,
+    ),
+    "backup_cleanup": (keras.callbacks.BackupAndRestore, "on_train_end"),
+    "checkpoint_save": (
+        keras.callbacks.ModelCheckpoint,
+        keras.callbacks.ModelCheckpoint._save_model.__name__,
+    ),
 }
 """Patch name -> (Keras class, method) that `_keras_hooks.PATCHES` wraps."""
+
+
+_BACKUP_PATHS = (
+    "_weights_path",
+    "_training_metadata_path",
+    "_prev_weights_path",
+    "_prev_training_metadata_path",
+)
+
+
+@contextlib.contextmanager
+def backup_written_to(callback, directory):
+    """A `BackupAndRestore` writes its backup into `directory` instead of
+    its `backup_dir` within the block."""
+    saved = {name: getattr(callback, name) for name in _BACKUP_PATHS}
+    saved_dir = callback.backup_dir
+    try:
+        callback.backup_dir = directory
+        for name, path in saved.items():
+            moved = os.path.join(directory, os.path.basename(path))
+            setattr(callback, name, moved)
+        yield
+    finally:
+        callback.backup_dir = saved_dir
+        for name, path in saved.items():
+            setattr(callback, name, path)
+
+
+def initial_epoch(model):
+    """The epoch `fit` resumes at (set by BackupAndRestore), or None."""
+    return model._initial_epoch
+
+
+def set_initial_epoch(model, epoch):
+    model._initial_epoch = epoch
 
 
 def model_strategy(model):
@@ -91,8 +152,11 @@ def model_strategy(model):
 
 
 def optimizer_strategy(optimizer):
-    """The `tf.distribute` strategy `optimizer` was created under."""
-    return optimizer._distribution_strategy
+    """The `tf.distribute` strategy `optimizer` was created under, or None.
+
+    Downpour also refuses an optimizer made outside its scope (its slots
+    would not be on the ps)."""
+    return getattr(optimizer, "_distribution_strategy", None)
 
 
 # =====================================================================
@@ -125,10 +189,6 @@ PRIVATE_NAMES.update({
     "_use_weight_decay": (
         "whether the optimizer decays a variable (exclude_from_weight_decay), "
         "asked by the ps per shard"
-    ),
-    "_distribution_strategy": (
-        "the strategy an optimizer was created under: Downpour refuses an "
-        "optimizer made outside its scope (its slots would not be on the ps)"
     ),
 })
 
@@ -167,9 +227,5 @@ def uses_weight_decay(optimizer, variable) -> bool:
     """Returns whether `optimizer` applies weight decay to `variable`."""
     return optimizer._use_weight_decay(variable)
 
-
-def optimizer_strategy(optimizer):
-    """Returns the `tf.distribute` strategy `optimizer` was created under."""
-    return getattr(optimizer, "_distribution_strategy", None)
 
 # (end of the DownpourParameterServerStrategy section)

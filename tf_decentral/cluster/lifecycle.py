@@ -33,6 +33,7 @@ HEARTBEAT_NAME = "tf_decentral/lifecycle/heartbeat"
 STATE_NAME = "tf_decentral/lifecycle/state"
 RUNNING, DONE, FAILED = 0, 1, 2
 HEARTBEAT_SECONDS = 1.0
+FINISH_TIMEOUT_SECONDS = 10.0
 SERVER_JOBS = ("worker", "ps")
 
 # Exit codes of a serving task.
@@ -100,14 +101,19 @@ class ChiefLifecycle:
                 pass  # a lost task: its own watch decides what to do
             self._stop.wait(self.interval)
 
-    def finish(self, ok: bool) -> None:
+    def finish(self, ok: bool, timeout: float = FINISH_TIMEOUT_SECONDS):
         """Stops the heartbeats and tells every serving task the job ended
-        (`ok`: normally; else the chief failed)."""
+        (`ok`: normally; else the chief failed).
+
+        Waits at most `timeout` seconds: a task that is gone (its RPC may
+        hang) must not keep the chief from exiting; its own watch ends it.
+        """
         import tensorflow as tf
 
         self._stop.set()
         state = tf.constant(DONE if ok else FAILED, tf.int64)
-        for task in self.tasks:
+
+        def tell(task):
             try:
                 with tf.device(_device(*task)):
                     tf.raw_ops.AssignVariableOp(
@@ -115,6 +121,16 @@ class ChiefLifecycle:
                     )
             except tf.errors.OpError:
                 pass  # gone already; its watch exits on the lost heartbeat
+
+        threads = [
+            threading.Thread(target=tell, args=(task,), daemon=True)
+            for task in self.tasks
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 _chief = None

@@ -20,6 +20,9 @@ import re
 import tensorflow as tf
 
 from tf_decentral import _tf_private
+from tf_decentral.ops import packing
+
+ReduceOp = tf.distribute.ReduceOp
 
 COMMUNICATION_ERRORS = (
     tf.errors.UnavailableError,
@@ -225,3 +228,54 @@ def _all_scalars(value):
         getattr(c, "shape", None) is not None and c.shape.rank == 0
         for c in components
     )
+
+
+def broadcast_training_state(strategy, model) -> None:
+    """Sets every worker's model, optimizer and resume epoch to those of
+    global replica 0 (the chief's). A collective: every worker calls it.
+
+    BackupAndRestore restores on every worker from its own `backup_dir`;
+    with one folder per task only the chief's holds the latest backup (the
+    others write into scratch directories), so the chief's state is sent
+    to all.
+    """
+    from tf_decentral import _keras_private
+
+    variables = list(model.weights)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    epoch = _keras_private.initial_epoch(model)
+    epoch = tf.constant(-1.0 if epoch is None else float(epoch), tf.float64)
+    values = [tf.convert_to_tensor(v.value) for v in variables]
+    tensors = [tf.cast(t, _wire_dtype(t.dtype)) for t in values]
+    tensors.append(epoch)
+    received = broadcast_from_first_replica(strategy, tensors)
+    for v, old, value in zip(variables, values, received):
+        v.assign(tf.cast(value, old.dtype))
+    resumed = int(received[-1].numpy())
+    _keras_private.set_initial_epoch(model, None if resumed < 0 else resumed)
+
+
+def _wire_dtype(dtype):
+    return dtype if dtype.is_floating else tf.float64
+
+
+def broadcast_from_first_replica(strategy, tensors) -> list:
+    """Returns `tensors` as global replica 0 holds them (one collective per
+    dtype: replica 0 sends its values, the others zeros, summed)."""
+    groups = packing.group_by_dtype(tensors)
+    out = {}
+    for group in groups.values():
+        packed = packing.pack(group)
+
+        def value(context, packed=packed):
+            if context.replica_id_in_sync_group == 0:
+                return packed
+            return tf.zeros_like(packed)
+
+        values = strategy.experimental_distribute_values_from_function(value)
+        total = strategy.reduce(ReduceOp.SUM, values, axis=None)
+        parts = packing.unpack(total, [t.shape for t in group])
+        for t, part in zip(group, parts):
+            out[id(t)] = part
+    return [out[id(t)] for t in tensors]

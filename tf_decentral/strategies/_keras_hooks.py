@@ -58,6 +58,9 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 
@@ -100,6 +103,26 @@ class TrainFunctionHooks:
         """
         del error
         return None
+
+    # Checkpoints (BackupAndRestore, ModelCheckpoint) on a cluster.
+
+    def keras_checkpoint_writer(self) -> bool:
+        """Whether this task writes checkpoints where the user asked.
+
+        On a cluster of synchronous workers one task (the chief) writes;
+        the others write into a temporary directory that is then removed.
+        """
+        return True
+
+    def keras_backup_write(self, model, save):
+        """Runs `save()`, BackupAndRestore's write of `model`'s backup."""
+        del model
+        return save()
+
+    def keras_backup_restored(self, model):
+        """Called on every task after BackupAndRestore's restore, e.g. to
+        make every worker start from the writer's state."""
+        del model
 
 
 class OptimizerHooks(TrainFunctionHooks):
@@ -165,11 +188,7 @@ def _hooks_of(strategy, protocol=TrainFunctionHooks):
 
 def _driver_of(strategy):
     extended = getattr(strategy, "extended", None)
-    if isinstance(extended, FitDriver):
-        return extended
-    # Transitional: the FitDriver moves from the public strategy to its
-    # extended (issue 12).
-    return strategy if isinstance(strategy, FitDriver) else None
+    return extended if isinstance(extended, FitDriver) else None
 
 
 # The patches. Each `wrap_*` takes the original method and returns its
@@ -323,6 +342,82 @@ def wrap_reset_metrics(original):
     return reset_metrics
 
 
+@contextlib.contextmanager
+def _scratch_directory():
+    directory = tempfile.mkdtemp(prefix="tf_decentral_checkpoint_")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def wrap_backup_restore(original):
+    """Every task resumes from the same state after BackupAndRestore's
+    restore (`keras_backup_restored`)."""
+
+    def on_train_begin(self, logs=None):
+        result = original(self, logs)
+        hooks = _hooks_of(_keras_private.model_strategy(self.model))
+        if hooks is not None:
+            hook_counts["backup_restored"] += 1
+            hooks.keras_backup_restored(self.model)
+        return result
+
+    return on_train_begin
+
+
+def wrap_backup_save(original):
+    """Only the checkpoint writer writes the backup where the user asked;
+    the others write into a scratch directory (`keras_backup_write`)."""
+
+    def save_model(self):
+        hooks = _hooks_of(_keras_private.model_strategy(self.model))
+        if hooks is None:
+            return original(self)
+        if hooks.keras_checkpoint_writer():
+            hook_counts["backup_write"] += 1
+            return hooks.keras_backup_write(self.model, lambda: original(self))
+        hook_counts["backup_scratch"] += 1
+        with _scratch_directory() as scratch:
+            with _keras_private.backup_written_to(self, scratch):
+                return hooks.keras_backup_write(
+                    self.model, lambda: original(self)
+                )
+
+    return save_model
+
+
+def wrap_backup_cleanup(original):
+    """Only the checkpoint writer deletes the backup at the end of `fit`."""
+
+    def on_train_end(self, logs=None):
+        hooks = _hooks_of(_keras_private.model_strategy(self.model))
+        if hooks is not None and not hooks.keras_checkpoint_writer():
+            return None
+        return original(self, logs)
+
+    return on_train_end
+
+
+def wrap_checkpoint_save(original):
+    """ModelCheckpoint writes where the user asked on the writer only."""
+
+    def save_model(self, epoch, batch, logs):
+        hooks = _hooks_of(_keras_private.model_strategy(self.model))
+        if hooks is None or hooks.keras_checkpoint_writer():
+            return original(self, epoch, batch, logs)
+        hook_counts["checkpoint_scratch"] += 1
+        filepath = self.filepath
+        with _scratch_directory() as scratch:
+            self.filepath = os.path.join(scratch, os.path.basename(filepath))
+            try:
+                return original(self, epoch, batch, logs)
+            finally:
+                self.filepath = filepath
+
+    return save_model
+
+
 @dataclasses.dataclass(frozen=True)
 class Patch:
     """One wrapped Keras method.
@@ -344,6 +439,10 @@ PATCHES = (
     Patch("trainer_make_train_function", wrap_make_train_function),
     Patch("trainer_epoch_logs", wrap_epoch_logs),
     Patch("trainer_reset_metrics", wrap_reset_metrics),
+    Patch("backup_restore", wrap_backup_restore),
+    Patch("backup_save", wrap_backup_save),
+    Patch("backup_cleanup", wrap_backup_cleanup),
+    Patch("checkpoint_save", wrap_checkpoint_save),
 )
 
 

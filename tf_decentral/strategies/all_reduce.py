@@ -28,6 +28,7 @@ baseline every benchmark compares with.
 import collections
 import contextlib
 import threading
+import weakref
 
 import tensorflow as tf
 
@@ -53,6 +54,7 @@ class _AllReduceExtended(
         self.step_logs = step_logs
         self.timeout_seconds = options.timeout_seconds
         self.resolver = cluster_resolver
+        self._strategy_ref = weakref.ref(container)
         self._step = threading.local()
         super().__init__(
             container,
@@ -82,6 +84,27 @@ class _AllReduceExtended(
                 return train_function(*args, **kwargs)
 
         return train_function_in_step
+
+    @property
+    def is_multi_worker(self) -> bool:
+        """Whether the cluster has more than one training task."""
+        spec = self.resolver.cluster_spec().as_dict()
+        return len(tf_config.training_tasks(spec)) > 1
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this task is the chief (or worker 0 without a chief)."""
+        spec = self.resolver.cluster_spec().as_dict()
+        tasks = tf_config.training_tasks(spec)
+        own = (self.resolver.task_type, self.resolver.task_id)
+        return not tasks or own == tasks[0]
+
+    def keras_checkpoint_writer(self) -> bool:
+        return self.is_chief
+
+    def keras_backup_restored(self, model):
+        if self.is_multi_worker:
+            _collective.broadcast_training_state(self._strategy_ref(), model)
 
     def explain_communication_error(self, error):
         return _collective.explain_lost_worker(

@@ -9,7 +9,9 @@ teardown.
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ COLLECTIVE_TIMEOUT = 20
 NUM_WORKERS = 2
 
 
-def run_cluster(phase, step_logs="local", num_workers=NUM_WORKERS):
+def run_cluster(phase, step_logs="local", num_workers=NUM_WORKERS, env=None):
     """Runs `phase` on every worker; returns their RESULT dicts by node."""
     command = [sys.executable, WORKER, phase, step_logs]
     command.append(str(COLLECTIVE_TIMEOUT))
@@ -35,7 +37,7 @@ def run_cluster(phase, step_logs="local", num_workers=NUM_WORKERS):
         command,
         num_workers=num_workers,
         timeout=200,
-        env=cluster.thread_env(intra_op=1, inter_op=2),
+        env={**cluster.thread_env(intra_op=1, inter_op=2), **(env or {})},
     ) as local:
         results = local.wait(fail_fast=False)
     reports = {}
@@ -48,12 +50,12 @@ def run_cluster(phase, step_logs="local", num_workers=NUM_WORKERS):
         if lines:
             report = json.loads(lines[-1][len("RESULT ") :])
             reports[report["node"]] = report
-        elif phase != "kill" or name != "worker:1":
+        elif phase not in ("kill", "checkpoint") or name != "worker:1":
             raise AssertionError(f"{name} reported nothing:\n{result}")
     return reports
 
 
-def mirrored_reference(num_workers=NUM_WORKERS):
+def mirrored_reference(num_workers=NUM_WORKERS, epochs=1):
     """Weights, History and per-step logs of MirroredStrategy on the same
     global batches (replica i gets worker i's rows)."""
     devices = [f"/device:CPU:{i}" for i in range(num_workers)]
@@ -66,7 +68,7 @@ def mirrored_reference(num_workers=NUM_WORKERS):
         y,
         batch_size=num_workers * worker.PER_WORKER_BATCH,
         shuffle=False,
-        epochs=1,
+        epochs=epochs,
         verbose=0,
         callbacks=[batch_logs],
     )
@@ -134,6 +136,43 @@ class AllReduceMultiWorkerTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn("lost contact with worker:1", report["error"])
         self.assertIn("BackupAndRestore", report["error"])
         self.assertLess(report["seconds"], COLLECTIVE_TIMEOUT + 30)
+
+    @parameterized.named_parameters(("shared_folder", "0"), ("per_task", "1"))
+    @pytest.mark.timeout(400)
+    def test_checkpoints_and_resume_after_a_killed_worker(self, per_task):
+        # TensorFlow's multi-worker tutorial: every worker runs the same
+        # script with BackupAndRestore and ModelCheckpoint on one shared
+        # folder (or one folder per task).
+        root = tempfile.mkdtemp(prefix="all_reduce_checkpoints_")
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+        env = {"CHECKPOINT_DIR": root, "PER_TASK": per_task}
+        killed = run_cluster("checkpoint", env={**env, "KILL_EPOCH": "1"})
+        # Worker 1 died in epoch 1; worker 0 lost it and stopped.
+        self.assertIn("error_type", killed[0], killed[0])
+        resumed = run_cluster("checkpoint", env=env)
+        weights, _, _ = mirrored_reference(epochs=3)
+        chief_dir = os.path.join(root, "task0") if per_task == "1" else root
+        for node, report in resumed.items():
+            self.assertNotIn("error_type", report, report)
+            # Resumed after the last complete epoch, on every worker.
+            self.assertEqual(report["epochs_run"], [1, 2], node)
+            for got, want in zip(report["weights"], weights):
+                self.assertAllClose(got, want, atol=1e-5)
+        counts = resumed[1]["hook_counts"]
+        self.assertGreater(counts["backup_scratch"], 0)
+        self.assertGreater(counts["checkpoint_scratch"], 0)
+        self.assertGreater(resumed[0]["hook_counts"]["backup_write"], 0)
+        # Only the chief wrote where the user asked; BackupAndRestore
+        # removed its backup at the end of the successful run.
+        self.assertEqual(
+            sorted(os.listdir(chief_dir)),
+            ["model-1.weights.h5", "model-2.weights.h5", "model-3.weights.h5"],
+        )
+        if per_task == "1":
+            task1 = os.path.join(root, "task1")
+            self.assertEqual(
+                os.listdir(task1) if os.path.exists(task1) else [], []
+            )
 
     def test_reference_sees_the_same_batches(self):
         # Replica i of the reference gets exactly worker i's rows.

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_decentral as tfd  # noqa: E402
+from tf_decentral.strategies import _keras_hooks  # noqa: E402
 
 DIM = 8
 PER_WORKER_BATCH = 16
@@ -94,6 +95,55 @@ def count_collectives(function, batch):
     return sum(node.op in COLLECTIVE_OPS for node in nodes)
 
 
+class KillAt(keras.callbacks.Callback):
+    """Exits this process in the middle of epoch `epoch` (0-based)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+        self.current = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == 1:
+            os._exit(17)
+
+
+def phase_checkpoint(strategy, dataset, node):
+    """fit with BackupAndRestore and ModelCheckpoint in $CHECKPOINT_DIR
+    (one shared folder, or one per task with $PER_TASK=1); with
+    $KILL_EPOCH, worker 1 dies in the middle of that epoch."""
+    root = os.environ["CHECKPOINT_DIR"]
+    if os.environ.get("PER_TASK") == "1":
+        root = os.path.join(root, f"task{node}")
+    model = linear_model(strategy)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(root, "backup")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(root, "model-{epoch}.weights.h5"),
+            save_weights_only=True,
+        ),
+    ]
+    kill_epoch = os.environ.get("KILL_EPOCH")
+    if kill_epoch and node == 1:
+        callbacks.append(KillAt(int(kill_epoch)))
+    history = model.fit(
+        dataset,
+        epochs=3,
+        steps_per_epoch=STEPS,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return {
+        "node": node,
+        "weights": [w.tolist() for w in model.get_weights()],
+        "epochs_run": history.epoch,
+        "hook_counts": dict(_keras_hooks.hook_counts),
+    }
+
+
 def main(phase, step_logs, timeout):
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=timeout
@@ -109,9 +159,17 @@ def main(phase, step_logs, timeout):
     def dataset_fn(context):
         del context
         ds = tf.data.Dataset.from_tensor_slices((x, y))
-        return ds.batch(PER_WORKER_BATCH)
+        ds = ds.batch(PER_WORKER_BATCH)
+        return ds.repeat() if phase == "checkpoint" else ds
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    if phase == "checkpoint":
+        try:
+            result = phase_checkpoint(strategy, dataset, node)
+        except tf.errors.OpError as e:
+            result = {"node": node, "error_type": type(e).__name__}
+        print("RESULT " + json.dumps(result), flush=True)
+        return
     batch_logs = BatchLogs(2 if phase == "kill" and node == 1 else None)
     start = time.monotonic()
     result = {"node": node}

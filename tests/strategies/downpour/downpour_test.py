@@ -11,11 +11,9 @@ import collections
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from unittest import mock
 
 import numpy as np
@@ -370,62 +368,9 @@ class RunServerTest(tf.test.TestCase):
         )
         self.assertIsNone(cluster_lib.run_server(config))
         with self.assertRaisesRegex(
-            ValueError, "`chief_grace_seconds` must be > 0"
+            ValueError, "`chief_grace_seconds` must be a positive number"
         ):
             cluster_lib.run_server(config, chief_grace_seconds=0)
-
-    @pytest.mark.timeout(120)
-    def test_run_server_serves_then_exits_when_the_chief_leaves(self):
-        chief = socket.socket()
-        chief.bind(("localhost", 0))
-        chief.listen()
-        self.addCleanup(chief.close)
-        chief_port = chief.getsockname()[1]
-        (ps_port,) = cluster_lib.pick_unused_ports(1)
-        config = cluster_lib.ClusterConfig(
-            {
-                "chief": [f"localhost:{chief_port}"],
-                "ps": [f"localhost:{ps_port}"],
-            },
-            "ps",
-            0,
-        )
-        code = (
-            "from tf_decentral import cluster; "
-            "cluster.run_server(cluster.parse_tf_config("
-            f"{config.to_json()!r}), chief_grace_seconds=1)"
-        )
-        process = subprocess.Popen(
-            [sys.executable, "-c", code],
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self.addCleanup(_kill, process)
-        self._wait_until_serving(process, ps_port)
-        time.sleep(1.5)  # let it see the chief up
-        self.assertIsNone(process.poll())
-        chief.close()
-        self.assertEqual(process.wait(timeout=30), 0)
-        self.assertIn("the chief at", process.stderr.read())
-
-    def _wait_until_serving(self, process, port):
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("localhost", port)) == 0:
-                    return
-            if process.poll() is not None:
-                self.fail(process.stderr.read())
-            time.sleep(0.2)
-        self.fail("the ps server never started")
-
-
-def _kill(process):
-    if process.poll() is None:
-        process.kill()
-        process.wait()
 
 
 if __name__ == "__main__":

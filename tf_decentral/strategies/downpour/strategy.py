@@ -44,6 +44,8 @@ import dataclasses
 import tensorflow as tf
 
 from tf_decentral import _tf_private
+from tf_decentral.cluster import lifecycle
+from tf_decentral.cluster import tf_config
 from tf_decentral.strategies import _keras_hooks
 from tf_decentral.strategies.downpour import driver as driver_lib
 from tf_decentral.strategies.downpour import ps as ps_lib
@@ -209,6 +211,7 @@ class DownpourParameterServerStrategy(_tf_private.ParameterServerStrategyBase):
                 f"Received: options={options!r}"
             )
         if cluster_resolver is None:
+            tf_config.from_env()  # a ValueError saying what is wrong
             cluster_resolver = (
                 tf.distribute.cluster_resolver.TFConfigClusterResolver()
             )
@@ -240,6 +243,11 @@ class DownpourParameterServerStrategy(_tf_private.ParameterServerStrategyBase):
             tf.distribute.experimental.coordinator.ClusterCoordinator(self)
         )
         _keras_hooks.install()
+        # The serving tasks (`tfd.cluster.run_server`) exit when this
+        # program does, with its outcome (tf_decentral.cluster.lifecycle).
+        lifecycle.start_chief_lifecycle(
+            cluster_resolver.cluster_spec().as_dict()
+        )
 
     # -- public -------------------------------------------------------------
 
