@@ -93,7 +93,10 @@ def communication_options(options=None, default_timeout=None):
         return tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=default_timeout
         )
-    if not isinstance(options, tf.distribute.experimental.CommunicationOptions):
+    # The exported `CommunicationOptions` is a factory: its instances are
+    # of another class, hence `type(...)` of one.
+    options_type = type(tf.distribute.experimental.CommunicationOptions())
+    if not isinstance(options, options_type):
         raise TypeError(
             "`communication_options` must be a "
             "`tf.distribute.experimental.CommunicationOptions`. "

@@ -93,7 +93,7 @@ class UnlockedLocks(exchange.Locks):
             # exceed the exchanges k has served so far.
             target = _read(self.served[k], tf.int64) + 1
             deadline = tf.timestamp() + self.wait_seconds
-            waited = tf.while_loop(
+            (waited,) = tf.while_loop(
                 lambda n: tf.logical_and(
                     _read(self.reads[k], tf.int64) < target,
                     tf.timestamp() < deadline,
