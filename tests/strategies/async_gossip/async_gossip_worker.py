@@ -139,24 +139,31 @@ def phase_fit(options):
         )
         result["accuracy"] = float(accuracy)
     if options.get("average"):
-        result["distance"] = strategy.consensus_distance(model)
-        # Once every worker has stopped training, the shared copies stay
-        # put: report this worker's, to check the average against.
-        extended = strategy.extended
-        extended.locks.barrier(range(n), 120, "copies")
-        shared = extended.shared_model(model)
-        result["copy"] = [c.tolist() for c in shared.read_copy(node)]
-        strategy.average_weights(model)
-        result["averaged"] = [b.tolist() for b in shared.local_buffers()]
-        result["averaged_copy"] = [c.tolist() for c in shared.read_copy(node)]
-        if "x_test" in data:
-            _, accuracy = model.evaluate(
-                data["x_test"], data["y_test"], verbose=0, batch_size=256
-            )
-            result["averaged_accuracy"] = float(accuracy)
+        result.update(average_and_evaluate(strategy, model, data))
     report(result)
     if options.get("linger"):
         time.sleep(options["linger"])
+
+
+def average_and_evaluate(strategy, model, data):
+    """Reports this worker's shared copy, then `average_weights`' result."""
+    node, n = strategy.node, strategy.num_workers
+    result = {"distance": strategy.consensus_distance(model)}
+    # Once every worker has stopped training, the shared copies stay
+    # put: report this worker's, to check the average against.
+    extended = strategy.extended
+    extended.locks.barrier(range(n), 120, "copies")
+    shared = extended.shared_model(model)
+    result["copy"] = [c.tolist() for c in shared.read_copy(node)]
+    strategy.average_weights(model)
+    result["averaged"] = [b.tolist() for b in shared.local_buffers()]
+    result["averaged_copy"] = [c.tolist() for c in shared.read_copy(node)]
+    if "x_test" in data:
+        _, accuracy = model.evaluate(
+            data["x_test"], data["y_test"], verbose=0, batch_size=256
+        )
+        result["averaged_accuracy"] = float(accuracy)
+    return result
 
 
 def phase_conserve(options):
