@@ -202,6 +202,11 @@ class ConservationTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class TrainingTest(tf.test.TestCase):
+    def _tempdir(self):
+        path = tempfile.mkdtemp(prefix="async_gossip_test")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
     @pytest.mark.timeout(180)
     def test_workers_converge_on_mnist_and_average_exactly(self):
         reports, results = run_cluster(
@@ -295,7 +300,7 @@ class TrainingTest(tf.test.TestCase):
             "finish",
             {
                 "early": 2,
-                "dir": self.create_tempdir().full_path,
+                "dir": self._tempdir(),
                 "pause": 3.0,
                 "step_sleep": 0.05,
                 "max_epochs": 5,
