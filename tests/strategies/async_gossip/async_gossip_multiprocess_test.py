@@ -202,7 +202,7 @@ class ConservationTest(tf.test.TestCase, parameterized.TestCase):
 
 
 class TrainingTest(tf.test.TestCase):
-    def _tempdir(self):
+    def _new_tempdir(self):
         path = tempfile.mkdtemp(prefix="async_gossip_test")
         self.addCleanup(shutil.rmtree, path, True)
         return path
@@ -300,7 +300,7 @@ class TrainingTest(tf.test.TestCase):
             "finish",
             {
                 "early": 2,
-                "dir": self._tempdir(),
+                "dir": self._new_tempdir(),
                 "pause": 3.0,
                 "step_sleep": 0.05,
                 "max_epochs": 5,
