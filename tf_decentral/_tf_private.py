@@ -15,6 +15,8 @@ here but not listed (or listed but no longer used). The tests under
 The Keras counterpart is `tf_decentral/_keras_private.py`.
 """
 
+import os
+
 # pylint: disable=g-direct-tensorflow-import,unused-import
 import tensorflow as tf
 
@@ -37,10 +39,6 @@ import tensorflow as tf
 # collective_ops.broadcast_send_v2 / broadcast_recv_v2: the neighbour
 # exchange of multi-worker gossip (tf_decentral/ops/neighbor_exchange.py).
 # nest: Keras 3 passes nested structures to `Strategy.reduce`.
-# OneDeviceExtended: base of AsyncGossipStrategy's implementation (one
-# replica per worker process; `_input_workers_with_options`).
-# input_util.get_distributed_datasets_from_function: AsyncGossipStrategy
-# gives `dataset_fn` an InputContext naming the worker's input pipeline.
 from tensorflow.python.distribute import collective_all_reduce_strategy  # noqa: F401
 from tensorflow.python.distribute import collective_util  # noqa: F401
 
@@ -48,10 +46,10 @@ from tensorflow.python.distribute import collective_util  # noqa: F401
 from tensorflow.python.distribute import cross_device_ops  # noqa: F401
 from tensorflow.python.distribute import distribute_lib  # noqa: F401
 from tensorflow.python.distribute import distribute_utils  # noqa: F401
-from tensorflow.python.distribute import input_util  # noqa: F401
+from tensorflow.python.distribute import input_util
 from tensorflow.python.distribute import mirrored_strategy  # noqa: F401
 from tensorflow.python.distribute import numpy_dataset  # noqa: F401
-from tensorflow.python.distribute import one_device_strategy  # noqa: F401
+from tensorflow.python.distribute import one_device_strategy
 from tensorflow.python.distribute import parameter_server_strategy_v2
 from tensorflow.python.distribute import sharded_variable
 from tensorflow.python.distribute import values as values_lib  # noqa: F401
@@ -142,7 +140,75 @@ PRIVATE_NAMES.update({})
 # AsyncGossipStrategy (strategies/async_gossip/)
 # =====================================================================
 
-PRIVATE_NAMES.update({})
+PRIVATE_NAMES.update({
+    "tensorflow.python.distribute.one_device_strategy": (
+        "OneDeviceExtended, base of AsyncGossipStrategy's implementation: "
+        "one replica per worker process, on its client device"
+    ),
+    "tensorflow.python.distribute.input_util": (
+        "get_distributed_datasets_from_function, which OneDeviceExtended's "
+        "`_distribute_datasets_from_function` calls with a default "
+        "InputContext; AsyncGossipStrategy passes one naming the worker's "
+        "input pipeline"
+    ),
+    "_distribute_datasets_from_function": (
+        "the hook behind Strategy.distribute_datasets_from_function; "
+        "overridden to give `dataset_fn` this worker's InputContext"
+    ),
+    "_input_workers_with_options": (
+        "OneDeviceExtended's input workers (its one client device), which "
+        "get_distributed_datasets_from_function needs"
+    ),
+    "_container_strategy": (
+        "the public Strategy of an extended, which "
+        "get_distributed_datasets_from_function needs"
+    ),
+    "TF_PS_DISABLE_ASYNC_EXECUTOR_GLOBALLY": (
+        "makes `context.async_wait()` a no-op, as ParameterServerStrategy "
+        "sets it before it connects: Keras calls it at the end of every "
+        "epoch (and TF's distributed iterators when created); it syncs the "
+        "executors of every server of the cluster and waits for ever on a "
+        "dead peer, which an AsyncGossipStrategy worker must outlive"
+    ),
+})
+
+
+class OneDeviceExtended(one_device_strategy.OneDeviceExtended):
+    """TF's `OneDeviceExtended` with a public-named input hook.
+
+    Subclasses override `dataset_input_contexts` to choose the
+    `tf.distribute.InputContext` that `distribute_datasets_from_function`
+    passes to `dataset_fn`, instead of TF's private
+    `_distribute_datasets_from_function`.
+    """
+
+    def _distribute_datasets_from_function(self, dataset_fn, options):
+        contexts = self.dataset_input_contexts()
+        if contexts is None:
+            return super()._distribute_datasets_from_function(
+                dataset_fn, options
+            )
+        return input_util.get_distributed_datasets_from_function(
+            dataset_fn,
+            self._input_workers_with_options(options),
+            list(contexts),
+            self._container_strategy(),
+            options=options,
+        )
+
+    def dataset_input_contexts(self):
+        """Returns the `InputContext`s for `dataset_fn` (one per input
+        pipeline of this process), or None for TF's default."""
+        return None
+
+
+def disable_async_executor_globally() -> None:
+    """Makes `context.async_wait()` a no-op in this process.
+
+    Must be called before the process connects to its cluster (see
+    `PRIVATE_NAMES["TF_PS_DISABLE_ASYNC_EXECUTOR_GLOBALLY"]`).
+    """
+    os.environ["TF_PS_DISABLE_ASYNC_EXECUTOR_GLOBALLY"] = "True"
 
 # (end of the AsyncGossipStrategy section)
 

@@ -17,6 +17,9 @@ Example:
 """
 
 from tf_decentral.topology.base import Topology
+from tf_decentral.topology.connectivity import adjacency
+from tf_decentral.topology.connectivity import connected_components
+from tf_decentral.topology.connectivity import two_coloring
 from tf_decentral.topology.graphs import complete
 from tf_decentral.topology.graphs import exponential
 from tf_decentral.topology.graphs import from_adjacency
@@ -33,7 +36,9 @@ from tf_decentral.topology.time_varying import random_matching
 __all__ = (
     "NAMES",
     "Topology",
+    "adjacency",
     "complete",
+    "connected_components",
     "exponential",
     "from_adjacency",
     "get",
@@ -44,4 +49,5 @@ __all__ = (
     "ring",
     "spectral_gap",
     "torus",
+    "two_coloring",
 )

@@ -54,6 +54,11 @@ Residual risk: a lease is fenced (a write lands only if its token still owns
 the lease), but an exchange slower than the lease time can lose its lease
 after writing one copy and before writing the other, breaking conservation
 once. Keep the timeout far above an exchange's duration.
+
+This module is over 500 lines on purpose: the lock protocol (the critical
+sections of `Locks`, and `SharedModel._build`, which chains them into one
+exchange) is easier to check when it reads in one place. The pairwise step
+itself is injected (`SharedModel(combine=...)`, default `average`).
 """
 
 import time
@@ -62,10 +67,6 @@ import numpy as np
 import tensorflow as tf
 
 from tf_decentral.ops import packing
-
-OPS = ("average", "swap")
-"""Pairwise operations: AD-PSGD's average, and a sum-conserving swap that
-never converges (`x_i <- x_j + 1, x_j <- x_i - 1`), for atomicity tests."""
 
 _PREFIX = "tf_decentral/async_gossip"
 _POLL_SECONDS = 0.02
@@ -88,6 +89,20 @@ def _assign(handle, value):
 
 def _is_initialized(handle):
     return tf.raw_ops.VarIsInitializedOp(resource=handle)
+
+
+def average(x_i, x_j):
+    """AD-PSGD's pairwise step: `m = (x_i + x_j) / 2` for both copies.
+
+    Args:
+        x_i: The exchanging node's buffers (one tensor per group).
+        x_j: The peer's buffers, of the same dtypes and shapes.
+
+    Returns:
+        `(new_i, new_j)`, here `(m, m)`.
+    """
+    means = [(a + b) * tf.constant(0.5, a.dtype) for a, b in zip(x_i, x_j)]
+    return means, means
 
 
 class Locks:
@@ -153,31 +168,6 @@ class Locks:
         i = self.layout.node
         with tf.device(self.layout.server_device(i)):
             return int(_read(self.served[i], tf.int64).numpy())
-
-    def try_acquire(self, k, token):
-        """Takes node `k`'s lease for `token` if free; returns whether.
-
-        `token` must already be on node `k`'s server. Runs inside a
-        `tf.function`.
-        """
-        lease = self.lease_seconds
-
-        def body():
-            with tf.device(self.layout.server_device(k)):
-                owner = _read(self.owner[k], tf.int64)
-                expiry = _read(self.expiry[k], tf.float64)
-                now = tf.timestamp()
-                free = tf.logical_or(tf.equal(owner, 0), now > expiry)
-                writes = [
-                    _assign(self.owner[k], tf.where(free, token, owner)),
-                    _assign(
-                        self.expiry[k], tf.where(free, now + lease, expiry)
-                    ),
-                ]
-                with tf.control_dependencies(writes):
-                    return tf.identity(free)
-
-        return self.mutex[k].execute(body, exclusive_resource_access=False)
 
     def _free(self, k):
         """Whether node `k`'s lease is free (unowned or expired), read on
@@ -352,40 +342,28 @@ class SharedModel:
         variables: The model's floating-point `tf.Variable`s.
         name: A name unique to this model in the program, the same on every
             worker (part of the `shared_name`s).
-        op: One of `OPS`.
-        locked: `False` skips the locks (tests prove they are needed).
-        delay_matmuls: Extra computation between reading and writing the
-            copies, to widen race windows in tests.
+        combine: The pairwise step of an exchange, `combine(x_i, x_j) ->
+            (new_i, new_j)` on lists of buffers (one per group), run on
+            `j`'s server inside its critical section. Default: `average`,
+            AD-PSGD's `(x_i + x_j) / 2` for both. It must be the same on
+            every worker.
     """
 
-    def __init__(
-        self,
-        locks,
-        client_device,
-        variables,
-        name,
-        *,
-        op="average",
-        locked=True,
-        delay_matmuls=0,
-    ):
-        if op not in OPS:
-            raise ValueError(f"`op` must be one of {OPS}. Received: op={op!r}")
+    def __init__(self, locks, client_device, variables, name, *, combine=None):
         self.locks = locks
         self.layout = locks.layout
         self.client_device = client_device
         self.name = name
-        self._op = op
-        self._locked = locked
-        self._delay_matmuls = int(delay_matmuls)
-        groups = {}
-        for v in variables:
-            key = (bool(v.trainable), tf.as_dtype(v.dtype))
-            groups.setdefault(key, []).append(v)
+        self.combine = average if combine is None else combine
+        trainable = [v for v in variables if v.trainable]
+        others = [v for v in variables if not v.trainable]
         # One group per (trainable, dtype): its variables, packed in order.
-        self.groups = list(groups.values())
-        self.trainable = [trainable for trainable, _ in groups]
-        self.dtypes = [dtype for _, dtype in groups]
+        self.groups, self.trainable, self.dtypes = [], [], []
+        for flag, group_variables in ((True, trainable), (False, others)):
+            for dtype, group in packing.group_by_dtype(group_variables).items():
+                self.groups.append(group)
+                self.trainable.append(flag)
+                self.dtypes.append(dtype)
         self.sizes = [
             sum(int(np.prod(v.shape)) for v in group) for group in self.groups
         ]
@@ -528,31 +506,6 @@ class SharedModel:
 
     # Exchange -------------------------------------------------------------
 
-    def _combine(self, xi, xj):
-        """Returns `(new_i, new_j)` before the delta; on node j's server."""
-        if self._delay_matmuls:
-            seed = tf.reduce_sum(xi[0][:1]) * 0.0
-            block = tf.fill([96, 96], 0.01) + tf.cast(seed, tf.float32)
-
-            def step(n, b):
-                return n + 1, tf.tanh(tf.matmul(b, b))
-
-            _, block = tf.while_loop(
-                lambda n, _: n < self._delay_matmuls,
-                step,
-                [tf.constant(0), block],
-            )
-            zero = tf.reduce_sum(block) * 0.0
-            xi = [a + tf.cast(zero, a.dtype) for a in xi]
-        if self._op == "swap":
-            one = [tf.ones_like(a) for a in xi]
-            return (
-                [b + o for b, o in zip(xj, one)],
-                [a - o for a, o in zip(xi, one)],
-            )
-        means = [(a + b) * tf.constant(0.5, a.dtype) for a, b in zip(xi, xj)]
-        return means, means
-
     def _build(self, j):
         """Returns the `tf.function` exchanging with `j` (None: solo).
 
@@ -592,41 +545,21 @@ class SharedModel:
             with tf.device(dev_i):
                 token_i = tf.identity(token)
                 deltas_i = [tf.identity(d) for d in deltas]
-            if self._locked:
-                got, *x_i = locks.acquire_read(
-                    i, token_i, self.handles[i], dtypes
-                )
-            else:
-                with tf.device(dev_i):
-                    got = tf.constant(True)
-                    x_i = [_read(h, d) for h, d in zip(self.handles[i], dtypes)]
+            # 1. Take i's lease and read x_i.
+            got, *x_i = locks.acquire_read(i, token_i, self.handles[i], dtypes)
             if j is None:
                 ok, new_i = got, x_i
                 with tf.device(dev_i):
                     idle = tf.constant(False)
             else:
-                dev_j = layout.server_device(j)
-                with tf.device(dev_j):
+                # 2. On j: combine x_i and x_j, write x_j.
+                with tf.device(layout.server_device(j)):
                     go = tf.identity(got)
                     incoming = [tf.identity(a) for a in x_i]
-                if self._locked:
-                    ok, idle, *new_i = locks.combine_passive(
-                        j, self.handles[j], dtypes, incoming, go, self._combine
-                    )
-                else:
-                    with tf.device(dev_j):
-                        idle = tf.constant(False)
-                        current = [
-                            _read(h, d) for h, d in zip(self.handles[j], dtypes)
-                        ]
-                        new_i, new_j = self._combine(incoming, current)
-                        writes = [
-                            _assign(h, v)
-                            for h, v in zip(self.handles[j], new_j)
-                        ]
-                        with tf.control_dependencies(writes):
-                            ok = tf.constant(True)
-                            new_i = [tf.identity(v) for v in new_i]
+                ok, idle, *new_i = locks.combine_passive(
+                    j, self.handles[j], dtypes, incoming, go, self.combine
+                )
+            # 3. On i: x_i <- new_i + delta if j answered; free i's lease.
             with tf.device(dev_i):
                 ok = tf.identity(ok)
                 new_i = tf.cond(
@@ -634,34 +567,26 @@ class SharedModel:
                     lambda: [a + d for a, d in zip(new_i, deltas_i)],
                     lambda: [tf.zeros([0], d) for d in dtypes],
                 )
-            if self._locked:
-                written, *fresh = locks.write_release(
-                    i, self.handles[i], new_i, token_i, ok
-                )
-            else:
-                with tf.device(dev_i):
-                    writes = [
-                        _assign(h, v) for h, v in zip(self.handles[i], new_i)
-                    ]
-                    with tf.control_dependencies(writes):
-                        written = tf.constant(True)
-                        fresh = [
-                            _read(h, d) for h, d in zip(self.handles[i], dtypes)
-                        ]
-            with tf.device(self.client_device):
-                written = tf.identity(written)
-                new_local = [
-                    tf.where(written, f, a) for f, a in zip(fresh, local)
-                ]
-                updates = self._unpack_assign(new_local)
-                updates += [
-                    b.assign(tf.where(written, f, b.read_value()))
-                    for b, f in zip(self.base, fresh)
-                ]
-                with tf.control_dependencies(updates):
-                    return tf.identity(written), tf.identity(idle)
+            written, *fresh = locks.write_release(
+                i, self.handles[i], new_i, token_i, ok
+            )
+            return self._take_fresh(written, idle, fresh, local)
 
         return exchange
+
+    def _take_fresh(self, written, idle, fresh, local):
+        """Sets the local model and `base` to `fresh` if `written`; returns
+        `(written, idle)` on the client (inside the exchange function)."""
+        with tf.device(self.client_device):
+            written = tf.identity(written)
+            new_local = [tf.where(written, f, a) for f, a in zip(fresh, local)]
+            updates = self._unpack_assign(new_local)
+            updates += [
+                b.assign(tf.where(written, f, b.read_value()))
+                for b, f in zip(self.base, fresh)
+            ]
+            with tf.control_dependencies(updates):
+                return tf.identity(written), tf.identity(idle)
 
     def exchange(self, j, token) -> str:
         """Runs one exchange with peer `j` (None: solo).

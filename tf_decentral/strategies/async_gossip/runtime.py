@@ -32,6 +32,8 @@ import time
 
 import tensorflow as tf
 
+from tf_decentral import _tf_private
+from tf_decentral import cluster as cluster_lib
 from tf_decentral.cluster import local_launcher
 
 CLIENT_JOB = "async_gossip_client"
@@ -98,11 +100,7 @@ def layout_from_resolver(resolver) -> Layout:
             tasks = [tasks[k] for k in sorted(tasks)]
         if tasks:
             cluster[job] = list(tasks)
-    nodes = tuple(
-        (job, task_id)
-        for job in _TRAINING_JOBS
-        for task_id in range(len(cluster.get(job, ())))
-    )
+    nodes = cluster_lib.training_tasks(cluster)
     task = (resolver.task_type, resolver.task_id)
     if task not in nodes:
         raise ValueError(
@@ -150,10 +148,10 @@ class Runtime:
         # no-op: Keras calls it at the end of every epoch, and TF's
         # distributed iterators when they are created; it syncs the executors
         # of every server of the cluster, and waits for ever on a dead one.
-        # This client's remote calls are synchronous anyway. (PSS also sets
-        # TF_ENABLE_EAGER_CLIENT_STREAMING_ENQUEUE=False; here that makes
-        # concurrent exchanges deadlock.)
-        os.environ["TF_PS_DISABLE_ASYNC_EXECUTOR_GLOBALLY"] = "True"
+        # This client's remote calls are synchronous anyway. (PSS also
+        # disables streaming enqueue; here that makes concurrent exchanges
+        # deadlock.)
+        _tf_private.disable_async_executor_globally()
         host = layout.address(layout.node).rpartition(":")[0]
         port = local_launcher.pick_unused_ports(1)[0]
         client_cluster = dict(layout.cluster)

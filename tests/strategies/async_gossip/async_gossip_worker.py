@@ -8,8 +8,10 @@ Phases:
         `OPTIONS["data"]` (an .npz with x_train, y_train, x_test, y_test),
         optionally sleeping `OPTIONS["sleep"][node]` seconds per step
         (a straggler) or dying at step `OPTIONS["die_at"]` (node `victim`).
-    conserve: exchanges with the sum-conserving swap, locked or not, and
-        reports the sum of all shared copies at the end (node 0).
+    conserve: exchanges with the sum-conserving swap, locked or not (see
+        `async_gossip_variants`), and reports the sum of all shared copies
+        at the end (node 0); with `lockstep`, every worker starts one
+        exchange per round and node 0 reports the sum after each round.
     finish: worker `early` trains, stops and pauses, then trains again,
         while the others train throughout.
     kill: trains; worker `victim` takes peer `held`'s lock lease and sits
@@ -30,14 +32,14 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 faulthandler.enable()  # A crash of TF prints the Python stacks.
 
+# The worker runs as a script: its directory is on sys.path.
+import async_gossip_variants as variants  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_decentral as tfd  # noqa: E402
-from tf_decentral.strategies.async_gossip import (  # noqa: E402
-    exchange as _async_gossip_exchange,
-)
+from tf_decentral.strategies.async_gossip import exchange as exchange_lib  # noqa: E402
 
 
 def report(result):
@@ -49,6 +51,7 @@ def make_strategy(options):
     return tfd.AsyncGossipStrategy(
         options.get("topology", "ring"),
         seed=options.get("seed", 0),
+        active_passive=options.get("active_passive"),
         communication_options=tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=timeout
         ),
@@ -136,24 +139,31 @@ def phase_fit(options):
         )
         result["accuracy"] = float(accuracy)
     if options.get("average"):
-        result["distance"] = strategy.consensus_distance(model)
-        # Once every worker has stopped training, the shared copies stay
-        # put: report this worker's, to check the average against.
-        extended = strategy.extended
-        extended.locks.barrier(range(n), 120, "copies")
-        shared = extended.shared_model(model)
-        result["copy"] = [c.tolist() for c in shared.read_copy(node)]
-        strategy.average_weights(model)
-        result["averaged"] = [b.tolist() for b in shared.local_buffers()]
-        result["averaged_copy"] = [c.tolist() for c in shared.read_copy(node)]
-        if "x_test" in data:
-            _, accuracy = model.evaluate(
-                data["x_test"], data["y_test"], verbose=0, batch_size=256
-            )
-            result["averaged_accuracy"] = float(accuracy)
+        result.update(average_and_evaluate(strategy, model, data))
     report(result)
     if options.get("linger"):
         time.sleep(options["linger"])
+
+
+def average_and_evaluate(strategy, model, data):
+    """Reports this worker's shared copy, then `average_weights`' result."""
+    node, n = strategy.node, strategy.num_workers
+    result = {"distance": strategy.consensus_distance(model)}
+    # Once every worker has stopped training, the shared copies stay
+    # put: report this worker's, to check the average against.
+    extended = strategy.extended
+    extended.locks.barrier(range(n), 120, "copies")
+    shared = extended.shared_model(model)
+    result["copy"] = [c.tolist() for c in shared.read_copy(node)]
+    strategy.average_weights(model)
+    result["averaged"] = [b.tolist() for b in shared.local_buffers()]
+    result["averaged_copy"] = [c.tolist() for c in shared.read_copy(node)]
+    if "x_test" in data:
+        _, accuracy = model.evaluate(
+            data["x_test"], data["y_test"], verbose=0, batch_size=256
+        )
+        result["averaged_accuracy"] = float(accuracy)
+    return result
 
 
 def phase_conserve(options):
@@ -163,26 +173,38 @@ def phase_conserve(options):
     size = options.get("size", 64)
     with tf.device(extended.client_device):
         variable = tf.Variable(tf.zeros([size]))
-    shared = _async_gossip_exchange.SharedModel(
-        extended.locks,
-        extended.client_device,
-        [variable],
-        "conserve",
-        op="swap",
-        locked=options["locked"],
-        delay_matmuls=options.get("delay", 0),
+    if options["locked"]:
+        locks = extended.locks
+    else:
+        locks = variants.UnlockedLocks(extended.layout, extended.timeout)
+    combine = variants.swap
+    if options.get("delay"):
+        combine = variants.slowed(combine, options["delay"])
+    shared = exchange_lib.SharedModel(
+        locks, extended.client_device, [variable], "conserve", combine=combine
     )
     shared.initialize(120)
     start_value = np.full([size], 10.0 * node, np.float32)
     shared.write_own_copy([start_value])
     shared.set_local([start_value])
     nodes = range(n)
-    extended.locks.barrier(nodes, 120, "start")
+    barrier = extended.locks.barrier
+    barrier(nodes, 120, "start")
+
+    def total():
+        return np.stack([shared.read_copy(k)[0] for k in nodes]).sum(axis=0)
+
+    round_sums = []
     begin = time.monotonic()
     for _ in range(options.get("exchanges", 50)):
         extended.exchange(shared)
+        if options.get("lockstep"):
+            barrier(nodes, 120, "exchanged")
+            if node == 0:
+                round_sums.append(total().tolist())
+            barrier(nodes, 120, "summed")
     seconds = time.monotonic() - begin
-    extended.locks.barrier(nodes, 120, "end")
+    barrier(nodes, 120, "end")
     result = {
         "node": node,
         "active": strategy.is_active,
@@ -190,10 +212,10 @@ def phase_conserve(options):
         "exchanges": {str(k): v for k, v in strategy.exchange_counts.items()},
     }
     if node == 0:
-        copies = np.stack([shared.read_copy(k)[0] for k in nodes])
-        result["sums"] = copies.sum(axis=0).tolist()
+        result["sums"] = total().tolist()
+        result["round_sums"] = round_sums
         result["expected"] = float(10.0 * sum(nodes))
-    extended.locks.barrier(nodes, 120, "read")
+    barrier(nodes, 120, "read")
     report(result)
     time.sleep(2)  # Peers may still be polling this worker's barrier.
 
@@ -253,7 +275,7 @@ def hold_and_die(strategy, held):
     def take_lease(token):
         with tf.device(device):
             token = tf.identity(token)
-        return locks.try_acquire(held, token)
+        return variants.try_acquire(locks, held, token)
 
     while not bool(take_lease(locks.next_token())):
         time.sleep(0.01)
@@ -357,7 +379,7 @@ def phase_guard(options):
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
     layout = runtime_lib.layout_from_resolver(resolver)
     runtime_lib.get_runtime(layout, 120)
-    locks = _async_gossip_exchange.Locks(layout, 30.0)
+    locks = exchange_lib.Locks(layout, 30.0)
     node, n = layout.node, layout.num_nodes
     device = layout.server_device(0)
     with tf.device(device):
@@ -445,7 +467,7 @@ def phase_startup(options):
         {
             "node": strategy.node,
             "seconds": time.monotonic() - start,
-            "connect_seconds": strategy.extended._runtime.connect_seconds,
+            "connect_seconds": strategy.extended.runtime.connect_seconds,
             "input_context": contexts[0],
             "default": elements(batches),
             "auto_shard_off": elements(batches.with_options(whole)),

