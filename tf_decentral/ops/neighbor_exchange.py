@@ -22,7 +22,7 @@ one branch per round, each with that round's static peers.
 
 import tensorflow as tf
 
-from tf_decentral._tf_private import collective_ops
+from tf_decentral import _tf_private
 from tf_decentral.strategies import _collective
 from tf_decentral.topology import Topology
 
@@ -72,9 +72,8 @@ def exchange_round(
     sends = []
     for peer in send_to:
         sends.append(
-            collective_ops.broadcast_send_v2(
+            _tf_private.broadcast_send(
                 x,
-                group_size=2,
                 group_key=pair_group_key(node, peer, num_nodes),
                 instance_key=edge_instance_key(node, peer, num_nodes, slot),
                 timeout=timeout,
@@ -83,10 +82,9 @@ def exchange_round(
     total = tf.cast(weights_row[node], x.dtype) * x
     shape = tf.constant(x.shape.as_list(), tf.int32)
     for peer in receive_from:
-        received = collective_ops.broadcast_recv_v2(
+        received = _tf_private.broadcast_recv(
             shape,
             x.dtype,
-            group_size=2,
             group_key=pair_group_key(node, peer, num_nodes),
             instance_key=edge_instance_key(peer, node, num_nodes, slot),
             timeout=timeout,
