@@ -79,6 +79,9 @@ def key_base(kind: str) -> int:
     )
 
 
+_OPTIONS_TYPE = type(tf.distribute.experimental.CommunicationOptions())
+
+
 def communication_options(options=None, default_timeout=None):
     """Returns `options`, or default options with `default_timeout`.
 
@@ -93,7 +96,9 @@ def communication_options(options=None, default_timeout=None):
         return tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=default_timeout
         )
-    if not isinstance(options, tf.distribute.experimental.CommunicationOptions):
+    # `CommunicationOptions(...)` returns an instance of another class (TF's
+    # exported name is a factory), so compare with the type it returns.
+    if not isinstance(options, _OPTIONS_TYPE):
         raise TypeError(
             "`communication_options` must be a "
             "`tf.distribute.experimental.CommunicationOptions`. "
