@@ -16,24 +16,12 @@ The Keras counterpart is `tf_decentral/_keras_private.py`.
 """
 
 # pylint: disable=g-direct-tensorflow-import,unused-import
-# MirroredExtended: base of the single-host GossipStrategy implementation
-# (`_update`, `_create_variable`, `_devices`, `_num_replicas_in_sync`,
-# `_get_variable_creator_initial_value`, `_use_merge_call`).
-# DistributedValues, MirroredVariable, PerReplica: the per-replica values and
-# the variable class whose cross-replica read we replace by the average.
-# distribute_utils.create_mirrored_variable and the class/policy mappings:
-# creating our variable class in `_create_variable`.
-# distribute_lib.has_strategy / get_update_replica_id: telling an
-# out-of-scope read (get_weights, save) from a replica or update read.
-# numpy_dataset.SingleDevice: `colocate_with` handling copied from TF.
-# context.device_policy / record.stop_recording: as in TF's variable creator.
+# (GossipStrategy's modules are explained in its `PRIVATE_NAMES` section.)
 # CollectiveAllReduceExtended: base of the multi-worker GossipStrategy and of
 # AllReduceStrategy (`_reduce_to`, `_num_workers`, `_id_in_cluster`,
 # `_num_devices_per_worker`, `_communication_options`).
 # CollectiveAllReduceStrategy: base class of AllReduceStrategy.
 # collective_util.Options: default communication options (timeouts).
-# collective_ops.broadcast_send_v2 / broadcast_recv_v2: the neighbour
-# exchange of multi-worker gossip (tf_decentral/ops/neighbor_exchange.py).
 # OneDeviceExtended: base of AsyncGossipStrategy's implementation (one
 # replica per worker process; `_input_workers_with_options`).
 # input_util.get_distributed_datasets_from_function: AsyncGossipStrategy
@@ -53,8 +41,6 @@ The Keras counterpart is `tf_decentral/_keras_private.py`.
 import tensorflow as tf
 from tensorflow.python.distribute import collective_all_reduce_strategy  # noqa: F401
 from tensorflow.python.distribute import collective_util  # noqa: F401
-
-# cross_device_ops.reduce_non_distributed_value: worker-local reductions.
 from tensorflow.python.distribute import cross_device_ops  # noqa: F401
 from tensorflow.python.distribute import distribute_lib  # noqa: F401
 from tensorflow.python.distribute import distribute_utils  # noqa: F401

@@ -68,23 +68,110 @@ def loopback_bytes():
     raise RuntimeError("no loopback interface in /proc/net/dev")
 
 
+def _allreduce(options):
+    strategy = tfd.AllReduceStrategy(communication_options=options)
+    n = strategy.num_replicas_in_sync
+    node = strategy.cluster_resolver.task_id
+    model = linear_model(strategy, LR)
+    history = fit_on_shard(strategy, model, node, n)
+    return {
+        "node": node,
+        "weights": [w.tolist() for w in model.get_weights()],
+        "loss": history.history["loss"],
+        "hook_counts": dict(strategy.extended.hook_counts),
+    }
+
+
+def _bytes(strategy, node, n, result):
+    with strategy.scope():
+        model = keras.Sequential(
+            [keras.Input((DIM,)), keras.layers.Dense(32768)]
+        )  # 294912 float32 parameters: 1.2 MB per exchange
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+    x, y = worker_shard(*data(n, steps=12), node, n)
+    y = np.repeat(y, 32768, axis=1)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.batch(PER_WORKER_BATCH).repeat()
+    dataset = strategy.distribute_datasets_from_function(lambda c: ds)
+    model.fit(dataset, steps_per_epoch=2, verbose=0)  # warm up, trace
+
+    def barrier():  # a scalar all-reduce across every worker
+        strategy.extended.global_mean(tf.constant(0.0))
+
+    barrier()
+    before = loopback_bytes()
+    model.fit(dataset, steps_per_epoch=10, verbose=0)
+    barrier()
+    result["loopback_bytes_per_step"] = (loopback_bytes() - before) / 10
+    result["parameter_bytes"] = 4 * model.count_params()
+
+
+def _contract(strategy, node, n, result):
+    model = linear_model(strategy, 0.0)
+    rng = np.random.default_rng(100 + node)
+    for var in model.trainable_weights:
+        var.assign(rng.normal(size=var.shape).astype("float32"))
+    result["mean_before"] = [w.tolist() for w in _global_mean(strategy, model)]
+    result["d0"] = strategy.consensus_distance(model)
+    fit_on_shard(strategy, model, node, n)
+    result["d1"] = strategy.consensus_distance(model)
+    result["mean_after"] = [w.tolist() for w in _global_mean(strategy, model)]
+    result["steps"] = STEPS
+
+
+def _equiv(strategy, node, n, result):
+    model = linear_model(strategy, LR)
+    result["initial"] = [w.tolist() for w in model.get_weights()]
+    fit_on_shard(strategy, model, node, n)
+    result["weights"] = [w.tolist() for w in model.get_weights()]
+    result["hook_counts"] = dict(strategy.extended.hook_counts)
+    result["distance"] = strategy.consensus_distance(model)
+    path = os.environ["GOSSIP_TEST_SAVE"]
+    result["wrote"] = strategy.save(model, path)
+    strategy.export(model, path + ".exported")
+    result["after_save"] = [w.tolist() for w in model.get_weights()]
+    strategy.average_weights(model)
+    result["averaged"] = [w.tolist() for w in model.get_weights()]
+
+
+def _die(strategy, node, n, result, phase, timeout):
+    """Worker n-1 dies (kill) or hangs (hang); the others report the error."""
+    model = linear_model(strategy, LR)
+    victim = n - 1
+
+    class _Die(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if node == victim and batch == 1:
+                if phase == "kill":
+                    os._exit(17)  # a crash: no cleanup, no goodbye
+                # Hung: alive, its server still answering heartbeats,
+                # but it never joins the next exchange. Only the
+                # collective timeout can tell the peers.
+                time.sleep(timeout + 25)
+                os._exit(18)
+
+    start = time.monotonic()
+    try:
+        x, y = worker_shard(*data(n, steps=50), node, n)
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        dataset = strategy.distribute_datasets_from_function(
+            lambda ctx: ds.batch(PER_WORKER_BATCH)
+        )
+        model.fit(dataset, steps_per_epoch=50, verbose=0, callbacks=[_Die()])
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        result["error_type"] = type(e).__name__
+        result["error"] = str(e)[:3000]
+        result["seconds"] = time.monotonic() - start
+        print("RESULT " + json.dumps(result), flush=True)
+        os._exit(3)  # TF's teardown may block on the dead collective
+
+
 def main(phase, topology, update, timeout):
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=timeout
     )
     if phase == "allreduce":
-        strategy = tfd.AllReduceStrategy(communication_options=options)
-        n = strategy.num_replicas_in_sync
-        node = strategy.cluster_resolver.task_id
-        model = linear_model(strategy, LR)
-        history = fit_on_shard(strategy, model, node, n)
-        result = {
-            "node": node,
-            "weights": [w.tolist() for w in model.get_weights()],
-            "loss": history.history["loss"],
-            "hook_counts": dict(strategy.extended.hook_counts),
-        }
-        print("RESULT " + json.dumps(result), flush=True)
+        print("RESULT " + json.dumps(_allreduce(options)), flush=True)
         return
     strategy = tfd.GossipStrategy(
         topology, update=update, communication_options=options
@@ -93,86 +180,13 @@ def main(phase, topology, update, timeout):
     n = strategy.topology.num_nodes
     result = {"node": node, "num_nodes": n}
     if phase == "bytes":
-        with strategy.scope():
-            model = keras.Sequential(
-                [keras.Input((DIM,)), keras.layers.Dense(32768)]
-            )  # 294912 float32 parameters: 1.2 MB per exchange
-            model.compile(keras.optimizers.SGD(0.0), "mse")
-        x, y = worker_shard(*data(n, steps=12), node, n)
-        y = np.repeat(y, 32768, axis=1)
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        ds = ds.batch(PER_WORKER_BATCH).repeat()
-        dataset = strategy.distribute_datasets_from_function(lambda c: ds)
-        model.fit(dataset, steps_per_epoch=2, verbose=0)  # warm up, trace
-
-        def barrier():  # a scalar all-reduce across every worker
-            strategy.extended.global_mean(tf.constant(0.0))
-
-        barrier()
-        before = loopback_bytes()
-        model.fit(dataset, steps_per_epoch=10, verbose=0)
-        barrier()
-        result["loopback_bytes_per_step"] = (loopback_bytes() - before) / 10
-        result["parameter_bytes"] = 4 * model.count_params()
+        _bytes(strategy, node, n, result)
     elif phase == "contract":
-        model = linear_model(strategy, 0.0)
-        rng = np.random.default_rng(100 + node)
-        for var in model.trainable_weights:
-            var.assign(rng.normal(size=var.shape).astype("float32"))
-        result["mean_before"] = [
-            w.tolist() for w in _global_mean(strategy, model)
-        ]
-        result["d0"] = strategy.consensus_distance(model)
-        fit_on_shard(strategy, model, node, n)
-        result["d1"] = strategy.consensus_distance(model)
-        result["mean_after"] = [
-            w.tolist() for w in _global_mean(strategy, model)
-        ]
-        result["steps"] = STEPS
+        _contract(strategy, node, n, result)
     elif phase == "equiv":
-        model = linear_model(strategy, LR)
-        result["initial"] = [w.tolist() for w in model.get_weights()]
-        fit_on_shard(strategy, model, node, n)
-        result["weights"] = [w.tolist() for w in model.get_weights()]
-        result["hook_counts"] = dict(strategy.extended.hook_counts)
-        result["distance"] = strategy.consensus_distance(model)
-        path = os.environ["GOSSIP_TEST_SAVE"]
-        result["wrote"] = strategy.save(model, path)
-        strategy.export(model, path + ".exported")
-        result["after_save"] = [w.tolist() for w in model.get_weights()]
-        strategy.average_weights(model)
-        result["averaged"] = [w.tolist() for w in model.get_weights()]
+        _equiv(strategy, node, n, result)
     elif phase in ("kill", "hang"):
-        model = linear_model(strategy, LR)
-        victim = n - 1
-
-        class _Die(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if node == victim and batch == 1:
-                    if phase == "kill":
-                        os._exit(17)  # a crash: no cleanup, no goodbye
-                    # Hung: alive, its server still answering heartbeats,
-                    # but it never joins the next exchange. Only the
-                    # collective timeout can tell the peers.
-                    time.sleep(timeout + 25)
-                    os._exit(18)
-
-        start = time.monotonic()
-        try:
-            x, y = worker_shard(*data(n, steps=50), node, n)
-            ds = tf.data.Dataset.from_tensor_slices((x, y))
-            dataset = strategy.distribute_datasets_from_function(
-                lambda ctx: ds.batch(PER_WORKER_BATCH)
-            )
-            model.fit(
-                dataset, steps_per_epoch=50, verbose=0, callbacks=[_Die()]
-            )
-        except Exception as e:  # noqa: BLE001 - reported to the test
-            result["error_type"] = type(e).__name__
-            result["error"] = str(e)[:3000]
-            result["seconds"] = time.monotonic() - start
-            print("RESULT " + json.dumps(result), flush=True)
-            os._exit(3)  # TF's teardown may block on the dead collective
+        _die(strategy, node, n, result, phase, timeout)
     else:
         raise ValueError(f"Unknown phase {phase!r}")
     print("RESULT " + json.dumps(result), flush=True)

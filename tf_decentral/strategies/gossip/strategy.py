@@ -109,6 +109,10 @@ class GossipStrategy(tf.distribute.Strategy):
         Algorithms?" NeurIPS 2017.
     """
 
+    # The single-host implementation. A subclass may name a subclass of it
+    # (bench/single_host/mix_variants.py overrides its `mix_group`).
+    _single_host_extended_class = single_host.SingleHostGossipExtended
+
     def __init__(
         self,
         topology="ring",
@@ -163,7 +167,7 @@ class GossipStrategy(tf.distribute.Strategy):
                     f"{communication_options!r} and no cluster."
                 )
             devices = single_host.resolve_devices(devices)
-            extended = single_host.SingleHostGossipExtended(
+            extended = self._single_host_extended_class(
                 self,
                 devices,
                 topology_lib.resolve(topology, len(devices)),
