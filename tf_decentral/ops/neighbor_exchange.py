@@ -33,7 +33,14 @@ INSTANCE_KEY_BASE = _collective.NEIGHBOR_INSTANCE_KEY_BASE
 
 
 def pair_group_key(a: int, b: int, num_nodes: int) -> int:
-    """Returns the collective group key of the unordered pair `{a, b}`."""
+    """Returns the collective group key of the unordered pair `{a, b}`.
+
+    Example:
+        >>> pair_group_key(1, 3, 4) == pair_group_key(3, 1, 4)
+        True
+        >>> pair_group_key(1, 3, 4) == pair_group_key(1, 2, 4)
+        False
+    """
     lo, hi = min(a, b), max(a, b)
     return GROUP_KEY_BASE + lo * num_nodes + hi
 
@@ -43,6 +50,12 @@ def edge_instance_key(src: int, dst: int, num_nodes: int, slot: int) -> int:
 
     `slot` numbers independent exchanges that may be in flight at once
     within a step (one per packed buffer), so their keys never collide.
+
+    Example:
+        >>> edge_instance_key(1, 3, 4, slot=0) == edge_instance_key(3, 1, 4, 0)
+        False
+        >>> edge_instance_key(1, 3, 4, slot=0) == edge_instance_key(1, 3, 4, 1)
+        False
     """
     lo, hi = min(src, dst), max(src, dst)
     pair = lo * num_nodes + hi

@@ -260,6 +260,14 @@ def resolve_devices(devices):
     Raises:
         TypeError: If `devices` is not a sequence of names.
         ValueError: For fewer than 2 devices, or duplicates.
+
+    Example:
+        >>> resolve_devices(("/cpu:0", "/cpu:1"))
+        ['/cpu:0', '/cpu:1']
+        >>> resolve_devices(["/cpu:0", "/cpu:0"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: `devices` must be distinct. Received: ...
     """
     if devices is None:
         resolved = default_devices()
