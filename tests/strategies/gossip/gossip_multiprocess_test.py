@@ -142,7 +142,7 @@ class GossipMultiprocessTest(tf.test.TestCase, parameterized.TestCase):
     )
     def test_multi_worker_equals_single_host(self, topology_name, update):
         n = 4
-        saved = os.path.join(self.create_tempdir().full_path, "c.keras")
+        saved = os.path.join(self.get_temp_dir(), "consensus.keras")
         reports = run_cluster(
             "equiv",
             topology_name,
