@@ -1,9 +1,11 @@
-"""Candidate implementations of `_GossipExtended.mix`, for benchmarking only.
+"""Candidate implementations of the single-host gossip mix, for benchmarking.
 
-Each variant is a subclass of the package's `_GossipExtended` that overrides
-`mix`; `make_strategy(topology, devices, update, variant)` builds a
-`GossipStrategy` whose `extended` is that subclass. The package itself is not
-modified. Variants:
+Each variant is a subclass of the package's `SingleHostGossipExtended`
+(`tf_decentral/strategies/gossip/single_host.py`) that overrides its
+per-dtype-group step `mix_group(dtype, group, row_index)` (`nomix` overrides
+`mix`); `make_strategy(topology, devices, update, variant)` builds a
+`GossipStrategy` subclass whose `extended` is that subclass. The package
+itself is not modified. Variants:
 
 * `package`: the installed `GossipStrategy` with its default mix (since
   session 2 the `xla` variant below, moved into the package).
@@ -31,15 +33,12 @@ modified. Variants:
   loop of small ops the issue warns about; for reference only).
 """
 
-import collections
-
 import numpy as np
 import tensorflow as tf
 
-from tf_decentral import topology as topology_lib
 from tf_decentral.ops import packing
-from tf_decentral.strategies import _keras_hooks
 from tf_decentral.strategies import gossip
+from tf_decentral.strategies.gossip import single_host
 
 VARIANTS = ("package", "packed", "nomix", "addn", "active", "xla", "pervar")
 
@@ -70,26 +69,11 @@ def _xla_mix(w, groups):
     return out
 
 
-class _VariantExtended(gossip._GossipExtended):
+class _VariantExtended(single_host.SingleHostGossipExtended):
+    """`mix` as in the package (`row_index` is None for a static topology);
+    a variant overrides `mix_group`."""
+
     variant = "package"
-
-    def _row_index(self, step):
-        period = self._topology.period
-        step = tf.convert_to_tensor(step)
-        return tf.cast(tf.cast(step, tf.int64) % period, tf.int32)
-
-    def mix(self, variables, step=0):
-        if not variables:
-            return
-        self.hook_counts["mix"] += 1
-        by_dtype = collections.defaultdict(list)
-        for v in variables:
-            by_dtype[v.dtype.base_dtype].append(v)
-        for dtype, group in by_dtype.items():
-            self._mix_group(dtype, group, step)
-
-    def _mix_group(self, dtype, group, step):
-        raise NotImplementedError
 
 
 class NoMixExtended(_VariantExtended):
@@ -105,21 +89,19 @@ class AddNExtended(_VariantExtended):
     variant = "addn"
     active_only = False
 
-    def _mix_group(self, dtype, group, step):
-        period = self._topology.period
-        table = self._weights_table
+    def mix_group(self, dtype, group, row_index):
+        period = self.topology.period
+        table = self.weights_table
         shapes = [v.shape for v in group]
         buffers = []
-        for r, device in enumerate(self._devices):
+        for r, device in enumerate(self.worker_devices):
             with tf.device(device):
                 buffers.append(
                     packing.pack([v.values[r].read_value() for v in group])
                 )
-        if period > 1:
-            row_index = self._row_index(step)
-        for i, device in enumerate(self._devices):
+        for i, device in enumerate(self.worker_devices):
             with tf.device(device):
-                if period == 1:
+                if row_index is None:
                     cols = _nonzero(table, 0, i)
                     mixed = _weighted_sum(
                         table[0, i, list(cols)], [buffers[j] for j in cols]
@@ -138,7 +120,7 @@ class AddNExtended(_VariantExtended):
                         [lambda t=t: branch(t) for t in range(period)],
                     )
                 else:
-                    support = self._support[i]
+                    support = self.support[i]
                     w = tf.gather(
                         tf.constant(table[:, i, list(support)], dtype),
                         row_index,
@@ -161,18 +143,13 @@ class XlaExtended(_VariantExtended):
 
     variant = "xla"
 
-    def _mix_group(self, dtype, group, step):
-        period = self._topology.period
-        table = self._weights_table
-        reads = []
-        for r, device in enumerate(self._devices):
+    def mix_group(self, dtype, group, row_index):
+        period = self.topology.period
+        table = self.weights_table
+        reads = self.read_copies(group)
+        for i, device in enumerate(self.worker_devices):
             with tf.device(device):
-                reads.append([v.values[r].read_value() for v in group])
-        if period > 1:
-            row_index = self._row_index(step)
-        for i, device in enumerate(self._devices):
-            with tf.device(device):
-                if period == 1:
+                if row_index is None:
                     cols = _nonzero(table, 0, i)
                     mixed = _xla_mix(
                         _weights(table, 0, i, cols, dtype),
@@ -200,19 +177,13 @@ class PerVarExtended(_VariantExtended):
 
     variant = "pervar"
 
-    def _mix_group(self, dtype, group, step):
-        period = self._topology.period
-        table = self._weights_table
-        if period > 1:
-            row_index = self._row_index(step)
-        reads = []
-        for r, device in enumerate(self._devices):
+    def mix_group(self, dtype, group, row_index):
+        table = self.weights_table
+        reads = self.read_copies(group)
+        for i, device in enumerate(self.worker_devices):
             with tf.device(device):
-                reads.append([v.values[r].read_value() for v in group])
-        for i, device in enumerate(self._devices):
-            with tf.device(device):
-                support = self._support[i]
-                if period == 1:
+                support = self.support[i]
+                if row_index is None:
                     w = [float(x) for x in table[0, i, list(support)]]
                 else:
                     wt = tf.gather(
@@ -238,18 +209,16 @@ class VariantGossipStrategy(gossip.GossipStrategy):
     """`GossipStrategy` whose `extended.mix` is one of `VARIANTS`."""
 
     def __init__(self, topology, devices, *, update="dpsgd", variant):
-        if variant == "package":
-            raise ValueError("use tfd.GossipStrategy for the package variant")
-        if update not in gossip.UPDATE_RULES:
-            raise ValueError(f"unknown update {update!r}")
-        devices = gossip._resolve_devices(devices)
-        topo = topology_lib.resolve(topology, len(devices))
-        _keras_hooks.install()
-        self._collective_key_base = 1_000_000 + 1_000 * next(
-            gossip.GossipStrategy._instances
-        )
-        tf.distribute.Strategy.__init__(
-            self, _EXTENDED[variant](self, devices, topo, update, "packed")
+        if variant not in _EXTENDED:
+            raise ValueError(
+                f"`variant` must be one of {sorted(_EXTENDED)} (use "
+                "tfd.GossipStrategy for the package's own mixes). "
+                f"Received: variant={variant!r}"
+            )
+        # Read by GossipStrategy.__init__ to build the extended.
+        self._single_host_extended_class = _EXTENDED[variant]
+        super().__init__(
+            topology, devices, update=update, mix_implementation="packed"
         )
 
 

@@ -22,7 +22,7 @@ one branch per round, each with that round's static peers.
 
 import tensorflow as tf
 
-from tf_decentral._tf_private import collective_ops
+from tf_decentral import _tf_private
 from tf_decentral.strategies import _collective
 from tf_decentral.topology import Topology
 
@@ -33,7 +33,14 @@ INSTANCE_KEY_BASE = _collective.NEIGHBOR_INSTANCE_KEY_BASE
 
 
 def pair_group_key(a: int, b: int, num_nodes: int) -> int:
-    """Returns the collective group key of the unordered pair `{a, b}`."""
+    """Returns the collective group key of the unordered pair `{a, b}`.
+
+    Example:
+        >>> pair_group_key(1, 3, 4) == pair_group_key(3, 1, 4)
+        True
+        >>> pair_group_key(1, 3, 4) == pair_group_key(1, 2, 4)
+        False
+    """
     lo, hi = min(a, b), max(a, b)
     return GROUP_KEY_BASE + lo * num_nodes + hi
 
@@ -43,6 +50,12 @@ def edge_instance_key(src: int, dst: int, num_nodes: int, slot: int) -> int:
 
     `slot` numbers independent exchanges that may be in flight at once
     within a step (one per packed buffer), so their keys never collide.
+
+    Example:
+        >>> edge_instance_key(1, 3, 4, slot=0) == edge_instance_key(3, 1, 4, 0)
+        False
+        >>> edge_instance_key(1, 3, 4, slot=0) == edge_instance_key(1, 3, 4, 1)
+        False
     """
     lo, hi = min(src, dst), max(src, dst)
     pair = lo * num_nodes + hi
@@ -72,9 +85,8 @@ def exchange_round(
     sends = []
     for peer in send_to:
         sends.append(
-            collective_ops.broadcast_send_v2(
+            _tf_private.broadcast_send(
                 x,
-                group_size=2,
                 group_key=pair_group_key(node, peer, num_nodes),
                 instance_key=edge_instance_key(node, peer, num_nodes, slot),
                 timeout=timeout,
@@ -83,10 +95,9 @@ def exchange_round(
     total = tf.cast(weights_row[node], x.dtype) * x
     shape = tf.constant(x.shape.as_list(), tf.int32)
     for peer in receive_from:
-        received = collective_ops.broadcast_recv_v2(
+        received = _tf_private.broadcast_recv(
             shape,
             x.dtype,
-            group_size=2,
             group_key=pair_group_key(node, peer, num_nodes),
             instance_key=edge_instance_key(peer, node, num_nodes, slot),
             timeout=timeout,

@@ -54,8 +54,25 @@ def group_by_dtype(variables) -> dict:
 
     `pack` needs one dtype per buffer: mixing, exchanging and averaging move
     one packed buffer per group.
+
+    Raises:
+        TypeError: If an element has no `dtype`.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> groups = group_by_dtype(
+        ...     [tf.Variable(1.0), tf.Variable(2), tf.Variable(3.0)]
+        ... )
+        >>> {d.name: len(g) for d, g in groups.items()}
+        {'float32': 2, 'int32': 1}
     """
     groups = collections.defaultdict(list)
     for v in variables:
-        groups[v.dtype.base_dtype].append(v)
+        dtype = getattr(v, "dtype", None)
+        if not isinstance(dtype, tf.dtypes.DType):
+            raise TypeError(
+                "Every element must be a variable or tensor with a `dtype`. "
+                f"Received: {v!r}"
+            )
+        groups[dtype.base_dtype].append(v)
     return dict(groups)

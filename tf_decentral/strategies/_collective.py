@@ -184,7 +184,7 @@ class Keras3ExtendedFixes:
     does not map over ("Attempt to convert a value (PerReplica...)").
     """
 
-    def cross_device_reduce(self, reduce_op, value, destinations, options):
+    def reduce_values(self, reduce_op, value, destinations, options):
         if tf.nest.is_nested(value):
             self.hook_counts["nested_reduce"] += 1
             return tf.nest.map_structure(

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tf_decentral import _tf_private
 from tf_decentral.strategies import _collective
 
 NAMES = ("gossip", "async_gossip", "downpour", "allreduce", "mirrored")
@@ -17,7 +18,9 @@ class _MirroredStrategy(tf.distribute.MirroredStrategy):
     """
 
     def __init__(self, devices=None, cross_device_ops=None):
-        self._collective_key_base = _collective.key_base("mirrored")
+        _tf_private.set_collective_key_base(
+            self, _collective.key_base("mirrored")
+        )
         super().__init__(devices=devices, cross_device_ops=cross_device_ops)
 
 

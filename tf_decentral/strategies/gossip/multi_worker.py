@@ -10,33 +10,54 @@ neighbours over two-member collective groups
 
 import collections
 import contextlib
+import os
 import re
 
 import tensorflow as tf
 
+from tf_decentral import _tf_private
+from tf_decentral import cluster
 from tf_decentral import topology as topology_lib
-from tf_decentral._tf_private import collective_all_reduce_strategy
-from tf_decentral._tf_private import cross_device_ops
-from tf_decentral._tf_private import nest
-from tf_decentral._tf_private import values_lib
 from tf_decentral.ops import neighbor_exchange
 from tf_decentral.ops import packing
-from tf_decentral.strategies._collective import Keras3ExtendedFixes
-from tf_decentral.strategies.gossip.strategy import GossipOptimizerHooks
-from tf_decentral.strategies.gossip.strategy import GossipVariableCreator
-from tf_decentral.strategies.gossip.strategy import scale_gradients
+from tf_decentral.strategies import _collective
+from tf_decentral.strategies.gossip.update import GossipOptimizerHooks
+from tf_decentral.strategies.gossip.update import scale_gradients
+from tf_decentral.strategies.gossip.variables import GossipVariableCreator
+from tf_decentral.strategies.gossip.variables import gossip_variables
 
 _SUM = tf.distribute.ReduceOp.SUM
 _MEAN = tf.distribute.ReduceOp.MEAN
 
+DEFAULT_TIMEOUT_SECONDS = 120.0
+"""Collective timeout of multi-worker gossip when none is given."""
+
+
+def resolver_from_env():
+    """Returns a TF_CONFIG cluster resolver if it names several workers."""
+    if not os.environ.get("TF_CONFIG"):
+        return None
+    config = cluster.from_env()
+    if config is None or config.num_workers + int(config.has_chief) < 2:
+        return None
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
 
 class MultiWorkerGossipExtended(
     GossipVariableCreator,
-    Keras3ExtendedFixes,
-    collective_all_reduce_strategy.CollectiveAllReduceExtended,
+    _collective.Keras3ExtendedFixes,
+    _tf_private.GossipCollectiveExtended,
     GossipOptimizerHooks,
 ):
-    """Gossip between workers; all-reduce among one worker's devices."""
+    """Gossip between workers; all-reduce among one worker's devices.
+
+    Attributes:
+        topology: The `Topology` whose nodes are the workers.
+        update_rule: `"dpsgd"` or `"atc"`.
+        node: This worker's gossip node (`id_in_cluster`).
+        timeout: Collective timeout in seconds (None: wait forever).
+        hook_counts: How often each hook fired (tests read it).
+    """
 
     def __init__(self, container, cluster_resolver, options, topology, update):
         self.hook_counts = collections.Counter()
@@ -45,18 +66,13 @@ class MultiWorkerGossipExtended(
             cluster_resolver=cluster_resolver,
             communication_options=options,
         )
-        self._topology = topology_lib.resolve(topology, self._num_workers)
-        self._update_rule = update
-        self._node = self._id_in_cluster
-        self._timeout = options.timeout_seconds
+        self.topology = topology_lib.resolve(topology, self.num_workers)
+        self.update_rule = update
+        self.node = self.id_in_cluster
+        self.timeout = options.timeout_seconds
         self._global_reductions = False
 
-    @property
-    def node(self) -> int:
-        """This worker's index among the gossip nodes."""
-        return self._node
-
-    def _use_merge_call(self):
+    def use_merge_call(self):
         return True
 
     # Optimizer hooks ----------------------------------------------------
@@ -68,8 +84,8 @@ class MultiWorkerGossipExtended(
         sum times the number of workers is this worker's mean gradient.
         """
         self.hook_counts["local_gradients"] += 1
-        scale = self._num_workers
-        if self._num_devices_per_worker > 1:
+        scale = self.num_workers
+        if len(self.worker_devices) > 1:
             # GPU workers (not run here: no GPU was available to test it).
             grads_and_vars = self._local_all_reduce(grads_and_vars)
         return scale_gradients(grads_and_vars, scale)
@@ -96,7 +112,7 @@ class MultiWorkerGossipExtended(
         if not hasattr(self, "_local_cross_device_ops"):
             self._local_cross_device_ops = (
                 tf.distribute.NcclAllReduce()
-                if all("GPU" in d.upper() for d in self._devices)
+                if all("GPU" in d.upper() for d in self.worker_devices)
                 else tf.distribute.ReductionToOneDevice()
             )
         return self._local_cross_device_ops
@@ -113,54 +129,57 @@ class MultiWorkerGossipExtended(
         if not variables:
             return
         self.hook_counts["mix"] += 1
-        by_dtype = collections.defaultdict(list)
-        for v in variables:
-            by_dtype[v.dtype.base_dtype].append(v)
-        for slot, group in enumerate(by_dtype.values()):
-            shapes = [v.shape for v in group]
-            with tf.device(self._devices[0]):
-                buffer = packing.pack([v.values[0].read_value() for v in group])
+        groups = packing.group_by_dtype(variables).values()
+        for slot, group in enumerate(groups):
+            with tf.device(self.worker_devices[0]):
                 mixed = neighbor_exchange.gossip_round(
-                    buffer,
-                    self._topology,
-                    self._node,
+                    self._pack_local(group),
+                    self.topology,
+                    self.node,
                     step,
                     slot=slot,
-                    timeout=self._timeout,
+                    timeout=self.timeout,
                 )
-            for r, device in enumerate(self._devices):
-                with tf.device(device):
-                    parts = packing.unpack(mixed, shapes)
-                    for v, part in zip(group, parts):
-                        v.values[r].assign(part, read_value=False)
+            self._assign_every_copy(group, mixed)
+
+    def _pack_local(self, group):
+        """This worker's value of `group` as one buffer (copies are equal)."""
+        return packing.pack([v.values[0].read_value() for v in group])
+
+    def _assign_every_copy(self, group, buffer):
+        """Writes the packed `buffer` into every local copy of `group`."""
+        shapes = [v.shape for v in group]
+        for r, device in enumerate(self.worker_devices):
+            with tf.device(device):
+                parts = packing.unpack(buffer, shapes)
+                for v, part in zip(group, parts):
+                    v.values[r].assign(part, read_value=False)
 
     # Errors ---------------------------------------------------------------
 
     def _node_task(self, node):
         """Returns `(task_type, task_id, address)` of gossip node `node`."""
-        spec = self._cluster_spec.as_dict()
-        tasks = [("chief", i) for i in range(len(spec.get("chief", [])))]
-        tasks += [("worker", i) for i in range(len(spec.get("worker", [])))]
-        task_type, task_id = tasks[node]
+        spec = self.cluster_spec.as_dict()
+        task_type, task_id = cluster.training_tasks(spec)[node]
         return task_type, task_id, spec[task_type][task_id]
 
     def explain_communication_error(self, error):
         text = getattr(error, "message", str(error))
-        spec = self._cluster_spec.as_dict()
+        spec = self.cluster_spec.as_dict()
         named = []
         for job, index in re.findall(
             r"/job:(\w+)/replica:\d+/task:(\d+)", text
         ):
             index = int(index)
             address = spec.get(job, [None] * (index + 1))[index]
-            if (job, index) != (self._task_type, self._task_id):
+            if (job, index) != (self.task_type, self.task_id):
                 label = f"{job}:{index} ({address})"
                 if label not in named:
                     named.append(label)
         neighbours = set()
-        for t in range(self._topology.period):
-            neighbours.update(self._topology.neighbors(self._node, t))
-            neighbours.update(self._topology.out_neighbors(self._node, t))
+        for t in range(self.topology.period):
+            neighbours.update(self.topology.neighbors(self.node, t))
+            neighbours.update(self.topology.out_neighbors(self.node, t))
         neighbour_labels = []
         for node in sorted(neighbours):
             task_type, task_id, address = self._node_task(node)
@@ -168,10 +187,10 @@ class MultiWorkerGossipExtended(
         culprit = ", ".join(named) if named else "a peer (TF did not say which)"
         aborted = text.find("Collective ops is aborted")
         detail = text[aborted:] if aborted >= 0 else text[-1500:]
-        timeout = f"{self._timeout:g} s" if self._timeout else "no timeout"
+        timeout = f"{self.timeout:g} s" if self.timeout else "no timeout"
         return (
-            f"Gossip training on {self._task_type}:{self._task_id} (gossip "
-            f"node {self._node} of {self._topology.num_nodes}) lost contact "
+            f"Gossip training on {self.task_type}:{self.task_id} (gossip "
+            f"node {self.node} of {self.topology.num_nodes}) lost contact "
             f"with {culprit}: {type(error).__name__}. This worker's gossip "
             f"neighbours are {', '.join(neighbour_labels)}. The peer has "
             "probably stopped (crash, out of memory, preemption) or is "
@@ -186,7 +205,7 @@ class MultiWorkerGossipExtended(
 
     # Reductions ---------------------------------------------------------
 
-    def _reduce_to(self, reduce_op, value, destinations, options):
+    def reduce_values(self, reduce_op, value, destinations, options):
         """Reduces over this worker's devices only, unless asked otherwise.
 
         Keras reduces the loss and metrics of every step (`Strategy.reduce`
@@ -197,16 +216,18 @@ class MultiWorkerGossipExtended(
         reduce globally on purpose (`global_reductions`).
         """
         if self._global_reductions:
-            return super()._reduce_to(reduce_op, value, destinations, options)
+            return super().reduce_values(
+                reduce_op, value, destinations, options
+            )
         self.hook_counts["local_reduce"] += 1
-        return nest.map_structure(
+        return tf.nest.map_structure(
             lambda v: self._local_reduce(reduce_op, v, destinations), value
         )
 
     def _local_reduce(self, reduce_op, value, destinations):
-        if not isinstance(value, values_lib.DistributedValues):
-            return cross_device_ops.reduce_non_distributed_value(
-                reduce_op, value, destinations, len(self._devices)
+        if not isinstance(value, tf.distribute.DistributedValues):
+            return _tf_private.reduce_non_distributed_value(
+                reduce_op, value, destinations, len(self.worker_devices)
             )
         if len(value.values) == 1:
             return value.values[0]
@@ -227,11 +248,61 @@ class MultiWorkerGossipExtended(
     def global_mean(self, tensor):
         """Returns the mean over all workers of `tensor` (a collective)."""
         copies = []
-        for device in self._devices:
+        for device in self.worker_devices:
             with tf.device(device):
                 copies.append(tf.identity(tensor))
-        per_replica = values_lib.PerReplica(tuple(copies))
+        per_replica = _tf_private.per_replica(copies)
         with self.global_reductions():
-            return self._container_strategy().reduce(
+            return self.container_strategy().reduce(
                 _MEAN, per_replica, axis=None
             )
+
+    # Consensus ------------------------------------------------------------
+
+    def consensus_distance(self, model_or_variables) -> float:
+        """`(1/n) sum_i ||x_i - x_bar||^2` over every worker's copy.
+
+        A collective: every worker must call it.
+        """
+        variables = gossip_variables(
+            self.container_strategy(), model_or_variables, trainable=True
+        )
+        total = 0.0
+        for group in packing.group_by_dtype(variables).values():
+            with tf.device(self.worker_devices[0]):
+                local = tf.cast(self._pack_local(group), tf.float64)
+                mean = self.global_mean(local)
+                own = tf.reduce_sum(tf.square(local - mean))
+                total += float(self.global_mean(own))
+        return total
+
+    def average_weights(self, model_or_variables) -> None:
+        """Sets every copy on every worker to the average over workers.
+
+        A collective: every worker must call it.
+        """
+        variables = gossip_variables(
+            self.container_strategy(), model_or_variables, trainable=False
+        )
+        variables = [v for v in variables if v.is_averaged]
+        for group in packing.group_by_dtype(variables).values():
+            with tf.device(self.worker_devices[0]):
+                mean = self.global_mean(self._pack_local(group))
+            self._assign_every_copy(group, mean)
+
+    def consensus_write(self, model, write) -> bool:
+        """Runs `write()` on the chief with the averaged model in place.
+
+        Every worker must call it (the average is a collective); every
+        worker then gets its own weights back. Returns whether this worker
+        wrote.
+        """
+        own = [w.copy() for w in model.get_weights()]
+        self.average_weights(model)
+        try:
+            if self.should_checkpoint:
+                write()
+                return True
+            return False
+        finally:
+            model.set_weights(own)

@@ -1,0 +1,272 @@
+"""GossipStrategy across real TF worker processes.
+
+Every test starts a local cluster of TF servers on loopback ports (one
+process per worker, see `tf_decentral.testing.cluster`), runs
+`gossip_worker.py` in every process and compares what the workers report
+with NumPy references and with the single-host strategies run in this
+process. Processes are SIGKILLed on teardown.
+"""
+
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+
+import tf_decentral as tfd
+from tf_decentral import topology as topo
+from tf_decentral.testing import cluster
+
+sys.path.insert(0, os.path.dirname(__file__))
+import gossip_worker  # noqa: E402
+
+WORKER = os.path.join(os.path.dirname(__file__), "gossip_worker.py")
+COLLECTIVE_TIMEOUT = 20
+
+
+def run_cluster(
+    phase, topology="ring", update="dpsgd", num_workers=4, env=None
+):
+    """Runs `phase` on every worker; returns their RESULT dicts by node.
+
+    TF 2.21 workers occasionally crash while their servers start (a known
+    race at start-up, see shared/design/research/multiclient_segfault.md):
+    a run in which a worker dies from a signal before reporting anything is
+    retried once, and the retry is reported on stderr.
+    """
+    command = [sys.executable, WORKER, phase, topology, update]
+    command.append(str(COLLECTIVE_TIMEOUT))
+    for attempt in (1, 2):
+        with cluster.local_cluster(
+            command,
+            num_workers=num_workers,
+            timeout=200,
+            env={**cluster.thread_env(intra_op=1, inter_op=2), **(env or {})},
+        ) as local:
+            results = local.wait(fail_fast=False)
+        reports = {}
+        for name, result in results.items():
+            lines = [
+                line
+                for line in result.stdout.splitlines()
+                if line.startswith("RESULT ")
+            ]
+            if lines:
+                report = json.loads(lines[-1][len("RESULT ") :])
+                report["returncode"] = result.returncode
+                reports[name] = report
+        crashed_at_start = [
+            name
+            for name, result in results.items()
+            if result.returncode is not None
+            and result.returncode < 0
+            and name not in reports
+        ]
+        if crashed_at_start and attempt == 1:
+            print(
+                f"retrying {phase}: {crashed_at_start} crashed at start-up",
+                file=sys.stderr,
+            )
+            continue
+        missing = [name for name in results if name not in reports]
+        if missing and phase not in ("kill", "hang"):
+            details = "\n".join(results[m].describe() for m in missing)
+            raise AssertionError(f"No RESULT from {missing}:\n{details}")
+        return {r["node"]: r for r in reports.values()}
+    raise AssertionError("unreachable")
+
+
+def _reference(topology, update, num_workers, x0, b0):
+    """NumPy D-PSGD/ATC on the workers' data split (gossip_worker.data)."""
+    x, y = gossip_worker.data(num_workers)
+    w = np.repeat(np.asarray(x0)[None], num_workers, 0).astype(np.float64)
+    b = np.repeat(np.asarray(b0)[None], num_workers, 0).astype(np.float64)
+    batch = gossip_worker.PER_WORKER_BATCH
+    lr = gossip_worker.LR
+    for t in range(gossip_worker.STEPS):
+        grads_w, grads_b = [], []
+        for node in range(num_workers):
+            xs, ys = gossip_worker.worker_shard(x, y, node, num_workers)
+            xs = xs[t * batch : (t + 1) * batch]
+            ys = ys[t * batch : (t + 1) * batch]
+            err = xs @ w[node] + b[node] - ys
+            grads_w.append(2 * xs.T @ err / batch)
+            grads_b.append(2 * err.sum(0) / batch)
+        gw, gb = np.stack(grads_w), np.stack(grads_b)
+        mix = topology.weights(t)
+        if update == "dpsgd":
+            w = np.einsum("ij,jkl->ikl", mix, w) - lr * gw
+            b = mix @ b - lr * gb
+        else:
+            w = np.einsum("ij,jkl->ikl", mix, w - lr * gw)
+            b = mix @ (b - lr * gb)
+    return w, b
+
+
+def _single_host(strategy, num_workers):
+    """The same job on logical CPUs in this process."""
+    x, y = gossip_worker.data(num_workers)
+    model = gossip_worker.linear_model(strategy, gossip_worker.LR)
+    model.fit(
+        x,
+        y,
+        batch_size=num_workers * gossip_worker.PER_WORKER_BATCH,
+        shuffle=False,
+        verbose=0,
+    )
+    return model
+
+
+class GossipMultiprocessTest(tf.test.TestCase, parameterized.TestCase):
+    @pytest.mark.timeout(300)
+    def test_lr_zero_contracts_at_spectral_rate_on_every_worker(self):
+        reports = run_cluster("contract", "ring")
+        self.assertEqual(sorted(reports), [0, 1, 2, 3])
+        for report in reports.values():
+            # Every non-consensus eigenvalue of the 4-ring is +-1/3.
+            ratio = report["d1"] / report["d0"]
+            self.assertAllClose(ratio, (1 / 9) ** report["steps"], rtol=1e-3)
+            for before, after in zip(
+                report["mean_before"], report["mean_after"]
+            ):
+                self.assertAllClose(before, after, atol=1e-5)
+
+    @pytest.mark.timeout(300)
+    @parameterized.named_parameters(
+        ("ring_dpsgd", "ring", "dpsgd"),
+        ("one_peer_exponential_atc", "one_peer_exponential", "atc"),
+    )
+    def test_multi_worker_equals_single_host(self, topology_name, update):
+        n = 4
+        saved = os.path.join(self.get_temp_dir(), "consensus.keras")
+        reports = run_cluster(
+            "equiv",
+            topology_name,
+            update,
+            num_workers=n,
+            env={"GOSSIP_TEST_SAVE": saved},
+        )
+        topology = topo.get(topology_name, n)
+        x0, b0 = reports[0]["initial"]
+        for report in reports.values():
+            self.assertAllClose(report["initial"][0], x0)  # same start
+        w_ref, b_ref = _reference(topology, update, n, x0, b0)
+        devices = [f"/device:CPU:{i}" for i in range(n)]
+        single = _single_host(
+            tfd.GossipStrategy(topology, devices, update=update), n
+        )
+        copies = [
+            np.stack([c.numpy() for c in v.value.values])
+            for v in single.weights
+        ]
+        for node, report in reports.items():
+            kernel, bias = (np.asarray(a) for a in report["weights"])
+            self.assertAllClose(kernel, w_ref[node], atol=1e-5)
+            self.assertAllClose(bias, b_ref[node], atol=1e-5)
+            self.assertAllClose(kernel, copies[0][node], atol=1e-5)
+            self.assertAllClose(bias, copies[1][node], atol=1e-5)
+            # The hooks fired: local gradients, neighbour mixing, and local
+            # (not global) reductions of the step's loss.
+            counts = report["hook_counts"]
+            self.assertGreaterEqual(counts["local_gradients"], 1)
+            self.assertGreaterEqual(counts["mix"], 1)
+            self.assertGreaterEqual(counts["local_reduce"], 1)
+            # average_weights is the exact global average.
+            self.assertAllClose(report["averaged"][0], w_ref.mean(0), atol=1e-5)
+        # Only the chief (worker 0) wrote the consensus model, and saving
+        # did not change any worker's own model.
+        self.assertEqual(
+            [r["wrote"] for _, r in sorted(reports.items())],
+            [True, False, False, False],
+        )
+        for report in reports.values():
+            for got, want in zip(report["after_save"], report["weights"]):
+                self.assertAllClose(got, want)
+        loaded = keras.saving.load_model(saved).get_weights()
+        self.assertAllClose(loaded[0], w_ref.mean(0), atol=1e-5)
+        self.assertAllClose(loaded[1], b_ref.mean(0), atol=1e-5)
+        exported = tf.saved_model.load(saved + ".exported")  # kept alive
+        probe = np.ones((2, gossip_worker.DIM), "float32")
+        self.assertAllClose(
+            exported.serve(probe).numpy(),
+            probe @ w_ref.mean(0) + b_ref.mean(0),
+            atol=1e-4,
+        )
+        distance = np.mean(
+            [((w_ref[i] - w_ref.mean(0)) ** 2).sum() for i in range(n)]
+        ) + np.mean([((b_ref[i] - b_ref.mean(0)) ** 2).sum() for i in range(n)])
+        self.assertAllClose(reports[0]["distance"], distance, rtol=1e-3)
+
+    @pytest.mark.timeout(300)
+    @parameterized.parameters("kill", "hang")
+    def test_dead_worker_gives_clear_error_not_a_hang(self, failure):
+        # kill: the process crashes (peers see the connection reset at once);
+        # hang: it stays up but never joins the exchange: the timeout saves
+        # them.
+        reports = run_cluster(failure, "ring")
+        survivors = {node: r for node, r in reports.items() if node != 3}
+        self.assertEqual(sorted(survivors), [0, 1, 2], reports.keys())
+        for node, report in survivors.items():
+            self.assertIn(
+                report["error_type"],
+                ("UnavailableError", "DeadlineExceededError"),
+                report,
+            )
+            self.assertIn("lost contact with", report["error"])
+            self.assertLess(report["seconds"], COLLECTIVE_TIMEOUT + 30)
+            self.assertIn(f"Gossip training on worker:{node}", report["error"])
+            self.assertIn("BackupAndRestore", report["error"])
+        if failure == "kill":
+            # The dead worker's ring neighbours name it.
+            for node in (0, 2):
+                self.assertIn(
+                    "lost contact with worker:3", survivors[node]["error"]
+                )
+
+    @pytest.mark.timeout(400)
+    def test_bytes_per_worker_grow_with_degree_not_workers(self):
+        per_worker = {}
+        for name, n in (("ring", 4), ("ring", 6), ("one_peer_exponential", 4)):
+            reports = run_cluster("bytes", name, num_workers=n)
+            report = reports[0]
+            # Loopback counts every byte once; every worker sends as much.
+            per_worker[name, n] = (
+                report["loopback_bytes_per_step"]
+                / n
+                / report["parameter_bytes"]
+            )
+        # A ring worker sends its buffer to 2 neighbours, whatever n is;
+        # a one-peer worker sends it once.
+        self.assertAllClose(per_worker["ring", 4], 2.0, rtol=0.1)
+        self.assertAllClose(per_worker["ring", 6], 2.0, rtol=0.1)
+        self.assertAllClose(
+            per_worker["one_peer_exponential", 4], 1.0, rtol=0.1
+        )
+
+    def test_devices_and_cluster_are_exclusive(self):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": ["localhost:1", "localhost:2"]}),
+            task_type="worker",
+            task_id=0,
+        )
+        with self.assertRaisesRegex(ValueError, "`devices` cannot be set"):
+            tfd.GossipStrategy(
+                "ring", ["/cpu:0", "/cpu:1"], cluster_resolver=resolver
+            )
+
+    def test_communication_options_need_a_cluster(self):
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=5
+        )
+        with self.assertRaisesRegex(ValueError, "communication_options"):
+            tfd.GossipStrategy(
+                "ring", ["/cpu:0", "/cpu:1"], communication_options=options
+            )
+
+
+if __name__ == "__main__":
+    tf.test.main()

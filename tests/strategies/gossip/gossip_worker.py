@@ -1,0 +1,188 @@
+"""One worker of the multi-worker GossipStrategy tests (run with TF_CONFIG).
+
+Usage: gossip_worker.py PHASE TOPOLOGY UPDATE TIMEOUT_SECONDS
+Prints one line `RESULT {json}` on success.
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_decentral as tfd  # noqa: E402
+
+DIM = 8
+PER_WORKER_BATCH = 16
+STEPS = 3
+LR = 0.05
+
+
+def data(num_workers, steps=STEPS, seed=0):
+    """The global data of `steps` global batches (shared with the test)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(steps * num_workers * PER_WORKER_BATCH, DIM))
+    y = x @ rng.normal(size=(DIM, 1)) + 0.3
+    return x.astype("float32"), y.astype("float32")
+
+
+def worker_shard(x, y, node, num_workers):
+    """Rows of worker `node` in every global batch, as single-host shards."""
+    shape = (-1, num_workers, PER_WORKER_BATCH)
+    xs = x.reshape(*shape, DIM)[:, node].reshape(-1, DIM)
+    ys = y.reshape(*shape, 1)[:, node].reshape(-1, 1)
+    return xs, ys
+
+
+def linear_model(strategy, lr):
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(lr), "mse")
+    return model
+
+
+def fit_on_shard(strategy, model, node, num_workers, steps=STEPS):
+    x, y = worker_shard(*data(num_workers, steps), node, num_workers)
+
+    def dataset_fn(context):
+        del context
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        return ds.batch(PER_WORKER_BATCH)
+
+    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    return model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+
+
+def loopback_bytes():
+    with open("/proc/net/dev") as f:
+        for line in f:
+            name, _, counters = line.partition(":")
+            if name.strip() == "lo":
+                return int(counters.split()[0])
+    raise RuntimeError("no loopback interface in /proc/net/dev")
+
+
+def _bytes(strategy, node, n, result):
+    with strategy.scope():
+        model = keras.Sequential(
+            [keras.Input((DIM,)), keras.layers.Dense(32768)]
+        )  # 294912 float32 parameters: 1.2 MB per exchange
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+    x, y = worker_shard(*data(n, steps=12), node, n)
+    y = np.repeat(y, 32768, axis=1)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.batch(PER_WORKER_BATCH).repeat()
+    dataset = strategy.distribute_datasets_from_function(lambda c: ds)
+    model.fit(dataset, steps_per_epoch=2, verbose=0)  # warm up, trace
+
+    def barrier():  # a scalar all-reduce across every worker
+        strategy.extended.global_mean(tf.constant(0.0))
+
+    barrier()
+    before = loopback_bytes()
+    model.fit(dataset, steps_per_epoch=10, verbose=0)
+    barrier()
+    result["loopback_bytes_per_step"] = (loopback_bytes() - before) / 10
+    result["parameter_bytes"] = 4 * model.count_params()
+
+
+def _contract(strategy, node, n, result):
+    model = linear_model(strategy, 0.0)
+    rng = np.random.default_rng(100 + node)
+    for var in model.trainable_weights:
+        var.assign(rng.normal(size=var.shape).astype("float32"))
+    result["mean_before"] = [w.tolist() for w in _global_mean(strategy, model)]
+    result["d0"] = strategy.consensus_distance(model)
+    fit_on_shard(strategy, model, node, n)
+    result["d1"] = strategy.consensus_distance(model)
+    result["mean_after"] = [w.tolist() for w in _global_mean(strategy, model)]
+    result["steps"] = STEPS
+
+
+def _equiv(strategy, node, n, result):
+    model = linear_model(strategy, LR)
+    result["initial"] = [w.tolist() for w in model.get_weights()]
+    fit_on_shard(strategy, model, node, n)
+    result["weights"] = [w.tolist() for w in model.get_weights()]
+    result["hook_counts"] = dict(strategy.extended.hook_counts)
+    result["distance"] = strategy.consensus_distance(model)
+    path = os.environ["GOSSIP_TEST_SAVE"]
+    result["wrote"] = strategy.save(model, path)
+    strategy.export(model, path + ".exported")
+    result["after_save"] = [w.tolist() for w in model.get_weights()]
+    strategy.average_weights(model)
+    result["averaged"] = [w.tolist() for w in model.get_weights()]
+
+
+def _die(strategy, node, n, result, phase, timeout):
+    """Worker n-1 dies (kill) or hangs (hang); the others report the error."""
+    model = linear_model(strategy, LR)
+    victim = n - 1
+
+    class _Die(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if node == victim and batch == 1:
+                if phase == "kill":
+                    os._exit(17)  # a crash: no cleanup, no goodbye
+                # Hung: alive, its server still answering heartbeats,
+                # but it never joins the next exchange. Only the
+                # collective timeout can tell the peers.
+                time.sleep(timeout + 25)
+                os._exit(18)
+
+    start = time.monotonic()
+    try:
+        x, y = worker_shard(*data(n, steps=50), node, n)
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        dataset = strategy.distribute_datasets_from_function(
+            lambda ctx: ds.batch(PER_WORKER_BATCH)
+        )
+        model.fit(dataset, steps_per_epoch=50, verbose=0, callbacks=[_Die()])
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        result["error_type"] = type(e).__name__
+        result["error"] = str(e)[:3000]
+        result["seconds"] = time.monotonic() - start
+        print("RESULT " + json.dumps(result), flush=True)
+        os._exit(3)  # TF's teardown may block on the dead collective
+
+
+def main(phase, topology, update, timeout):
+    options = tf.distribute.experimental.CommunicationOptions(
+        timeout_seconds=timeout
+    )
+    strategy = tfd.GossipStrategy(
+        topology, update=update, communication_options=options
+    )
+    node = strategy.extended.node
+    n = strategy.topology.num_nodes
+    result = {"node": node, "num_nodes": n}
+    if phase == "bytes":
+        _bytes(strategy, node, n, result)
+    elif phase == "contract":
+        _contract(strategy, node, n, result)
+    elif phase == "equiv":
+        _equiv(strategy, node, n, result)
+    elif phase in ("kill", "hang"):
+        _die(strategy, node, n, result, phase, timeout)
+    else:
+        raise ValueError(f"Unknown phase {phase!r}")
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _global_mean(strategy, model):
+    """The exact average over workers, without changing the model."""
+    saved = model.get_weights()
+    strategy.average_weights(model)
+    mean = model.get_weights()
+    model.set_weights(saved)
+    return mean
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))
