@@ -458,7 +458,7 @@ def mix_bench(args, n, devices, strategies, tf, keras):
             dtype = gvars[0].dtype
             shapes = [v.shape for v in gvars]
             buffers = []
-            for r, device in enumerate(ext._devices):
+            for r, device in enumerate(ext.worker_devices):
                 with tf.device(device):
                     buffers.append(
                         packing.pack([v.values[r].read_value() for v in gvars])
@@ -466,14 +466,14 @@ def mix_bench(args, n, devices, strategies, tf, keras):
             if upto == "1 read+pack":
                 return [_probe(b) for b in buffers]
             out = []
-            for i, device in enumerate(ext._devices):
-                support = ext._support[i]
+            for i, device in enumerate(ext.worker_devices):
+                support = ext.support[i]
                 with tf.device(device):
                     stacked = tf.stack([buffers[j] for j in support])
                     if upto == "2 +stack":
                         out.append(_probe(stacked))
                         continue
-                    w = tf.constant(ext._weights_table[0, i, support], dtype)
+                    w = tf.constant(ext.weights_table[0, i, support], dtype)
                     mixed = tf.tensordot(w, stacked, axes=1)
                     if upto == "3 +tensordot":
                         out.append(_probe(mixed))
@@ -564,7 +564,10 @@ def machine_info():
         except (OSError, subprocess.CalledProcessError):
             return None
 
-    gossip_py = os.path.join(REPO, "tf_decentral", "strategies", "gossip.py")
+    # The mix that is measured lives in the gossip package's single_host.py.
+    gossip_py = os.path.join(
+        REPO, "tf_decentral", "strategies", "gossip", "single_host.py"
+    )
     try:
         with open(gossip_py, "rb") as f:
             gossip_sha = hashlib.sha1(f.read()).hexdigest()[:12]
@@ -700,7 +703,8 @@ def markdown(args, info, summary, mix_rows, workers, command):
         f"- {info['date']}; nproc={info['nproc']}; CPU: {info['cpu_model']}; "
         f"Python {info['python']}; TF {info['tensorflow']}; "
         f"Keras {info['keras']}; NumPy {info['numpy']}; "
-        f"git {info['git_head']} (gossip.py sha1 {info['gossip_py_sha1']})"
+        f"git {info['git_head']} (gossip/single_host.py sha1 "
+        f"{info['gossip_py_sha1']})"
     )
     lines.append(
         f"- load average at start {info['load_avg_start']}, at end "

@@ -17,6 +17,10 @@ A `TF_CONFIG` looks like::
 
     {"cluster": {"worker": ["host0:2222", "host1:2222"]},
      "task": {"type": "worker", "index": 1}}
+
+Longer than 500 lines because every field of `TF_CONFIG` is validated here
+with a message that says what was received and what to write instead; the
+messages are most of it.
 """
 
 import dataclasses

@@ -55,7 +55,7 @@ the lease), but an exchange slower than the lease time can lose its lease
 after writing one copy and before writing the other, breaking conservation
 once. Keep the timeout far above an exchange's duration.
 
-This module is over 500 lines on purpose: the lock protocol (the critical
+Longer than 500 lines because the lock protocol (the critical
 sections of `Locks`, and `SharedModel._build`, which chains them into one
 exchange) is easier to check when it reads in one place. The pairwise step
 itself is injected (`SharedModel(combine=...)`, default `average`).
