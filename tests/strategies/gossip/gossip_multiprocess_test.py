@@ -9,7 +9,9 @@ process. Processes are SIGKILLed on teardown.
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -73,7 +75,8 @@ def run_cluster(
             )
             continue
         missing = [name for name in results if name not in reports]
-        if missing and phase not in ("kill", "hang"):
+        killing = bool((env or {}).get("KILL_EPOCH"))
+        if missing and phase not in ("kill", "hang") and not killing:
             details = "\n".join(results[m].describe() for m in missing)
             raise AssertionError(f"No RESULT from {missing}:\n{details}")
         return {r["node"]: r for r in reports.values()}
@@ -200,6 +203,47 @@ class GossipMultiprocessTest(tf.test.TestCase, parameterized.TestCase):
             [((w_ref[i] - w_ref.mean(0)) ** 2).sum() for i in range(n)]
         ) + np.mean([((b_ref[i] - b_ref.mean(0)) ** 2).sum() for i in range(n)])
         self.assertAllClose(reports[0]["distance"], distance, rtol=1e-3)
+
+    @pytest.mark.timeout(600)
+    def test_checkpoints_in_one_shared_folder_and_resume(self):
+        # TensorFlow's multi-worker tutorial: every worker runs the same
+        # script with BackupAndRestore and ModelCheckpoint in one folder.
+        n = 3
+        roots = [tempfile.mkdtemp(prefix="gossip_ckpt_") for _ in range(2)]
+        for root in roots:
+            self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+        whole = run_cluster(
+            "checkpoint", num_workers=n, env={"CHECKPOINT_DIR": roots[0]}
+        )
+        killed = run_cluster(
+            "checkpoint",
+            num_workers=n,
+            env={"CHECKPOINT_DIR": roots[1], "KILL_EPOCH": "1"},
+        )
+        self.assertNotIn(n - 1, killed)
+        for report in killed.values():
+            self.assertIn("error_type", report, report)
+        resumed = run_cluster(
+            "checkpoint", num_workers=n, env={"CHECKPOINT_DIR": roots[1]}
+        )
+        self.assertEqual(sorted(resumed), list(range(n)))
+        for node, report in resumed.items():
+            # Resumed after the last complete epoch, every worker from the
+            # chief's backup: the consensus model (distance 0).
+            self.assertEqual(report["epochs_run"], [1, 2], node)
+            self.assertLess(report["start_distance"], 1e-12, node)
+            for got, want in zip(
+                report["start_weights"], killed[0]["epoch0_mean"]
+            ):
+                self.assertAllClose(got, want, atol=1e-6)
+            self.assertAllClose(
+                report["loss"][-1], whole[node]["loss"][-1], rtol=0.2
+            )
+        for root in roots:
+            # Only the chief wrote, only where the user asked; the backup
+            # was removed at the end of the successful run.
+            expected = [f"model-{e}.weights.h5" for e in (1, 2, 3)]
+            self.assertEqual(sorted(os.listdir(root)), expected)
 
     @pytest.mark.timeout(300)
     @parameterized.parameters("kill", "hang")

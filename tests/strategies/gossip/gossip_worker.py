@@ -152,6 +152,75 @@ def _die(strategy, node, n, result, phase, timeout):
         os._exit(3)  # TF's teardown may block on the dead collective
 
 
+class _StartState(keras.callbacks.Callback):
+    """Records the consensus distance at the start of `fit` (after a
+    BackupAndRestore restore) and, with `kill_epoch`, makes the last worker
+    die in the middle of that epoch."""
+
+    def __init__(self, strategy, result, kill_epoch, victim):
+        super().__init__()
+        self.strategy = strategy
+        self.result = result
+        self.kill_epoch = kill_epoch
+        self.victim = victim
+        self.epoch = None
+
+    def on_train_begin(self, logs=None):
+        distance = self.strategy.consensus_distance(self.model)
+        self.result["start_distance"] = distance
+        weights = self.model.get_weights()
+        self.result["start_weights"] = [w.tolist() for w in weights]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:  # every worker is alive: a collective is safe
+            mean = _global_mean(self.strategy, self.model)
+            self.result["epoch0_mean"] = [w.tolist() for w in mean]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == self.kill_epoch and self.victim and batch == 1:
+            os._exit(17)
+
+
+def _checkpoint(strategy, node, n, result):
+    """fit for 3 epochs with BackupAndRestore and ModelCheckpoint in one
+    folder shared by every worker ($CHECKPOINT_DIR); with $KILL_EPOCH the
+    last worker dies in the middle of that epoch."""
+    root = os.environ["CHECKPOINT_DIR"]
+    model = linear_model(strategy, LR)
+    kill = os.environ.get("KILL_EPOCH")
+    x, y = worker_shard(*data(n), node, n)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(PER_WORKER_BATCH)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: ds.repeat()
+    )
+    callbacks = [
+        # Listed first so that it sees the state BackupAndRestore restored.
+        keras.callbacks.BackupAndRestore(os.path.join(root, "backup")),
+        _StartState(
+            strategy, result, int(kill) if kill else None, node == n - 1
+        ),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(root, "model-{epoch}.weights.h5"),
+            save_weights_only=True,
+        ),
+    ]
+    try:
+        history = model.fit(
+            dataset, epochs=3, steps_per_epoch=STEPS, verbose=0,
+            callbacks=callbacks,
+        )  # fmt: skip
+    except tf.errors.OpError as e:
+        result["error_type"] = type(e).__name__
+        print("RESULT " + json.dumps(result), flush=True)
+        os._exit(3)  # TF's teardown may block on the dead collective
+    result["epochs_run"] = history.epoch
+    result["loss"] = history.history["loss"]
+    result["distance"] = strategy.consensus_distance(model)
+
+
 def main(phase, topology, update, timeout):
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=timeout
@@ -170,6 +239,8 @@ def main(phase, topology, update, timeout):
         _equiv(strategy, node, n, result)
     elif phase in ("kill", "hang"):
         _die(strategy, node, n, result, phase, timeout)
+    elif phase == "checkpoint":
+        _checkpoint(strategy, node, n, result)
     else:
         raise ValueError(f"Unknown phase {phase!r}")
     print("RESULT " + json.dumps(result), flush=True)

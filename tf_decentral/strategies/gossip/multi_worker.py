@@ -290,6 +290,31 @@ class MultiWorkerGossipExtended(
                 mean = self.global_mean(self._pack_local(group))
             self._assign_every_copy(group, mean)
 
+    # Checkpoints (see _keras_hooks.TrainFunctionHooks) ------------------
+
+    def keras_checkpoint_writer(self) -> bool:
+        """The chief (or worker 0) writes BackupAndRestore and
+        ModelCheckpoint files; the others write into scratch directories."""
+        return self.should_checkpoint
+
+    def keras_backup_write(self, model, save):
+        """BackupAndRestore's backup holds the consensus model: every worker
+        averages (a collective), the chief writes, every worker gets its own
+        weights back."""
+        own = [w.copy() for w in model.get_weights()]
+        self.average_weights(model)
+        try:
+            return save()
+        finally:
+            model.set_weights(own)
+
+    def keras_backup_restored(self, model):
+        """Every worker resumes from the chief's backup: the consensus."""
+        with self.global_reductions():
+            _collective.broadcast_training_state(
+                self.container_strategy(), model
+            )
+
     def consensus_write(self, model, write) -> bool:
         """Runs `write()` on the chief with the averaged model in place.
 
