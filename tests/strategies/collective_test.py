@@ -45,6 +45,23 @@ class CollectiveTest(tf.test.TestCase, parameterized.TestCase):
         )
         self.assertIs(_collective.communication_options(given, 12.0), given)
 
+    @parameterized.parameters(0, -1, 0.0, True)
+    def test_timeouts_that_are_not_positive_are_rejected(self, timeout):
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=timeout
+        )
+        with self.assertRaisesRegex(ValueError, "must be a positive"):
+            _collective.communication_options(options, 30.0)
+
+    def test_options_without_a_timeout_get_the_default(self):
+        ring = tf.distribute.experimental.CommunicationImplementation.RING
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=ring
+        )
+        merged = _collective.communication_options(options, 30.0)
+        self.assertEqual(merged.timeout_seconds, 30.0)
+        self.assertEqual(merged.implementation, ring)
+
     def test_options_of_the_wrong_type(self):
         with self.assertRaisesRegex(TypeError, "Received: 30"):
             _collective.communication_options(30)

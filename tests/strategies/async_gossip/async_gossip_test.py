@@ -87,6 +87,18 @@ class ArgumentsTest(tf.test.TestCase):
                 cluster_resolver=_resolver(3),
             )
 
+    def test_a_timeout_of_zero_is_rejected_not_replaced(self):
+        # 0 once became 30 s silently.
+        for timeout in (0, -2):
+            options = tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=timeout
+            )
+            with self.assertRaisesRegex(ValueError, "must be a positive"):
+                tfd.AsyncGossipStrategy(
+                    communication_options=options,
+                    cluster_resolver=_resolver(3),
+                )
+
     def test_parameter_servers_do_not_train(self):
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec(

@@ -205,15 +205,11 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             raise TypeError(
                 f"`seed` must be an integer or None. Received: seed={seed!r}"
             )
+        # A finite default; 0 or a negative timeout is a ValueError.
         options = make_communication_options(
             communication_options, DEFAULT_TIMEOUT_SECONDS
         )
-        timeout = options.timeout_seconds or DEFAULT_TIMEOUT_SECONDS
-        if not timeout > 0:
-            raise ValueError(
-                "`communication_options.timeout_seconds` must be positive. "
-                f"Received: timeout_seconds={options.timeout_seconds!r}"
-            )
+        timeout = options.timeout_seconds
         if cluster_resolver is None:
             cluster_resolver = _resolver_from_env()
         layout = runtime_lib.layout_from_resolver(cluster_resolver)
