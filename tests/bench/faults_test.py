@@ -1,0 +1,52 @@
+"""bench/faults.py: its scenarios exist, and its table counts outcomes."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import faults  # noqa: E402
+
+
+class FaultsTest(absltest.TestCase):
+    def test_every_scenario_names_a_collected_test(self):
+        files = sorted({s.node.split("::")[0] for s in faults.SCENARIOS})
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", *files],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        collected = set(done.stdout.split())
+        missing = [
+            s.node for s in faults.SCENARIOS if s.node not in collected
+        ]
+        self.assertEqual(missing, [], done.stdout[-2000:])
+
+    def test_table_counts_each_outcome(self):
+        rows = [
+            dict(strategy="A", scenario="kill", outcome=o, seconds=s)
+            for o, s in (("behaved", 10), ("hung", 600), ("lost data", 20))
+        ]
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "table.md")
+        table = faults.write_table(rows, path)
+        self.assertIn("| A | kill | 3 | 1 | 1 | 1 | 0 | 20 |", table)
+        with open(path) as f:
+            self.assertEqual(f.read().strip(), table)
+
+    def test_every_multiprocess_file_is_found(self):
+        names = {s.name for s in faults.multiprocess_files()}
+        self.assertIn("all_reduce_multiprocess_test.py", names)
+        self.assertIn("downpour_multiprocess_test.py", names)
+
+
+if __name__ == "__main__":
+    absltest.main()
