@@ -183,3 +183,25 @@ class PackageStructureTest(parameterized.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+class SubpackageLayersTest(absltest.TestCase):
+    def test_subpackages_import_one_way(self):
+        # Importing any module of a subpackage runs the subpackage's
+        # __init__ first: a cycle between subpackages (ops -> strategies ->
+        # ops) leaves one of them half imported while the other runs.
+        sources = _sources()
+        graph = import_graph(sources)
+        layers = {}
+        for module, edges in graph.items():
+            here = _layer(module)
+            for target in edges:
+                there = _layer(target)
+                if there != here:
+                    layers.setdefault(here, set()).add(there)
+        self.assertIsNone(find_cycle(layers), layers)
+
+
+def _layer(module):
+    """`tf_decentral.X...` -> `tf_decentral.X` (X a module or subpackage)."""
+    return ".".join(module.split(".")[:2])

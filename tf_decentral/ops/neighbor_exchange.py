@@ -23,13 +23,13 @@ one branch per round, each with that round's static peers.
 import tensorflow as tf
 
 from tf_decentral import _tf_private
-from tf_decentral.strategies import _collective
+from tf_decentral.ops import collective_keys
 from tf_decentral.topology import Topology
 
 # Keys far above the ones tf.distribute's CollectiveKeys hands out (it counts
 # up from 1 per strategy), so ours never collide with the strategy's own.
-GROUP_KEY_BASE = _collective.NEIGHBOR_GROUP_KEY_BASE
-INSTANCE_KEY_BASE = _collective.NEIGHBOR_INSTANCE_KEY_BASE
+GROUP_KEY_BASE = collective_keys.NEIGHBOR_GROUP_KEY_BASE
+INSTANCE_KEY_BASE = collective_keys.NEIGHBOR_INSTANCE_KEY_BASE
 
 
 def pair_group_key(a: int, b: int, num_nodes: int) -> int:

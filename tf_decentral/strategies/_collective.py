@@ -5,21 +5,18 @@
   (and only these) to explain a lost peer, drop it, or retry elsewhere.
 * `communication_options`: validates a user's
   `tf.distribute.experimental.CommunicationOptions` or builds the default.
-* One allocator of collective keys (`key_base`, and the ranges of the
-  neighbour exchange): TensorFlow matches collective ops across tasks by
-  group and instance keys, and every stock strategy numbers its groups from
-  1, so two strategies in one process (a run and its all-reduce comparison)
-  clash unless each draws its own range. Every range is defined here.
+* The one allocator of collective keys (`key_base`, and the ranges of the
+  neighbour exchange), defined in `tf_decentral.ops.collective_keys`.
 * `Keras3ExtendedFixes` / `Keras3StrategyFixes`: the two fixes that
   `MultiWorkerMirroredStrategy`-based strategies need under Keras 3's `fit`.
 """
 
-import itertools
 import re
 
 import tensorflow as tf
 
 from tf_decentral import _tf_private
+from tf_decentral.ops import collective_keys
 from tf_decentral.ops import packing
 
 ReduceOp = tf.distribute.ReduceOp
@@ -45,42 +42,11 @@ REMOTE_FUNCTION_ERRORS = COMMUNICATION_ERRORS + (tf.errors.UnknownError,)
 """`COMMUNICATION_ERRORS`, plus the `UnknownError` a
 `ClusterCoordinator` raises when a remote closure's task went away."""
 
-# Collective key ranges. A strategy's own collectives (metric and variable
-# reductions) take `group_key_start = 1 + key base`, with about a thousand
-# groups per instance; the neighbour exchange of multi-worker gossip keys its
-# two-member groups and transfers far above every strategy's range.
-_STRATEGY_KEY_BASES = {
-    "gossip": 1_000_000,
-    "allreduce": 2_000_000,
-    "mirrored": 3_000_000,
-}
-_KEYS_PER_INSTANCE = 1_000
-NEIGHBOR_GROUP_KEY_BASE = 20_000_000
-NEIGHBOR_INSTANCE_KEY_BASE = 30_000_000
-
-_instance_counters = {kind: itertools.count(1) for kind in _STRATEGY_KEY_BASES}
-
-
-def key_base(kind: str) -> int:
-    """Returns the collective key base of a new strategy of `kind`.
-
-    Every worker creates its strategies in the same order, so the n-th
-    strategy of a kind gets the same keys on every worker.
-
-    Args:
-        kind: `"gossip"`, `"allreduce"` or `"mirrored"`.
-
-    Raises:
-        ValueError: For another `kind`.
-    """
-    if kind not in _STRATEGY_KEY_BASES:
-        raise ValueError(
-            f"`kind` must be one of {sorted(_STRATEGY_KEY_BASES)}. "
-            f"Received: kind={kind!r}"
-        )
-    return _STRATEGY_KEY_BASES[kind] + _KEYS_PER_INSTANCE * next(
-        _instance_counters[kind]
-    )
+# The collective key ranges live with the ops that use them (ops/ is below
+# strategies/ in the import order); re-exported here for the strategies.
+NEIGHBOR_GROUP_KEY_BASE = collective_keys.NEIGHBOR_GROUP_KEY_BASE
+NEIGHBOR_INSTANCE_KEY_BASE = collective_keys.NEIGHBOR_INSTANCE_KEY_BASE
+key_base = collective_keys.key_base
 
 
 # `tf.distribute.experimental.CommunicationOptions` is a factory, not the
