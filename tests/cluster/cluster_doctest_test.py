@@ -1,7 +1,5 @@
 """Runs the doctests of `tf_decentral.cluster` and its test helpers."""
 
-import doctest
-import importlib
 import inspect
 
 from absl.testing import absltest
@@ -9,6 +7,7 @@ from absl.testing import parameterized
 
 import tf_decentral.cluster
 from tf_decentral.testing import cluster as cluster_testing
+from tf_decentral.testing import doctests
 
 _MODULES = (
     "tf_decentral.cluster",
@@ -21,12 +20,8 @@ _MODULES = (
 class DoctestTest(parameterized.TestCase):
     @parameterized.parameters(*_MODULES)
     def test_doctests_pass(self, module_name):
-        module = importlib.import_module(module_name)
-        result = doctest.testmod(
-            module, verbose=False, report=True, optionflags=doctest.ELLIPSIS
-        )
-        self.assertGreater(result.attempted, 0, msg=f"{module_name} has none")
-        self.assertEqual(result.failed, 0)
+        _, failed = doctests.run_doctests(module_name)
+        self.assertEqual(failed, 0)
 
     @parameterized.parameters(tf_decentral.cluster, cluster_testing)
     def test_every_public_symbol_has_an_example(self, module):

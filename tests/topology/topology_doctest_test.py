@@ -1,13 +1,12 @@
 """Runs the doctests of every `tf_decentral.topology` module."""
 
-import doctest
-import importlib
 import pkgutil
 
 from absl.testing import absltest
 from absl.testing import parameterized
 
 import tf_decentral.topology
+from tf_decentral.testing import doctests
 
 _MODULES = (
     "tf_decentral.topology",
@@ -24,10 +23,8 @@ _MODULES = (
 class DoctestTest(parameterized.TestCase):
     @parameterized.parameters(*_MODULES)
     def test_doctests_pass(self, module_name):
-        module = importlib.import_module(module_name)
-        result = doctest.testmod(module, verbose=False, report=True)
-        self.assertGreater(result.attempted, 0, msg=f"{module_name} has none")
-        self.assertEqual(result.failed, 0)
+        _, failed = doctests.run_doctests(module_name)
+        self.assertEqual(failed, 0)
 
     def test_every_public_symbol_has_an_example(self):
         for name in tf_decentral.topology.__all__:

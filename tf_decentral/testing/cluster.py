@@ -28,6 +28,7 @@ each function is short.
 
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import shutil
@@ -225,6 +226,10 @@ def run_without_tensorflow(code: str, timeout: float = 120.0):
     )
 
 
+RESULT_PREFIX = "RESULT "
+"""How a test worker prints what it reports: `RESULT {json}`, one line."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskResult:
     """What one task of a `LocalCluster` did.
@@ -262,6 +267,25 @@ class TaskResult:
     def name(self) -> str:
         """The task as `"job:index"`, e.g. `"worker:1"`."""
         return f"{self.task_type}:{self.task_id}"
+
+    def report(self) -> dict | None:
+        """Returns the JSON of the task's last `RESULT {json}` stdout line
+        (the convention of the multi-process tests' workers), or None.
+
+        Example:
+            >>> from tf_decentral.testing import cluster
+            >>> out = 'noise\\nRESULT {"node": 1, "loss": 0.5}\\n'
+            >>> cluster.TaskResult("worker", 1, 1234, 0, out, "").report()
+            {'node': 1, 'loss': 0.5}
+        """
+        lines = [
+            line
+            for line in self.stdout.splitlines()
+            if line.startswith(RESULT_PREFIX)
+        ]
+        if not lines:
+            return None
+        return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
     def describe(self) -> str:
         """Returns the task's exit status and the tail of its output."""

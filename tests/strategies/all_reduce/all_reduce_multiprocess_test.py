@@ -7,7 +7,6 @@ the same global batches in this process. Processes are SIGKILLed on
 teardown.
 """
 
-import json
 import os
 import shutil
 import sys
@@ -42,13 +41,8 @@ def run_cluster(phase, step_logs="local", num_workers=NUM_WORKERS, env=None):
         results = local.wait(fail_fast=False)
     reports = {}
     for name, result in results.items():
-        lines = [
-            line
-            for line in result.stdout.splitlines()
-            if line.startswith("RESULT ")
-        ]
-        if lines:
-            report = json.loads(lines[-1][len("RESULT ") :])
+        report = result.report()
+        if report is not None:
             reports[report["node"]] = report
         elif phase not in ("kill", "checkpoint") or name != "worker:1":
             raise AssertionError(f"{name} reported nothing:\n{result}")

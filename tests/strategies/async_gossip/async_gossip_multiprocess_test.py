@@ -38,13 +38,8 @@ def run_cluster(phase, options=None, num_workers=3, timeout=150):
         results = local.wait(fail_fast=False)
     reports = {}
     for result in results.values():
-        lines = [
-            line
-            for line in result.stdout.splitlines()
-            if line.startswith("RESULT ")
-        ]
-        if lines:
-            report = json.loads(lines[-1][len("RESULT ") :])
+        report = result.report()
+        if report is not None:
             report["returncode"] = result.returncode
             reports[report["node"]] = report
     return reports, results

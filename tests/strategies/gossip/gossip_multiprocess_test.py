@@ -7,7 +7,6 @@ with NumPy references and with the single-host strategies run in this
 process. Processes are SIGKILLed on teardown.
 """
 
-import json
 import os
 import shutil
 import sys
@@ -57,13 +56,8 @@ def run_cluster(
             results = local.wait(fail_fast=False)
         reports = {}
         for name, result in results.items():
-            lines = [
-                line
-                for line in result.stdout.splitlines()
-                if line.startswith("RESULT ")
-            ]
-            if lines:
-                report = json.loads(lines[-1][len("RESULT ") :])
+            report = result.report()
+            if report is not None:
                 report["returncode"] = result.returncode
                 reports[name] = report
         crashed_at_start = [
