@@ -9,6 +9,10 @@
   neighbour exchange), defined in `tf_decentral.ops.collective_keys`.
 * `Keras3ExtendedFixes` / `Keras3StrategyFixes`: the two fixes that
   `MultiWorkerMirroredStrategy`-based strategies need under Keras 3's `fit`.
+* `explain_lost_worker`: the message of a collective that lost a worker,
+  naming it.
+* `broadcast_training_state`: every worker takes the chief's model,
+  optimizer and resume epoch (after a BackupAndRestore restore).
 """
 
 import re
@@ -115,26 +119,37 @@ def named_tasks(text: str, cluster: dict, own: tuple) -> list:
     return labels
 
 
-def explain_lost_worker(error, resolver, *, what: str, timeout) -> str:
+def explain_lost_worker(
+    error, *, cluster: dict, own: tuple, what: str, timeout, neighbours=()
+) -> str:
     """Returns the message of `error` for a collective that lost a worker.
 
     Args:
         error: A `COMMUNICATION_ERRORS` instance raised by a step.
-        resolver: The strategy's cluster resolver.
-        what: What was running, e.g. "All-reduce training".
-        timeout: The collective timeout in seconds.
+        cluster: Job name -> addresses (`ClusterSpec.as_dict()`).
+        own: `(job, index)` of this task.
+        what: What was running where, e.g. "All-reduce training on
+            worker:0".
+        timeout: The collective timeout in seconds (None: no timeout).
+        neighbours: Labels of the peers this task exchanges with, if only
+            some (gossip).
     """
     text = getattr(error, "message", str(error))
-    own = (resolver.task_type, resolver.task_id)
-    culprits = named_tasks(text, resolver.cluster_spec().as_dict(), own)
-    culprit = ", ".join(culprits) or "a worker (TF did not say which)"
+    culprits = named_tasks(text, cluster, own)
+    culprit = ", ".join(culprits) or "a peer (TF did not say which)"
     aborted = text.find("Collective ops is aborted")
     detail = text[aborted:] if aborted >= 0 else text[-1500:]
+    limit = f"{timeout:g} s" if timeout else "no timeout"
+    peers = (
+        f"This worker's gossip neighbours are {', '.join(neighbours)}. "
+        if neighbours
+        else ""
+    )
     return (
-        f"{what} on {own[0]}:{own[1]} lost contact with {culprit}: "
-        f"{type(error).__name__}. The worker has probably stopped (crash, "
-        "out of memory, preemption) or is unreachable; collectives give up "
-        f"after {timeout:g} s (set with communication_options="
+        f"{what} lost contact with {culprit}: {type(error).__name__}. "
+        f"{peers}The peer has probably stopped (crash, out of memory, "
+        "preemption) or is unreachable; collectives give up after "
+        f"{limit} (set with communication_options="
         "tf.distribute.experimental.CommunicationOptions(timeout_seconds="
         "...)). Check that worker's log, then restart every worker: with "
         "keras.callbacks.BackupAndRestore, training resumes from the last "

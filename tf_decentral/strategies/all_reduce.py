@@ -107,10 +107,12 @@ class _AllReduceExtended(
             _collective.broadcast_training_state(self._strategy_ref(), model)
 
     def explain_communication_error(self, error):
+        own = (self.resolver.task_type, self.resolver.task_id)
         return _collective.explain_lost_worker(
             error,
-            self.resolver,
-            what="All-reduce training",
+            cluster=self.resolver.cluster_spec().as_dict(),
+            own=own,
+            what=f"All-reduce training on {own[0]}:{own[1]}",
             timeout=self.timeout_seconds,
         )
 

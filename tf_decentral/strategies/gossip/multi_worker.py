@@ -11,7 +11,6 @@ neighbours over two-member collective groups
 import collections
 import contextlib
 import os
-import re
 
 import tensorflow as tf
 
@@ -164,43 +163,24 @@ class MultiWorkerGossipExtended(
         return task_type, task_id, spec[task_type][task_id]
 
     def explain_communication_error(self, error):
-        text = getattr(error, "message", str(error))
-        spec = self.cluster_spec.as_dict()
-        named = []
-        for job, index in re.findall(
-            r"/job:(\w+)/replica:\d+/task:(\d+)", text
-        ):
-            index = int(index)
-            address = spec.get(job, [None] * (index + 1))[index]
-            if (job, index) != (self.task_type, self.task_id):
-                label = f"{job}:{index} ({address})"
-                if label not in named:
-                    named.append(label)
         neighbours = set()
         for t in range(self.topology.period):
             neighbours.update(self.topology.neighbors(self.node, t))
             neighbours.update(self.topology.out_neighbors(self.node, t))
-        neighbour_labels = []
+        labels = []
         for node in sorted(neighbours):
             task_type, task_id, address = self._node_task(node)
-            neighbour_labels.append(f"{task_type}:{task_id} ({address})")
-        culprit = ", ".join(named) if named else "a peer (TF did not say which)"
-        aborted = text.find("Collective ops is aborted")
-        detail = text[aborted:] if aborted >= 0 else text[-1500:]
-        timeout = f"{self.timeout:g} s" if self.timeout else "no timeout"
-        return (
-            f"Gossip training on {self.task_type}:{self.task_id} (gossip "
-            f"node {self.node} of {self.topology.num_nodes}) lost contact "
-            f"with {culprit}: {type(error).__name__}. This worker's gossip "
-            f"neighbours are {', '.join(neighbour_labels)}. The peer has "
-            "probably stopped (crash, out of memory, preemption) or is "
-            "unreachable; collectives give up after "
-            f"{timeout} (set with communication_options="
-            "tf.distribute.experimental.CommunicationOptions("
-            "timeout_seconds=...)). Check that worker's log, then restart "
-            "every worker: with keras.callbacks.BackupAndRestore, training "
-            "resumes from the last checkpoint.\n\nTensorFlow's error: "
-            + detail[:2000]
+            labels.append(f"{task_type}:{task_id} ({address})")
+        return _collective.explain_lost_worker(
+            error,
+            cluster=self.cluster_spec.as_dict(),
+            own=(self.task_type, self.task_id),
+            what=(
+                f"Gossip training on {self.task_type}:{self.task_id} "
+                f"(gossip node {self.node} of {self.topology.num_nodes})"
+            ),
+            timeout=self.timeout,
+            neighbours=labels,
         )
 
     # Reductions ---------------------------------------------------------
