@@ -46,6 +46,12 @@ strategy four more guarded patches apply, and do nothing for any other:
   built on `FitDriver.keras_optimizer_variables(variables)` (e.g. the row
   shards of a sharded variable) whichever code calls its `build`.
 
+On a cluster, checkpoints have one writer: `BackupAndRestore`'s restore,
+write and clean-up and `ModelCheckpoint`'s write ask the strategy's
+`TrainFunctionHooks` whether this task writes where the user asked (the
+others write into a scratch directory), how to write (gossip: the consensus
+model) and what every worker resumes from (the chief's backup).
+
 `PATCHES` is the table of these patches: one small named wrapper each,
 whose target (a class and method named in `tf_decentral/_keras_private.py`,
 the inventory of private Keras names) is checked to exist before anything is
@@ -187,8 +193,7 @@ def _hooks_of(strategy, protocol=TrainFunctionHooks):
 
 
 def _driver_of(strategy):
-    extended = getattr(strategy, "extended", None)
-    return extended if isinstance(extended, FitDriver) else None
+    return _hooks_of(strategy, FitDriver)
 
 
 # The patches. Each `wrap_*` takes the original method and returns its
