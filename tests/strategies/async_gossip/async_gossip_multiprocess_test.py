@@ -242,9 +242,14 @@ class TrainingTest(tf.test.TestCase):
             # close. (At the end the last worker to finish has trained its
             # last steps alone: a finished worker is no longer averaged
             # with.)
+            # Measured (session 4): 0.001-0.03 on an idle machine, up to
+            # 0.18 under load (each worker measures at its own epoch end
+            # while the others run on); 8.0 with the pairwise step made a
+            # no-op. 0.5 tells averaging from no averaging under any load
+            # CI sees (0.1 failed 1 CI run in 2).
             distances = report["history"]["consensus_distance"]
             self.assertLen(distances, 2)
-            self.assertBetween(distances[0], 1e-12, 0.1)
+            self.assertBetween(distances[0], 1e-12, 0.5)
         # average_weights is the exact mean of the workers' shared copies
         # (two buffers: trainable weights, and batch-norm statistics),
         # identical on every worker, in its local model and its shared copy.
