@@ -5,7 +5,6 @@ PHASE: "fit" (train and report) or "kill" (worker 1 dies after a few steps
 and the others report their error). Prints one line `RESULT {json}`.
 """
 
-import inspect
 import json
 import os
 import sys
@@ -14,33 +13,28 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_decentral as tfd  # noqa: E402
 from tf_decentral.strategies import _keras_hooks  # noqa: E402
 
-DIM = 8
-PER_WORKER_BATCH = 16
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import worker_common  # noqa: E402  (tests/strategies/worker_common.py)
+from worker_common import DIM  # noqa: E402
+from worker_common import PER_WORKER_BATCH  # noqa: E402
+from worker_common import tf_function_in  # noqa: E402
+from worker_common import worker_shard  # noqa: E402
+
 STEPS = 4
 LR = 0.05
-COLLECTIVE_OPS = {"CollectiveReduceV2", "CollectiveGatherV2"}
 
 
 def data(num_workers, steps=STEPS, seed=0):
     """The global data of `steps` global batches (shared with the test)."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(steps * num_workers * PER_WORKER_BATCH, DIM))
-    y = x @ rng.normal(size=(DIM, 1)) + 0.3
-    return x.astype("float32"), y.astype("float32")
+    return worker_common.data(num_workers, steps, seed)
 
 
-def worker_shard(x, y, node, num_workers):
-    """Rows of worker `node` in every global batch."""
-    shape = (-1, num_workers, PER_WORKER_BATCH)
-    xs = x.reshape(*shape, DIM)[:, node].reshape(-1, DIM)
-    ys = y.reshape(*shape, 1)[:, node].reshape(-1, 1)
-    return xs, ys
+COLLECTIVE_OPS = {"CollectiveReduceV2", "CollectiveGatherV2"}
 
 
 def linear_model(strategy):
@@ -62,25 +56,6 @@ class BatchLogs(keras.callbacks.Callback):
         if self.die_after is not None and batch + 1 == self.die_after:
             os._exit(17)
 
-
-def tf_function_in(function, name):
-    """The `tf.function` named `name` that a chain of Python wrappers (ours,
-    Keras') around Keras' train function closes over."""
-    seen, todo = set(), [function]
-    while todo:
-        f = todo.pop()
-        if id(f) in seen:
-            continue
-        seen.add(id(f))
-        if isinstance(f, tf.types.experimental.PolymorphicFunction):
-            if f.python_function.__name__ == name:
-                return f
-            continue
-        if callable(f):
-            todo.append(inspect.unwrap(f))
-            cells = getattr(f, "__closure__", None) or ()
-            todo.extend(c.cell_contents for c in cells)
-    raise ValueError(f"no tf.function {name} inside {function!r}")
 
 
 def count_collectives(function, batch):

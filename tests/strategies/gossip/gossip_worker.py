@@ -17,26 +17,22 @@ import tensorflow as tf  # noqa: E402
 
 import tf_decentral as tfd  # noqa: E402
 
-DIM = 8
-PER_WORKER_BATCH = 16
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import worker_common  # noqa: E402  (tests/strategies/worker_common.py)
+from worker_common import DIM  # noqa: E402
+from worker_common import PER_WORKER_BATCH  # noqa: E402
+from worker_common import tf_function_in  # noqa: E402
+from worker_common import worker_shard  # noqa: E402
+
 STEPS = 3
 LR = 0.05
 
 
 def data(num_workers, steps=STEPS, seed=0):
     """The global data of `steps` global batches (shared with the test)."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(steps * num_workers * PER_WORKER_BATCH, DIM))
-    y = x @ rng.normal(size=(DIM, 1)) + 0.3
-    return x.astype("float32"), y.astype("float32")
+    return worker_common.data(num_workers, steps, seed)
 
 
-def worker_shard(x, y, node, num_workers):
-    """Rows of worker `node` in every global batch, as single-host shards."""
-    shape = (-1, num_workers, PER_WORKER_BATCH)
-    xs = x.reshape(*shape, DIM)[:, node].reshape(-1, DIM)
-    ys = y.reshape(*shape, 1)[:, node].reshape(-1, 1)
-    return xs, ys
 
 
 def linear_model(strategy, lr):
@@ -221,10 +217,90 @@ def _checkpoint(strategy, node, n, result):
     result["distance"] = strategy.consensus_distance(model)
 
 
+TWO_ROUNDS = np.array(
+    [[[0.5, 0.5], [0.5, 0.5]], [[0.75, 0.25], [0.25, 0.75]]], "float32"
+)
+"""A time-varying topology of two workers (`topology="two_rounds"`)."""
+
+EXCHANGE_OPS = (
+    "Case",
+    "StatelessCase",
+    "CollectiveBcastSendV2",
+    "CollectiveBcastRecvV2",
+)
+
+
+def _ancestors(op):
+    """Every op that `op` waits for (data and control inputs), transitively."""
+    seen, todo = set(), [op]
+    while todo:
+        current = todo.pop()
+        for parent in [t.op for t in current.inputs] + list(
+            current.control_inputs
+        ):
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
+def exchange_order(model, batch):
+    """What the gossip exchange of Keras' step waits for, and what waits
+    for it, in the step's graph (`one_step_on_data`)."""
+    step = tf_function_in(model.train_function, "one_step_on_data")
+    ops = step.get_concrete_function(batch).graph.get_operations()
+    exchange = [op for op in ops if op.type in EXCHANGE_OPS]
+    gradient = {op for op in ops if "gradient" in op.name.lower()}
+    py_functions = {op for op in ops if op.type == "EagerPyFunc"}
+    waits_for = set().union(*(_ancestors(op) for op in exchange))
+    return {
+        "exchange_ops": len(exchange),
+        "gradient_ops": len(gradient),
+        "py_functions": len(py_functions),
+        "exchange_waits_for_gradient": bool(waits_for & gradient),
+        "exchange_waits_for_py_function": bool(waits_for & py_functions),
+        "py_function_waits_for_exchange": any(
+            set(exchange) & _ancestors(op) for op in py_functions
+        ),
+    }
+
+
+
+def _overlap(strategy, node, n, result):
+    """D-PSGD with a stateful side op (a `py_function`, as in the
+    benchmark's slept compute) in the model: the weights, and the order of
+    the exchange in the step's graph."""
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        side = keras.layers.Lambda(
+            lambda x: x
+            + tf.reshape(
+                tf.py_function(lambda: np.float32(0.0), [], tf.float32), []
+            )
+        )
+        model = keras.Sequential(
+            [keras.Input((DIM,)), side, keras.layers.Dense(1)]
+        )
+        model.compile(keras.optimizers.SGD(LR), "mse")
+    result["initial"] = [w.tolist() for w in model.get_weights()]
+    x, y = worker_shard(*data(n), node, n)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(
+            PER_WORKER_BATCH
+        )
+    )
+    model.fit(dataset, epochs=1, steps_per_epoch=STEPS, verbose=0)
+    result["weights"] = [w.tolist() for w in model.get_weights()]
+    result["hook_counts"] = dict(strategy.extended.hook_counts)
+    result["order"] = exchange_order(model, next(iter(dataset)))
+
+
 def main(phase, topology, update, timeout):
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=timeout
     )
+    if topology == "two_rounds":
+        topology = TWO_ROUNDS
     strategy = tfd.GossipStrategy(
         topology, update=update, communication_options=options
     )
@@ -241,6 +317,8 @@ def main(phase, topology, update, timeout):
         _die(strategy, node, n, result, phase, timeout)
     elif phase == "checkpoint":
         _checkpoint(strategy, node, n, result)
+    elif phase == "overlap":
+        _overlap(strategy, node, n, result)
     else:
         raise ValueError(f"Unknown phase {phase!r}")
     print("RESULT " + json.dumps(result), flush=True)
