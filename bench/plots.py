@@ -24,10 +24,13 @@ import sys
 
 _COLORS = {
     "allreduce": "tab:red",
+    "allreduce_stock": "lightcoral",
+    "allreduce_loop": "darkred",
     "dpsgd_ring": "tab:blue",
     "dpsgd_exp": "tab:cyan",
     "dpsgd_onepeer": "tab:green",
     "adpsgd": "tab:purple",
+    "adpsgd_all": "tab:pink",
     "spsgd": "tab:brown",
     "downpour": "tab:orange",
 }

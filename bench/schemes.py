@@ -43,7 +43,8 @@ class Scheme:
             schemes also start a chief, which drives the workers.
         overlap: The cost model overlaps communication with compute.
         extra_reductions: All-reduces per step besides the gradients'
-            (Keras fit under MWMS reduces the loss and the accuracy).
+            (stock MWMS under Keras `fit` reduces the loss and the
+            accuracy; AllReduceStrategy keeps them local).
     """
 
     name: str
@@ -99,7 +100,19 @@ SCHEMES = {
             "allreduce",
             "AllReduce-SGD (ring)",
             "allreduce",
+        ),
+        Scheme(
+            "allreduce_stock",
+            "AllReduce, stock MWMS step (3 all-reduces)",
+            "allreduce",
+            ("--allreduce_step=stock_fit",),
             extra_reductions=2,
+        ),
+        Scheme(
+            "allreduce_loop",
+            "AllReduce, custom loop (1 all-reduce)",
+            "allreduce",
+            ("--allreduce_step=custom_loop",),
         ),
         Scheme(
             "dpsgd_ring",

@@ -47,6 +47,16 @@ _ACTIVE_PASSIVE = flags.DEFINE_enum(
     ["auto", "true", "false"],
     "AsyncGossipStrategy's active_passive (auto: split bipartite graphs).",
 )
+_ALLREDUCE_STEP = flags.DEFINE_enum(
+    "allreduce_step",
+    "fit",
+    ["fit", "stock_fit", "custom_loop"],
+    "allreduce: `fit` with AllReduceStrategy (one collective per step); "
+    "stock_fit: `fit` with its step as stock MultiWorkerMirroredStrategy "
+    "builds it (the gradients', the loss's and the accuracy's all-reduce: "
+    "what MWMS would cost if its Keras 3 `fit` worked); custom_loop: a "
+    "custom training loop with one all-reduce per step.",
+)
 _TOPOLOGY = flags.DEFINE_string(
     "topology", "ring", "Gossip topology (tf_decentral.topology name)."
 )
@@ -204,7 +214,53 @@ def make_strategy():
             ],
             seed=_SEED.value,
         )
+    if name == "allreduce" and _ALLREDUCE_STEP.value == "stock_fit":
+        return _stock_step_allreduce(**options)
     return tfd.strategies.get(name, **options)
+
+
+def _stock_step_allreduce(**options):
+    """AllReduceStrategy with the step stock MWMS builds under `fit`."""
+    import tf_decentral as tfd
+
+    class StockStepAllReduce(tfd.AllReduceStrategy):
+        """AllReduceStrategy whose `reduce` is MWMS's (with our Keras 3
+        fix): Keras' step all-reduces every logged scalar on its own."""
+
+        def reduce(self, reduce_op, value, axis):
+            return super(tfd.AllReduceStrategy, self).reduce(
+                reduce_op, value, axis
+            )
+
+    return StockStepAllReduce(**options)
+
+
+def train_custom_loop(strategy, model, data, steps, on_step_end):
+    """`steps` steps of a custom training loop with one all-reduce each:
+    the optimizer's batched gradient all-reduce; the loss stays local."""
+    import tensorflow as tf
+
+    iterator = iter(data)
+    loss_fn = model.loss
+
+    def step_fn(batch):
+        x, y = batch
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = tf.reduce_mean(loss_fn(y, logits))
+            scaled = loss / strategy.num_replicas_in_sync
+        grads = tape.gradient(scaled, model.trainable_variables)
+        model.optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    @tf.function
+    def train_step():
+        return strategy.run(step_fn, args=(next(iterator),))
+
+    for step in range(steps):
+        loss = train_step()
+        strategy.experimental_local_results(loss)[0].numpy()
+        on_step_end(step)
 
 
 def _read_counter(name):
@@ -456,15 +512,24 @@ def main(argv):
         keras_steps_per_step,
     )
     result["initial_accuracy"] = evaluate()  # also traces the twin's predict
+    custom_loop = (
+        _STRATEGY.value == "allreduce"
+        and _ALLREDUCE_STEP.value == "custom_loop"
+    )
     fit_start = time.time()
     try:
-        model.fit(
-            data,
-            epochs=1,
-            steps_per_epoch=total_steps,
-            callbacks=[timer.callback, *callbacks_extra],
-            verbose=0,
-        )
+        if custom_loop:
+            train_custom_loop(
+                strategy, model, data, total_steps, timer.step_end
+            )
+        else:
+            model.fit(
+                data,
+                epochs=1,
+                steps_per_epoch=total_steps,
+                callbacks=[timer.callback, *callbacks_extra],
+                verbose=0,
+            )
     except Exception as e:
         result["error"] = f"{type(e).__name__}: {str(e)[:2000]}"
         write()
