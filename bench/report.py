@@ -328,6 +328,110 @@ def bytes_table(runs):
     return lines
 
 
+def _by_repeat(runs, experiment, scheme, **match):
+    """`{repeat: step_time_s}` of the runs that completed."""
+    out = {}
+    for r in runs:
+        if (
+            r["status"] == "ok"
+            and r["experiment"] == experiment
+            and r["scheme"] == scheme
+            and all(_f(r[k]) == v for k, v in match.items())
+        ):
+            repeat = r.get("repeat") or r["run_id"].rsplit("-r", 1)[-1]
+            out[int(repeat)] = _f(r["step_time_s"])
+    return out
+
+
+def _spread(values, scale=1.0, digits=2):
+    """`median [min-max]` of `values` (n/a when there are none)."""
+    values = sorted(v * scale for v in values if not math.isnan(v))
+    if not values:
+        return "n/a"
+    n = len(values)
+    median = (values[(n - 1) // 2] + values[n // 2]) / 2
+    return (
+        f"{median:.{digits}f} [{values[0]:.{digits}f}-{values[-1]:.{digits}f}]"
+        f" (n={n})"
+    )
+
+
+def _paired(a, b, combine):
+    return [combine(a[k], b[k]) for k in sorted(set(a) & set(b))]
+
+
+def sync_goals(runs):
+    """Issue 14's goals from the `sync_latency` / `sync_bandwidth` runs:
+    every ratio pairs two schemes of the same repeat (interleaved runs)."""
+    lat = [r for r in runs if r["experiment"] == "sync_latency"]
+    if not lat:
+        return []
+    one_way = 0.020
+
+    def at(scheme, latency, experiment="sync_latency", **match):
+        return _by_repeat(
+            runs, experiment, scheme, latency_ms=latency, **match
+        )
+
+    ar, stock, loop = (
+        at(s, 20.0) for s in ("allreduce", "allreduce_stock", "allreduce_loop")
+    )
+    onepeer, ring, onepeer0 = (
+        at("dpsgd_onepeer", 20.0),
+        at("dpsgd_ring", 20.0),
+        at("dpsgd_onepeer", 0.0),
+    )
+    bw = {
+        s: _by_repeat(runs, "sync_bandwidth", s)
+        for s in ("allreduce", "allreduce_loop", "dpsgd_onepeer")
+    }
+    ratio = lambda a, b: a / b  # noqa: E731
+    rows = [
+        ("AllReduceStrategy `fit` / custom loop (1 all-reduce), 20 ms",
+         _paired(ar, loop, ratio), "<= 1.1"),
+        ("stock MWMS step (3 all-reduces) / custom loop, 20 ms",
+         _paired(stock, loop, ratio), "(was 1.8)"),
+        ("one-peer D-PSGD: (step - unshaped step) / one-way latency",
+         _paired(onepeer, onepeer0, lambda a, b: (a - b) / one_way),
+         "<= 1.5"),
+        ("one-peer D-PSGD / AllReduceStrategy (1 all-reduce), 20 ms",
+         _paired(onepeer, ar, ratio), "<= 0.15"),
+        ("one-peer D-PSGD / stock MWMS step (3 all-reduces), 20 ms",
+         _paired(onepeer, stock, ratio), ""),
+        ("ring D-PSGD / AllReduceStrategy (1 all-reduce), 20 ms",
+         _paired(ring, ar, ratio), ""),
+        ("one-peer D-PSGD / AllReduceStrategy, 100 Mbit/s, 4 MB",
+         _paired(bw["dpsgd_onepeer"], bw["allreduce"], ratio), "<= 0.6"),
+        ("AllReduceStrategy `fit` / custom loop, 100 Mbit/s, 4 MB",
+         _paired(bw["allreduce"], bw["allreduce_loop"], ratio), ""),
+    ]  # fmt: skip
+    lines = [
+        "## Synchronous baselines (issue 14)",
+        "",
+        "Ratios pair the runs of one repeat (schemes interleaved); "
+        "median [min-max] over repeats. 8 workers.",
+        "",
+        "| ratio | measured | goal |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {_spread(v)} | {goal} |" for name, v, goal in rows]
+    lines += ["", "| scheme | network | step ms |", "|---|---|---|"]
+    for experiment, network, latency in (
+        ("sync_latency", "unshaped", 0.0),
+        ("sync_latency", "1 Gbit/s, 20 ms", 20.0),
+        ("sync_bandwidth", "100 Mbit/s, 1 ms, 4 MB", 1.0),
+    ):
+        schemes = dict.fromkeys(
+            r["scheme"] for r in runs if r["experiment"] == experiment
+        )
+        for scheme in schemes:
+            steps = at(scheme, latency, experiment).values()
+            lines.append(
+                f"| {scheme} | {network} | {_spread(steps, 1e3, 0)} |"
+            )
+    return lines
+
+
 def summary(out_dir):
     runs = calibrate(plots.read_runs(out_dir))
     if runs:
@@ -339,6 +443,7 @@ def summary(out_dir):
             writer.writerows(runs)
     lines = [f"# Summary of {os.path.basename(os.path.abspath(out_dir))}", ""]
     lines += goals(runs) + [""]
+    lines += sync_goals(runs) + [""]
     lines += ["## Step time vs latency (8 workers)", ""]
     lines += step_table(runs, "latency", "latency_ms", "ms") + [""]
     lines += ["## Step time vs bandwidth", ""]

@@ -132,6 +132,40 @@ def test_runner_metrics_and_schemes():
     assert [t.host for t in schemes.SCHEMES["allreduce"].tasks(3)] == [0, 1, 2]
 
 
+def test_sync_goals_pair_runs_of_one_repeat():
+    import report
+
+    def run(scheme, repeat, step, latency=20.0, experiment="sync_latency"):
+        return {
+            "experiment": experiment,
+            "scheme": scheme,
+            "status": "ok",
+            "latency_ms": str(latency),
+            "repeat": str(repeat),
+            "run_id": f"x-r{repeat}",
+            "step_time_s": str(step),
+        }
+
+    runs = [
+        run("allreduce", 0, 0.110),
+        run("allreduce_loop", 0, 0.100),
+        run("allreduce", 1, 0.300),  # a loaded repeat: both slower
+        run("allreduce_loop", 1, 0.200),
+        run("dpsgd_onepeer", 0, 0.050),
+        run("dpsgd_onepeer", 0, 0.010, latency=0.0),
+        run("allreduce", 2, 0.500),  # no partner in repeat 2: left out
+    ]
+    lines = report.sync_goals(runs)
+    text = "\n".join(lines)
+    ratio = next(line for line in lines if "custom loop (1" in line)
+    assert "1.30 [1.10-1.50] (n=2)" in ratio
+    latency = next(line for line in lines if "one-way latency" in line)
+    assert "2.00 [2.00-2.00] (n=1)" in latency
+    assert "| allreduce | 1 Gbit/s, 20 ms | 300 [110-500] (n=3) |" in text
+    assert "stock MWMS step (3 all-reduces) / custom loop, 20 ms | n/a" in text
+    assert report.sync_goals([]) == []
+
+
 def _can_emulate():
     return (
         os.geteuid() == 0
