@@ -163,10 +163,10 @@ class LocalClusterTest(parameterized.TestCase):
                 sys.exit("worker 1 is broken")
             time.sleep(60)
         """
-        start = time.monotonic()
         with cluster_testing.local_cluster(
             cluster_testing.python_command(code), num_workers=2, timeout=30
         ) as local:
+            start = time.monotonic()
             with self.assertRaisesRegex(
                 RuntimeError,
                 r"(?s)but worker:1 did not:.*exit code 1.*worker 1 is broken",

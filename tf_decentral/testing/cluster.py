@@ -47,6 +47,7 @@ from collections.abc import Sequence
 
 from tf_decentral.cluster import local_launcher
 from tf_decentral.cluster.tf_config import ClusterConfig
+from tf_decentral.testing import preload as preload_lib
 
 __all__ = (
     "LocalCluster",
@@ -447,7 +448,7 @@ class LocalCluster:
             if pgid in groups and state != "Z"
         )
 
-    def _start(self, command_for_task, env, log_dir):
+    def _start(self, command_for_task, env, log_dir, preload=False):
         for config in self.configs:
             command = command_for_task
             if callable(command_for_task):
@@ -469,14 +470,19 @@ class LocalCluster:
                 with self._lock:
                     if self._closed:
                         return
-                    process = subprocess.Popen(
-                        list(command),
-                        env=task_env,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=err,
-                        start_new_session=True,
-                    )
+                    if preload and preload_lib.is_preloadable(command):
+                        process = preload_lib.get().spawn(
+                            command, task_env, out.name, err.name
+                        )
+                    else:
+                        process = subprocess.Popen(
+                            list(command),
+                            env=task_env,
+                            stdin=subprocess.DEVNULL,
+                            stdout=out,
+                            stderr=err,
+                            start_new_session=True,
+                        )
                     self._tasks.append(
                         _Task(config, process, out.name, err.name)
                     )
@@ -512,6 +518,7 @@ def local_cluster(
     has_chief: bool = False,
     timeout: float = 120.0,
     env: Mapping[str, str] | None = None,
+    preload: bool | None = None,
 ) -> Iterator[LocalCluster]:
     """Runs one subprocess per task of a local cluster; kills them on exit.
 
@@ -529,6 +536,11 @@ def local_cluster(
         timeout: Seconds after which every task is killed, even if the
             `with` block is still running; `wait` then raises TimeoutError.
         env: Extra environment variables, e.g. `thread_env()`.
+        preload: Fork Python tasks (`[sys.executable, SCRIPT.py or -c,
+            ...]`) from a process that imported TensorFlow once
+            (`tf_decentral.testing.preload`) instead of starting a new
+            interpreter each. None: as `TF_DECENTRAL_TEST_PRELOAD` says
+            (`1`: yes; default no).
 
     Yields:
         The `LocalCluster`; call `wait()` on it to let the tasks finish.
@@ -566,7 +578,9 @@ def local_cluster(
     with tempfile.TemporaryDirectory(prefix="tf_decentral_cluster_") as logs:
         try:
             watchdog.start()
-            cluster._start(cmd_for_task, base_env, logs)
+            if preload is None:
+                preload = preload_lib.enabled()
+            cluster._start(cmd_for_task, base_env, logs, preload)
             yield cluster
         finally:
             watchdog.cancel()
@@ -610,7 +624,9 @@ def _process_table() -> Iterator[tuple[int, str, int, int]]:
 
 
 def child_pids(pid: int | None = None) -> list[int]:
-    """Returns the live (non-zombie) child processes of `pid` (default: us).
+    """Returns the live (non-zombie) child processes of `pid` (default: us;
+    then the tasks `tf_decentral.testing.preload` forked for us count, the
+    preloader itself does not).
 
     Tests call it at the end to check that they left no process behind.
 
@@ -626,10 +642,14 @@ def child_pids(pid: int | None = None) -> list[int]:
         False
     """
     parent = os.getpid() if pid is None else pid
+    # The preloader is a helper of this process that outlives a test; the
+    # tasks it forked for us count as our children.
+    preloaders = preload_lib.pids() if pid is None else set()
+    parents = {parent} | preloaders
     return sorted(
         child
         for child, state, ppid, _ in _process_table()
-        if ppid == parent and state != "Z"
+        if ppid in parents and child not in preloaders and state != "Z"
     )
 
 

@@ -129,7 +129,7 @@ def _die(strategy, node, n, result, phase, timeout):
                 # Hung: alive, its server still answering heartbeats,
                 # but it never joins the next exchange. Only the
                 # collective timeout can tell the peers.
-                time.sleep(timeout + 25)
+                time.sleep(timeout + 5)
                 os._exit(18)
 
     start = time.monotonic()
