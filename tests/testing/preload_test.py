@@ -21,6 +21,7 @@ from tf_decentral.testing import preload
 _PROBE = """
 import atexit, json, os, sys
 atexit.register(lambda: print("atexit ran", flush=True))
+sys.excepthook = lambda *info: print("excepthook:", info[1], file=sys.stderr)
 print("RESULT " + json.dumps({
     "argv": sys.argv,
     "path0": sys.path[0],
@@ -104,7 +105,7 @@ class PreloadTest(parameterized.TestCase):
         self.assertEqual(report["path0"], os.path.dirname(script))
         self.assertTrue(report["ppid_is_preloader"])
         self.assertEqual(runs["fail"].returncode, 1)
-        self.assertIn("ValueError: a failing task", runs["fail"].stderr)
+        self.assertIn("excepthook: a failing task", runs["fail"].stderr)
         # A signal: the group is killed as with a real process.
         code = "import time; print('up', flush=True); time.sleep(60)"
         with cluster_testing.local_cluster(

@@ -10,10 +10,11 @@ environment: its own session (so `os.killpg(pid, SIGKILL)` kills it and its
 children), its output in the given files, stdin from /dev/null, its
 `sys.argv` and `sys.path[0]` as the interpreter would set them, the task's
 `PYTHONPATH` entries in front, and a normal interpreter exit (exit code,
-`atexit` handlers). What differs from a fresh interpreter: TensorFlow and
-Keras are already imported, so environment variables they read at import
-time (`TF_CPP_MIN_LOG_LEVEL`) come from the preloader's environment, and the
-task's parent process is the preloader.
+`sys.excepthook` for an uncaught exception, `atexit` handlers). What
+differs from a fresh interpreter: TensorFlow and Keras are already imported,
+so environment variables they read at import time (`TF_CPP_MIN_LOG_LEVEL`)
+come from the preloader's environment, and the task's parent process is
+the preloader.
 
 TensorFlow can be forked after its import and before its runtime starts (no
 eager context, no thread pools yet): the preloader never runs an op.
@@ -300,9 +301,7 @@ def main():
             except SystemExit:
                 raise
             except BaseException:  # noqa: BLE001 - as the interpreter does
-                import traceback
-
-                traceback.print_exc()
+                sys.excepthook(*sys.exc_info())
                 sys.exit(1)
         write({"pid": child})
 
