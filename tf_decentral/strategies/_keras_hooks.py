@@ -50,7 +50,8 @@ On a cluster, checkpoints have one writer: `BackupAndRestore`'s restore,
 write and clean-up and `ModelCheckpoint`'s write ask the strategy's
 `TrainFunctionHooks` whether this task writes where the user asked (the
 others write into a scratch directory), how to write (gossip: the consensus
-model) and what every worker resumes from (the chief's backup).
+model), whether the others read the backup at all (AsyncGossip: no) and
+what every worker resumes from (the chief's backup).
 
 `PATCHES` is the table of these patches: one small named wrapper each,
 whose target (a class and method named in `tf_decentral/_keras_private.py`,
@@ -129,6 +130,12 @@ class TrainFunctionHooks:
         """Called on every task after BackupAndRestore's restore, e.g. to
         make every worker start from the writer's state."""
         del model
+
+    def keras_backup_read_by_writer_only(self) -> bool:
+        """Whether only the checkpoint writer reads BackupAndRestore's
+        backup; the others then restore nothing from the user's folder
+        (they get the writer's state in `keras_backup_restored`)."""
+        return False
 
 
 class OptimizerHooks(TrainFunctionHooks):
@@ -358,14 +365,26 @@ def _scratch_directory():
 
 def wrap_backup_restore(original):
     """Every task resumes from the same state after BackupAndRestore's
-    restore (`keras_backup_restored`)."""
+    restore (`keras_backup_restored`); with
+    `keras_backup_read_by_writer_only`, a task that does not write reads
+    an empty scratch directory instead of the user's folder."""
 
     def on_train_begin(self, logs=None):
-        result = original(self, logs)
         hooks = _hooks_of(_keras_private.model_strategy(self.model))
-        if hooks is not None:
-            hook_counts["backup_restored"] += 1
-            hooks.keras_backup_restored(self.model)
+        if hooks is None:
+            return original(self, logs)
+        if (
+            hooks.keras_backup_read_by_writer_only()
+            and not hooks.keras_checkpoint_writer()
+        ):
+            hook_counts["backup_read_skipped"] += 1
+            with _scratch_directory() as scratch:
+                with _keras_private.backup_written_to(self, scratch):
+                    result = original(self, logs)
+        else:
+            result = original(self, logs)
+        hook_counts["backup_restored"] += 1
+        hooks.keras_backup_restored(self.model)
         return result
 
     return on_train_begin
