@@ -420,17 +420,29 @@ class CheckpointTest(tf.test.TestCase):
         shared = os.path.join(root, "shared")
         whole, results = run_cluster(
             "checkpoint",
-            {"dir": os.path.join(root, "task-{node}"), "timeout": 5.0},
+            {
+                "dir": os.path.join(root, "task-{node}"),
+                "timeout": 5.0,
+                "second_fit": True,
+            },
             num_workers=2,
             timeout=60,
         )
         _require(reports=whole, results=results, nodes=[0, 1])
         # Node 0 wrote, into its own folder; node 1 nowhere.
-        self.assertEqual(os.listdir(root), ["task-0"])
+        self.assertEqual(sorted(os.listdir(root)), ["task-0"])
         self.assertEqual(
             sorted(os.listdir(os.path.join(root, "task-0"))),
-            [f"model-{e}.weights.h5" for e in (1, 2, 3)],
+            [f"model-{e}.weights.h5" for e in (1, 2, 3, 4)],
         )
+        for node, report in whole.items():
+            self.assertEqual(report["epochs_run"], [0, 1, 2], node)
+            # A later fit of the model: each worker kept its own state, and
+            # nobody waited for anybody.
+            self.assertEqual(report["second_fit_epochs"], [3], node)
+            self.assertEqual(
+                report["hook_counts"].get("restore_kept_local"), 1, node
+            )
         # Node 0 (the writer) SIGKILLs itself in the middle of epoch 1,
         # after its backup of epoch 0. Node 1 trains on alone and ends.
         killed, results = run_cluster(
@@ -447,6 +459,10 @@ class CheckpointTest(tf.test.TestCase):
         # nor removed the backup.
         self.assertEqual(
             sorted(os.listdir(shared)), ["backup", "model-1.weights.h5"]
+        )
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(shared, "backup"))),
+            ["latest.weights.h5", "training_metadata.json"],
         )
         for got, want in zip(
             _weights_file(os.path.join(shared, "model-1.weights.h5"), backup),

@@ -502,7 +502,8 @@ def phase_checkpoint(options):
     Reports the training state (weights, then optimizer variables) at the
     start of `fit` (after the restore) and at the end of every epoch, the
     epochs run, the last epoch's loss and accuracy, and the hooks that
-    fired. `options["dir"]` may name the worker (`{node}`).
+    fired. `options["dir"]` may name the worker (`{node}`); with
+    `second_fit`, one more epoch follows in a second `fit`.
     """
     strategy = make_strategy(options)
     node = strategy.node
@@ -561,6 +562,24 @@ def phase_checkpoint(options):
         epochs_run=history.epoch,
         loss=history.history["loss"][-1],
         accuracy=history.history["accuracy"][-1],
+    )
+    if options.get("second_fit"):
+        # One more epoch, same callbacks: the model is already averaged with
+        # its peers, so each worker keeps its own state (nothing to restore:
+        # node 0 removed the backup at the end of the first fit).
+        epochs = history.epoch[-1] + 1
+        again = model.fit(
+            x,
+            y,
+            batch_size=batch,
+            epochs=epochs + 1,
+            initial_epoch=epochs,
+            callbacks=callbacks[:2],
+            verbose=0,
+            shuffle=False,
+        )
+        result["second_fit_epochs"] = again.epoch
+    result.update(
         hook_counts=dict(strategy.extended.hook_counts),
         keras_hook_counts=dict(_keras_hooks.hook_counts),
     )

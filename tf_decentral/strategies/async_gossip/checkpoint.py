@@ -7,7 +7,7 @@ that reads the backup; the others write into scratch directories that are
 removed (`tf_decentral.strategies._keras_hooks`). Node 0 writes its own
 model: AD-PSGD has no global barrier, so no consensus average is at hand
 without stopping every worker; node 0's model is one of the copies the run
-averages pairwise, within the consensus distance of the others.
+averages pairwise, close to the others (see `consensus_distance`).
 
 After BackupAndRestore's restore, at the start of a model's first `fit` in
 the process (a job started or restarted), node 0 publishes the *training
@@ -15,9 +15,11 @@ state* it restored (or its fresh one, when there was no backup): the
 model's weights, its optimizer's variables (the step count and slots), and
 the epoch to resume at, in variables on node 0's own server. Every other
 worker waits for them and takes them. So every worker resumes at the same
-epoch, from one state: node 0's last backup. The file is read once, by the
-process that wrote it, and never while it is written (node 0 writes only
-after its first step, and that step waits for every worker to start).
+epoch, from one state: node 0's last backup. Only node 0 reads the backup,
+so no worker reads a file another one is writing; the workers of the
+previous run must have stopped (a worker whose peer died trains on). In a
+later `fit` of the same model in the process nothing is sent: the workers
+already average their copies, and each keeps its own state.
 """
 
 import time
