@@ -584,6 +584,13 @@ def phase_checkpoint(options):
         keras_hook_counts=dict(_keras_hooks.hook_counts),
     )
     report(result)
+    if kill_epoch is None:
+        # Nobody leaves while a peer may still trace a function: TF 2.21
+        # registers every new function with every server, and crashed
+        # (SIGSEGV) when a peer's server went away during that call.
+        nodes = range(strategy.num_workers)
+        strategy.extended.locks.barrier(nodes, 60, "done")
+        time.sleep(0.3)  # The peer may still be polling this barrier.
 
 
 def main(phase, options):
