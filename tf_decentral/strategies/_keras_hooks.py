@@ -132,8 +132,8 @@ class TrainFunctionHooks:
         del model
 
     def keras_backup_read_by_writer_only(self) -> bool:
-        """Whether the others read an empty scratch directory instead of
-        BackupAndRestore's backup (`keras_backup_restored` informs them)."""
+        """Whether non-writers read an empty scratch directory, not the
+        backup (they get the writer's state in `keras_backup_restored`)."""
         return False
 
 
