@@ -121,8 +121,16 @@ _BACKUP_PATHS = (
 
 @contextlib.contextmanager
 def backup_written_to(callback, directory):
-    """A `BackupAndRestore` writes its backup into `directory` instead of
-    its `backup_dir` within the block."""
+    """A `BackupAndRestore` writes (and reads) its backup in `directory`
+    instead of its `backup_dir` within the block.
+
+    Args:
+        callback: A `BackupAndRestore`, or None (nothing is redirected).
+        directory: Where its files go meanwhile.
+    """
+    if callback is None:
+        yield
+        return
     saved = {name: getattr(callback, name) for name in _BACKUP_PATHS}
     saved_dir = callback.backup_dir
     try:

@@ -50,7 +50,8 @@ On a cluster, checkpoints have one writer: `BackupAndRestore`'s restore,
 write and clean-up and `ModelCheckpoint`'s write ask the strategy's
 `TrainFunctionHooks` whether this task writes where the user asked (the
 others write into a scratch directory), how to write (gossip: the consensus
-model) and what every worker resumes from (the chief's backup).
+model), whether they read it (AsyncGossip: only the writer does) and what
+every worker resumes from (the chief's backup).
 
 `PATCHES` is the table of these patches: one small named wrapper each,
 whose target (a class and method named in `tf_decentral/_keras_private.py`,
@@ -129,6 +130,11 @@ class TrainFunctionHooks:
         """Called on every task after BackupAndRestore's restore, e.g. to
         make every worker start from the writer's state."""
         del model
+
+    def keras_backup_read_by_writer_only(self) -> bool:
+        """Whether non-writers read an empty scratch directory, not the
+        backup (they get the writer's state in `keras_backup_restored`)."""
+        return False
 
 
 class OptimizerHooks(TrainFunctionHooks):
@@ -348,24 +354,34 @@ def wrap_reset_metrics(original):
 
 
 @contextlib.contextmanager
-def _scratch_directory():
+def _scratch_directory(backup=None):
+    """Yields a temporary directory, removed after the block; a
+    BackupAndRestore `backup` reads and writes its files there meanwhile."""
     directory = tempfile.mkdtemp(prefix="tf_decentral_checkpoint_")
     try:
-        yield directory
+        with _keras_private.backup_written_to(backup, directory):
+            yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
 def wrap_backup_restore(original):
-    """Every task resumes from the same state after BackupAndRestore's
-    restore (`keras_backup_restored`)."""
+    """Every task resumes from one state after BackupAndRestore's restore
+    (`keras_backup_restored`); non-writers may read a scratch directory."""
 
     def on_train_begin(self, logs=None):
-        result = original(self, logs)
         hooks = _hooks_of(_keras_private.model_strategy(self.model))
-        if hooks is not None:
-            hook_counts["backup_restored"] += 1
-            hooks.keras_backup_restored(self.model)
+        if hooks is None:
+            return original(self, logs)
+        skip = hooks.keras_backup_read_by_writer_only()
+        if skip and not hooks.keras_checkpoint_writer():
+            hook_counts["backup_read_skipped"] += 1
+            with _scratch_directory(backup=self):
+                result = original(self, logs)
+        else:
+            result = original(self, logs)
+        hook_counts["backup_restored"] += 1
+        hooks.keras_backup_restored(self.model)
         return result
 
     return on_train_begin
@@ -383,11 +399,8 @@ def wrap_backup_save(original):
             hook_counts["backup_write"] += 1
             return hooks.keras_backup_write(self.model, lambda: original(self))
         hook_counts["backup_scratch"] += 1
-        with _scratch_directory() as scratch:
-            with _keras_private.backup_written_to(self, scratch):
-                return hooks.keras_backup_write(
-                    self.model, lambda: original(self)
-                )
+        with _scratch_directory(backup=self):
+            return hooks.keras_backup_write(self.model, lambda: original(self))
 
     return save_model
 

@@ -388,6 +388,121 @@ class FailureTest(tf.test.TestCase):
                 )
 
 
+def _weights_file(path, like):
+    """Returns the arrays of a `.weights.h5` file of the checkpoint
+    phase's model, in `model.weights` order."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(32),
+            keras.layers.ReLU(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.load_weights(path)
+    weights = model.get_weights()
+    for got, want in zip(weights, like):
+        np.testing.assert_equal(np.shape(got), np.shape(want))
+    return weights
+
+
+class CheckpointTest(tf.test.TestCase):
+    @pytest.mark.timeout(180)
+    def test_one_writer_and_every_worker_resumes_from_its_backup(self):
+        # TensorFlow's multi-worker tutorial: every worker runs the same
+        # script with BackupAndRestore and ModelCheckpoint; 2 workers, 3
+        # epochs of 10 steps. The uninterrupted job gives each worker its
+        # own folder; the killed and resumed jobs share one.
+        root = tempfile.mkdtemp(prefix="async_gossip_ckpt_")
+        self.addCleanup(shutil.rmtree, root, True)
+        shared = os.path.join(root, "shared")
+        whole, results = run_cluster(
+            "checkpoint",
+            {
+                "dir": os.path.join(root, "task-{node}"),
+                "timeout": 5.0,
+                "second_fit": True,
+            },
+            num_workers=2,
+            timeout=60,
+        )
+        _require(reports=whole, results=results, nodes=[0, 1])
+        # Node 0 wrote, into its own folder; node 1 nowhere.
+        self.assertEqual(sorted(os.listdir(root)), ["task-0"])
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(root, "task-0"))),
+            [f"model-{e}.weights.h5" for e in (1, 2, 3, 4)],
+        )
+        for node, report in whole.items():
+            self.assertEqual(report["epochs_run"], [0, 1, 2], node)
+            # A later fit of the model: each worker kept its own state, and
+            # nobody waited for anybody.
+            self.assertEqual(report["second_fit_epochs"], [3], node)
+            self.assertEqual(
+                report["hook_counts"].get("restore_kept_local"), 1, node
+            )
+        # Node 0 (the writer) SIGKILLs itself in the middle of epoch 1,
+        # after its backup of epoch 0. Node 1 trains on alone and ends.
+        killed, results = run_cluster(
+            "checkpoint",
+            {"dir": shared, "timeout": 5.0, "kill_epoch": 1},
+            num_workers=2,
+            timeout=60,
+        )
+        self.assertEqual(results["worker:0"].returncode, -9)
+        _require(reports=killed, results=results, nodes=[0, 1])
+        self.assertEqual(killed[1]["epochs_run"], [0, 1, 2])
+        backup = killed[0]["epoch_end"][0]  # node 0's state at its backup
+        # Only node 0's files; node 1, which outlived it, neither wrote
+        # nor removed the backup.
+        self.assertEqual(
+            sorted(os.listdir(shared)), ["backup", "model-1.weights.h5"]
+        )
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(shared, "backup"))),
+            ["latest.weights.h5", "training_metadata.json"],
+        )
+        for got, want in zip(
+            _weights_file(os.path.join(shared, "model-1.weights.h5"), backup),
+            backup,
+        ):
+            np.testing.assert_array_equal(got, want)
+        resumed, results = run_cluster(
+            "checkpoint", {"dir": shared, "timeout": 5.0}, num_workers=2,
+            timeout=60,
+        )  # fmt: skip
+        _require(reports=resumed, results=results, nodes=[0, 1])
+        for node, report in resumed.items():
+            # Both resume at epoch 1 from node 0's backup: its weights and
+            # its optimizer's step count and momentum, bit for bit.
+            self.assertEqual(report["initial_epoch"], 1, node)
+            self.assertEqual(report["epochs_run"], [1, 2], node)
+            self.assertLen(report["start"], len(backup))
+            for got, want in zip(report["start"], backup):
+                np.testing.assert_array_equal(got, want)
+            # As good as the uninterrupted job.
+            self.assertGreater(report["accuracy"], 0.85, node)
+            self.assertLess(
+                report["loss"], 1.5 * max(r["loss"] for r in whole.values())
+            )
+        hooks = {n: r["keras_hook_counts"] for n, r in resumed.items()}
+        self.assertEqual(hooks[1].get("backup_read_skipped"), 1, hooks)
+        self.assertNotIn("backup_write", hooks[1])
+        self.assertNotIn("backup_read_skipped", hooks[0])
+        # The backup was removed at the end; the last file is node 0's.
+        self.assertEqual(
+            sorted(os.listdir(shared)),
+            [f"model-{e}.weights.h5" for e in (1, 2, 3)],
+        )
+        last = _weights_file(
+            os.path.join(shared, "model-3.weights.h5"), backup
+        )
+        for got, want in zip(last, resumed[0]["epoch_end"][-1]):
+            np.testing.assert_array_equal(got, want)
+
+
 class StartupTest(tf.test.TestCase):
     @pytest.mark.timeout(120)
     def test_shared_name_resources_are_shared_across_clients(self):

@@ -19,6 +19,9 @@ Phases:
     guard: checks that resources made by `shared_name` on one server are
         shared by every worker's client (TF behaviour the strategy needs).
     startup: creates the strategy, waits for all workers, then exits.
+    checkpoint: trains with BackupAndRestore and ModelCheckpoint in one
+        folder shared by every worker; with `kill_epoch`, node 0 (the
+        checkpoint writer) SIGKILLs itself in the middle of that epoch.
 """
 
 import faulthandler
@@ -39,6 +42,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_decentral as tfd  # noqa: E402
+from tf_decentral import _keras_private  # noqa: E402
+from tf_decentral.strategies import _keras_hooks  # noqa: E402
 from tf_decentral.strategies.async_gossip import exchange as exchange_lib  # noqa: E402
 
 
@@ -490,6 +495,104 @@ def phase_startup(options):
     time.sleep(2)  # Peers may still be polling this worker's barrier.
 
 
+def phase_checkpoint(options):
+    """TensorFlow's multi-worker tutorial: every worker runs this with
+    BackupAndRestore and ModelCheckpoint in one folder (`options["dir"]`).
+
+    Reports the training state (weights, then optimizer variables) at the
+    start of `fit` (after the restore) and at the end of every epoch, the
+    epochs run, the last epoch's loss and accuracy, and the hooks that
+    fired. `options["dir"]` may name the worker (`{node}`); with
+    `second_fit`, one more epoch follows in a second `fit`.
+    """
+    strategy = make_strategy(options)
+    node = strategy.node
+    root = options["dir"].format(node=node)
+    kill_epoch = options.get("kill_epoch")
+    steps, batch = options.get("steps", 10), 16
+    rng = np.random.default_rng(node)  # this worker's own data
+    x = rng.normal(size=(steps * batch, 8)).astype("float32")
+    y = (x.sum(axis=1) > 0).astype("int32")
+    keras.utils.set_random_seed(node)  # different initial models
+    with strategy.scope():
+        model = classifier(2, 8, 0.05)
+    result = {"node": node, "epoch_end": []}
+
+    def state():
+        variables = list(model.weights) + list(model.optimizer.variables)
+        return [np.asarray(v.numpy()).tolist() for v in variables]
+
+    class Report(keras.callbacks.Callback):
+        """Listed after BackupAndRestore and ModelCheckpoint: it sees the
+        state they restored and saved."""
+
+        def on_train_begin(self, logs=None):
+            result["start"] = state()
+            result["initial_epoch"] = _keras_private.initial_epoch(model)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_epoch_end(self, epoch, logs=None):
+            result["epoch_end"].append(state())
+
+        def on_train_batch_end(self, batch, logs=None):
+            if node == 0 and self.epoch == kill_epoch and batch == 2:
+                report(result)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(root, "backup")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(root, "model-{epoch}.weights.h5"),
+            save_weights_only=True,
+        ),
+        Report(),
+    ]
+    history = model.fit(
+        x,
+        y,
+        batch_size=batch,
+        epochs=options.get("epochs", 3),
+        callbacks=callbacks,
+        verbose=0,
+        shuffle=False,
+    )
+    result.update(
+        epochs_run=history.epoch,
+        loss=history.history["loss"][-1],
+        accuracy=history.history["accuracy"][-1],
+    )
+    if options.get("second_fit"):
+        # One more epoch, same callbacks: the model is already averaged with
+        # its peers, so each worker keeps its own state (nothing to restore:
+        # node 0 removed the backup at the end of the first fit).
+        epochs = history.epoch[-1] + 1
+        again = model.fit(
+            x,
+            y,
+            batch_size=batch,
+            epochs=epochs + 1,
+            initial_epoch=epochs,
+            callbacks=callbacks[:2],
+            verbose=0,
+            shuffle=False,
+        )
+        result["second_fit_epochs"] = again.epoch
+    result.update(
+        hook_counts=dict(strategy.extended.hook_counts),
+        keras_hook_counts=dict(_keras_hooks.hook_counts),
+    )
+    report(result)
+    if kill_epoch is None:
+        # Nobody leaves while a peer may still trace a function: TF 2.21
+        # registers every new function with every server, and crashed
+        # (SIGSEGV) when a peer's server went away during that call.
+        nodes = range(strategy.num_workers)
+        strategy.extended.locks.barrier(nodes, 60, "done")
+        time.sleep(0.3)  # The peer may still be polling this barrier.
+
+
 def main(phase, options):
     phases = {
         "fit": phase_fit,
@@ -498,6 +601,7 @@ def main(phase, options):
         "guard": phase_guard,
         "kill": phase_kill,
         "startup": phase_startup,
+        "checkpoint": phase_checkpoint,
     }
     phases[phase](options)
     if options.get("normal_exit"):

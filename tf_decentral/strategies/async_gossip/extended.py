@@ -21,6 +21,7 @@ from absl import logging
 from tf_decentral import _tf_private
 from tf_decentral.strategies import _keras_hooks
 from tf_decentral.strategies._collective import PEER_STATE_LOST_ERRORS
+from tf_decentral.strategies.async_gossip import checkpoint as checkpoint_lib
 from tf_decentral.strategies.async_gossip import exchange as exchange_lib
 
 STARTUP_TIMEOUT_SECONDS = 600.0
@@ -66,6 +67,7 @@ class AsyncGossipExtended(
         self._models = weakref.WeakKeyDictionary()
         self._num_models = 0
         self._fits = 0
+        self._restores = 0
         self.stats = collections.Counter()
         self.exchanges = collections.Counter()
 
@@ -170,6 +172,47 @@ class AsyncGossipExtended(
                 me,
                 type(e).__name__,
                 e.message[:200],
+            )
+
+    # Checkpoints (see _keras_hooks.TrainFunctionHooks and checkpoint.py) ----
+
+    def keras_checkpoint_writer(self) -> bool:
+        """Node 0 (the chief, else worker 0) writes BackupAndRestore's
+        backup and ModelCheckpoint's files, of its own model; the others
+        write into scratch directories that are removed."""
+        return self.layout.node == 0
+
+    def keras_backup_read_by_writer_only(self) -> bool:
+        """Only node 0 reads the backup; the others take its state."""
+        return True
+
+    def keras_backup_restored(self, model):
+        """At a model's first `fit` in this process, every worker takes the
+        training state node 0 restored: weights, optimizer variables and
+        the epoch to resume at (see `checkpoint.py`).
+
+        In a later `fit` of the same model the workers are already
+        averaging their copies: each keeps its own state, and a backup
+        node 0 restored then enters its shared copy as its own update at
+        its next exchange.
+        """
+        if self.shared_model(model, create=False) is not None:
+            self.hook_counts["restore_kept_local"] += 1
+            return
+        layout = self.layout
+        state = checkpoint_lib.TrainingState(
+            model, layout.server_device(0), f"r{self._restores}"
+        )
+        self._restores += 1
+        if layout.node == 0:
+            self.hook_counts["restore_published"] += 1
+            state.publish()
+        else:
+            self.hook_counts["restore_taken"] += 1
+            state.wait_and_take(
+                STARTUP_TIMEOUT_SECONDS,
+                who=layout.task(layout.node),
+                owner=layout.task(0),
             )
 
     # Shared state and exchanges --------------------------------------------

@@ -26,7 +26,9 @@ the topology and starts the runtime, then delegates to
 `extended.AsyncGossipExtended`, which holds the state. The rest of the
 package: `peers.py` (which peer next; idle and dropped peers),
 `exchange.py` (the locks and the atomic exchange), `runtime.py` (the
-server and client of each worker and their start-up order).
+server and client of each worker and their start-up order),
+`checkpoint.py` (one checkpoint writer; the state a resumed job starts
+from).
 
 References:
     Lian, Zhang, Zhang, Liu. "Asynchronous Decentralized Parallel Stochastic
@@ -143,6 +145,19 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
     worker's pipeline. `evaluate`, `predict`, `get_weights` and `save` use
     this worker's own model. With `steps_per_execution=k`, one exchange
     follows every `k` steps.
+
+    Checkpoints: every worker may run the same script with
+    `keras.callbacks.BackupAndRestore(backup_dir)` and `ModelCheckpoint`
+    given one shared path. Node 0 (the chief, or worker 0) alone writes
+    there, its own model and optimizer state (with no global barrier there
+    is no consensus average to write; node 0's model is one of the copies
+    the run averages); the others write into scratch directories that are
+    removed, and never read the folder. At the first `fit` of a restarted
+    job, node 0 restores its backup and every other worker takes node 0's
+    weights, optimizer variables and epoch from node 0's server: all resume
+    at the same epoch from node 0's last backup (one folder per task works
+    the same way). Stop every worker before restarting: a worker whose peer
+    died trains on, and node 0 removes the backup when its `fit` ends.
 
     Args:
         topology: A topology name (see `tf_decentral.topology.NAMES`), a
