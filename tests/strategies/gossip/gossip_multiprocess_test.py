@@ -25,6 +25,7 @@ from tf_decentral.testing import cluster
 
 sys.path.insert(0, os.path.dirname(__file__))
 import gossip_worker  # noqa: E402
+import numpy_reference  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "gossip_worker.py")
 COLLECTIVE_TIMEOUT = 20
@@ -96,22 +97,15 @@ def _reference(topology, update, num_workers, x0, b0):
     batch = gossip_worker.PER_WORKER_BATCH
     lr = gossip_worker.LR
     for t in range(gossip_worker.STEPS):
-        grads_w, grads_b = [], []
+        grads = []
         for node in range(num_workers):
             xs, ys = gossip_worker.worker_shard(x, y, node, num_workers)
             xs = xs[t * batch : (t + 1) * batch]
             ys = ys[t * batch : (t + 1) * batch]
-            err = xs @ w[node] + b[node] - ys
-            grads_w.append(2 * xs.T @ err / batch)
-            grads_b.append(2 * err.sum(0) / batch)
-        gw, gb = np.stack(grads_w), np.stack(grads_b)
-        mix = topology.weights(t)
-        if update == "dpsgd":
-            w = np.einsum("ij,jkl->ikl", mix, w) - lr * gw
-            b = mix @ b - lr * gb
-        else:
-            w = np.einsum("ij,jkl->ikl", mix, w - lr * gw)
-            b = mix @ (b - lr * gb)
+            grads.append(numpy_reference.mse_grads(xs, ys, w[node], b[node]))
+        w, b = numpy_reference.gossip_step(
+            update, topology.weights(t), w, b, grads, lr
+        )
     return w, b
 
 

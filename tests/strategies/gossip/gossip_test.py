@@ -5,6 +5,7 @@ from unittest import mock
 
 import keras
 import numpy as np
+import numpy_reference  # tests/strategies/gossip/numpy_reference.py
 import tensorflow as tf
 from absl.testing import parameterized
 
@@ -38,12 +39,6 @@ def _copies(variable):
     return np.stack([c.numpy() for c in variable.value.values])
 
 
-def _mse_grads(x, y, w, b):
-    """Gradients of mean((x w + b - y)^2) for a Dense(1) layer."""
-    err = x @ w + b - y
-    return 2 * x.T @ err / len(x), 2 * err.sum(0) / len(x)
-
-
 def _dpsgd_reference(topology, update, x, y, w0, b0, lr, steps):
     """NumPy D-PSGD / ATC on copies of a linear model; replica i takes the
     i-th contiguous quarter of each global batch, as tf.distribute shards."""
@@ -54,17 +49,12 @@ def _dpsgd_reference(topology, update, x, y, w0, b0, lr, steps):
         xb, yb = x[t * BATCH : (t + 1) * BATCH], y[t * BATCH : (t + 1) * BATCH]
         shards = zip(np.split(xb, n), np.split(yb, n))
         grads = [
-            _mse_grads(xs, ys, w[i], b[i]) for i, (xs, ys) in enumerate(shards)
+            numpy_reference.mse_grads(xs, ys, w[i], b[i])
+            for i, (xs, ys) in enumerate(shards)
         ]
-        gw = np.stack([g[0] for g in grads])
-        gb = np.stack([g[1] for g in grads])
-        mix = topology.weights(t)
-        if update == "dpsgd":
-            w = np.einsum("ij,jkl->ikl", mix, w) - lr * gw
-            b = mix @ b - lr * gb
-        else:
-            w = np.einsum("ij,jkl->ikl", mix, w - lr * gw)
-            b = mix @ (b - lr * gb)
+        w, b = numpy_reference.gossip_step(
+            update, topology.weights(t), w, b, grads, lr
+        )
     return w, b
 
 
