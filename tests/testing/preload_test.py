@@ -51,7 +51,9 @@ class PreloadTest(parameterized.TestCase):
         self.assertTrue(preload.is_preloadable([sys.executable, "-c", "x"]))
         self.assertTrue(preload.is_preloadable([sys.executable, "w.py", "1"]))
         self.assertFalse(preload.is_preloadable([sys.executable, "-c"]))
-        self.assertFalse(preload.is_preloadable([sys.executable, "-m", "x"]))
+        self.assertTrue(preload.is_preloadable([sys.executable, "-m", "x"]))
+        self.assertFalse(preload.is_preloadable([sys.executable, "-m"]))
+        self.assertFalse(preload.is_preloadable([sys.executable, "-u", "x"]))
         self.assertFalse(preload.is_preloadable(["sleep", "1"]))
 
     @parameterized.parameters(True, False)
@@ -122,6 +124,19 @@ class PreloadTest(parameterized.TestCase):
             os.killpg(pid, signal.SIGKILL)
             result = local.wait()["worker:0"]
         self.assertEqual(result.returncode, -signal.SIGKILL)
+
+    @pytest.mark.timeout(120)
+    def test_a_module(self):
+        with cluster_testing.local_cluster(
+            [sys.executable, "-m", "json.tool", "--help"],
+            num_workers=1,
+            timeout=60,
+            preload=True,
+        ) as local:
+            result = local.wait()["worker:0"]
+        self.assertEqual(result.returncode, 0, result.describe())
+        self.assertIn("usage:", result.stdout)
+        self.assertIn("json.tool", result.stdout)
 
     def test_a_broken_request_is_explained(self):
         with self.assertRaisesRegex(ValueError, r"Received: \['sleep'"):

@@ -536,8 +536,8 @@ def local_cluster(
         timeout: Seconds after which every task is killed, even if the
             `with` block is still running; `wait` then raises TimeoutError.
         env: Extra environment variables, e.g. `thread_env()`.
-        preload: Fork Python tasks (`[sys.executable, SCRIPT.py or -c,
-            ...]`) from a process that imported TensorFlow once
+        preload: Fork Python tasks (`[sys.executable, SCRIPT.py or -c CODE or
+            -m MODULE, ...]`) from a process that imported TensorFlow once
             (`tf_decentral.testing.preload`) instead of starting a new
             interpreter each. None: as `TF_DECENTRAL_TEST_PRELOAD` says
             (`1`: yes; default no).

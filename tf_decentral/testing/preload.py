@@ -5,7 +5,8 @@ a small multi-process test's start-up (a 4-worker cluster pays it four
 times). The *preloader* is one helper process per test process that imports
 them once (every task imports `tf_decentral` afresh, from its own
 `PYTHONPATH`) and then forks one child per task on request. A child behaves like
-`python SCRIPT ARGS...` or `python -c CODE ARGS...` started with the task's
+`python SCRIPT ARGS...`, `python -c CODE ARGS...` or `python -m MODULE
+ARGS...` started with the task's
 environment: its own session (so `os.killpg(pid, SIGKILL)` kills it and its
 children), its output in the given files, stdin from /dev/null, its
 `sys.argv` and `sys.path[0]` as the interpreter would set them, the task's
@@ -65,14 +66,15 @@ def enabled() -> bool:
 
 
 def is_preloadable(command) -> bool:
-    """Whether `command` is `[sys.executable, SCRIPT.py or -c, ...]`."""
+    """Whether `command` is `[sys.executable, SCRIPT.py, ...]`,
+    `[sys.executable, "-c", CODE, ...]` or `[sys.executable, "-m", MODULE,
+    ...]`."""
     command = list(command)
-    return (
-        len(command) >= 2
-        and command[0] == sys.executable
-        and (command[1] == "-c" or command[1].endswith(".py"))
-        and (command[1] != "-c" or len(command) >= 3)
-    )
+    if len(command) < 2 or command[0] != sys.executable:
+        return False
+    if command[1] in ("-c", "-m"):
+        return len(command) >= 3
+    return command[1].endswith(".py")
 
 
 class PreloadedProcess:
@@ -150,8 +152,8 @@ class Preloader:
         """Forks a task running `argv` (see `is_preloadable`)."""
         if not is_preloadable(argv):
             raise ValueError(
-                "The preloader runs `[sys.executable, SCRIPT.py or -c CODE, "
-                f"ARGS...]`. Received: {argv!r}"
+                "The preloader runs `[sys.executable, SCRIPT.py or -c CODE "
+                f"or -m MODULE, ARGS...]`. Received: {argv!r}"
             )
         request = {
             "argv": list(argv),
@@ -239,15 +241,19 @@ def _run_child(request):
         del sys.modules[name]
     extra = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     sys.path[:] = [p for p in extra if p and p not in sys.path] + sys.path
+    import runpy
+
     if argv[0] == "-c":
         sys.argv = ["-c", *argv[2:]]
         sys.path.insert(0, "")
         code = compile(argv[1], "<string>", "exec")
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
         exec(code, namespace)  # noqa: S102 - the task's own program
+    elif argv[0] == "-m":
+        sys.argv = [argv[1], *argv[2:]]  # run_module sets argv[0]
+        sys.path.insert(0, os.getcwd())
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
     else:
-        import runpy
-
         sys.argv = list(argv)
         sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
         runpy.run_path(argv[0], run_name="__main__")
