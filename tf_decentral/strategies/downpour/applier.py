@@ -55,6 +55,8 @@ from tf_decentral.strategies.downpour import placement
 _STOP = -1  # The push id of the manifest that stops the applier.
 # Seconds between two checks for a failed applier while the chief waits.
 _CHECK_SECONDS = 0.1
+# Seconds a failed wait gives the applier to fail too (a lost ps task).
+_ERROR_GRACE_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,6 +358,11 @@ class Applier:
         while not finished.wait(_CHECK_SECONDS):
             self.check()
         if "error" in outcome:
+            # A lost ps task fails the closures and the applier: the
+            # applier's error names the task, a closure's may not.
+            self._thread.join(_ERROR_GRACE_SECONDS)
+            if self._error is not None:
+                raise self._error from outcome["error"]
             raise outcome["error"]
         return outcome["value"]
 
