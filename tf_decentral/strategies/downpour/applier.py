@@ -246,7 +246,7 @@ class Applier:
     # -- the applier (a function the chief runs) ----------------------------
 
     def _apply_one(self, attempt, push_id, fetched_clock, worker):
-        """Unstages, processes and answers one push (in a `tf.cond`)."""
+        """Unstages, processes and answers one push; returns an op."""
         graph = tf.compat.v1.get_default_graph()
         first = len(graph.get_operations())
         pieces = [None] * len(self.targets)
@@ -274,26 +274,20 @@ class Applier:
                     for queue in self.replies
                 ],
             )
-        with tf.control_dependencies([replied]):
-            return tf.constant(False)
+        return replied
 
     def _loop(self):
         """Applies the inbox's pushes until it takes the stop manifest."""
         with tf.device(self.device):
 
-            def body(stop):
-                del stop
-                manifest = self.inbox.dequeue()
-                return tf.cond(
-                    manifest[1] == _STOP,
-                    lambda: tf.constant(True),
-                    lambda: self._apply_one(*manifest),
-                )
+            def body(*manifest):
+                with tf.control_dependencies([self._apply_one(*manifest)]):
+                    return tuple(self.inbox.dequeue())
 
             return tf.while_loop(
-                lambda stop: tf.logical_not(stop),
+                lambda *manifest: tf.not_equal(manifest[1], _STOP),
                 body,
-                [tf.constant(False)],
+                tuple(self.inbox.dequeue()),
                 parallel_iterations=1,
             )
 
