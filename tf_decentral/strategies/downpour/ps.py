@@ -27,8 +27,8 @@ ps tasks, which claims the push id and applies the push (or buffers it) in
 one locked function, then replies (`applier.py` has the protocol). A push
 sent is applied once and its closure's re-run is a duplicate; a push not
 yet sent when its worker died leaves no claim, and the re-run's is applied.
-So every closure scheduled is applied exactly once, and `pushes` counts
-them (`duplicates` the re-runs' repeats). The metric updates and
+So the pushes of every closure scheduled are applied exactly once: `pushes`
+counts them, `duplicates` the re-runs' repeats. The metric updates and
 non-trainable state a closure commits (`worker.py`) remain at most once: a
 closure that died after its last push was applied commits nothing, and its
 re-run's push is a duplicate.
