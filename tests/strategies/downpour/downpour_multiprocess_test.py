@@ -66,6 +66,20 @@ def _wait_for_epoch(local, epoch, timeout=120):
     )
 
 
+def _wait_for_held_push(local, timeout=120):
+    """Waits until the chief held a push of worker 1; returns its line."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chief = _chief(local)
+        held = _lines(chief.stdout, "HELD ")
+        if held:
+            return held[0]
+        if chief.returncode is not None:
+            break
+        time.sleep(0.02)
+    raise AssertionError(f"No push was held:\n{chief.describe()}")
+
+
 def _kill(local, task_name):
     index = [c.task_name for c in local.configs].index(task_name)
     os.killpg(local.pids[index], signal.SIGKILL)
@@ -124,10 +138,12 @@ def _wait_for(local, predicate, what, timeout):
     )
 
 
-def _kill_and_restart(local, go, stop, times):
-    """Kills worker 1 after epoch 1, restarts it once training went on
-    without it, waits until it takes closures again; records the times
-    in `times`; finally stops training (`stop`)."""
+def _kill_and_restart(local, go, stop, release, times):
+    """Kills worker 1 while the chief holds one of its pushes between its
+    claim and its apply (after epoch 1, `push_gate`), lets the push go on
+    (`release`), restarts worker 1 once training went on without it, waits
+    until it takes closures again; records the times in `times`; finally
+    stops training (`stop`)."""
     config = local.configs[
         [c.task_name for c in local.configs].index("worker:1")
     ]
@@ -144,8 +160,9 @@ def _kill_and_restart(local, go, stop, times):
         start_new_session=True,
     )
     try:
-        _wait_for_epoch(local, 1)
+        times["held"] = _wait_for_held_push(local)["push"]
         times["killed"] = _kill(local, "worker:1")
+        release.touch()
         # Training goes on without worker 1 ...
         _wait_for(
             local,
@@ -187,23 +204,29 @@ class DownpourFaultsTest(tf.test.TestCase, parameterized.TestCase):
     ):
         tmp_path = self._tmp()
         go, stop = tmp_path / "restart", tmp_path / "stop"
+        release = tmp_path / "release"
         times = {}
 
         env = {
             "DOWNPOUR_TEST_STOP_FILE": str(stop),
             "DOWNPOUR_TEST_PROTOCOL": protocol,
+            "DOWNPOUR_TEST_GATE_RELEASE": str(release),
         }
         results, _ = _run(
-            env, lambda local: _kill_and_restart(local, go, stop, times)
+            env,
+            lambda local: _kill_and_restart(local, go, stop, release, times),
         )
         result, chief = _result(results)
         self.assertNotIn("error", result)
         stats = result["stats"]
-        # Every scheduled step was pushed exactly once (re-runs of the dead
-        # worker's closures are deduplicated) and the counters agree.
+        # Worker 1 died between the claim and the apply of a push: the push
+        # was applied all the same, and its closure's re-run was dropped as
+        # a duplicate. Every scheduled step was pushed exactly once and the
+        # counters agree.
         self.assertEqual(
             stats["pushes"], result["epochs"] * STEPS_PER_EPOCH, stats
         )
+        self.assertGreaterEqual(stats["duplicates"], 1, stats)
         self.assertEqual(stats["clock"], stats["iterations"], stats)
         required = 2 if protocol == "softsync" else 1
         self.assertEqual(

@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import push_gate  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_decentral as tfd  # noqa: E402
@@ -297,7 +298,9 @@ def exact(resolver, tmp):
         train_function.builder.function(2),
         args=(train_function.iterator, tf.constant(5, tf.int64)),
     )
+    train_function.state.applier.start()  # fit stopped it
     rerun = remote.fetch()
+    train_function.state.applier.stop()
     result["rerun"] = {
         "fresh": rerun["fresh"].tolist(),
         "committed": bool(rerun["committed"]),
@@ -398,6 +401,18 @@ class _Progress(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class _ArmGate(keras.callbacks.Callback):
+    """Arms the push gate at the end of the first epoch."""
+
+    def __init__(self, gate):
+        super().__init__()
+        self.gate = gate
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.gate.arm()
+
+
 def checksum(model):
     return float(sum(np.abs(w).sum() for w in model.get_weights()))
 
@@ -411,9 +426,15 @@ def faults(resolver, tmp):
         protocol=protocol,
         softsync_n=2 if protocol == "softsync" else None,
     )
+    # The test kills worker 1 while one of its pushes is held between its
+    # claim and its apply (`push_gate`), then creates this file.
+    release_file = os.environ.get("DOWNPOUR_TEST_GATE_RELEASE")
+    gate = push_gate.install(release_file) if release_file else None
     x, y = data(32)
     model = linear_model(strategy, lambda: keras.optimizers.SGD(0.01))
     callbacks = [_Progress(strategy)]
+    if gate is not None:
+        callbacks.append(_ArmGate(gate))
     backup = os.environ.get("DOWNPOUR_TEST_BACKUP")
     if backup:
         callbacks.insert(0, keras.callbacks.BackupAndRestore(backup))

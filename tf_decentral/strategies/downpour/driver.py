@@ -16,7 +16,9 @@ callbacks) the remaining batches are scheduled and every closure is waited
 for, so that epoch logs, `ModelCheckpoint` and `BackupAndRestore` see every
 committed update. `"sync"` schedules one closure per worker at a time and
 waits for all of them (S-PSGD's barrier); warm-up steps run one closure at a
-time.
+time. The pushes' applier (`applier.py`) runs from the first closure
+scheduled to the end of the epoch; every wait for closures also watches it
+(a failed applier raises instead of leaving closures waiting forever).
 """
 
 import collections
@@ -292,6 +294,8 @@ class TrainFunction:
         with self._explained():
             self._dispatch(final=True)
             self._wait_all()
+            # Every closure has finished: so has every push they sent.
+            self.state.applier.stop()
             # softsync/sync: apply what is still buffered, so the epoch's
             # logs, checkpoint and the final model contain every push.
             self.state.flush_pending()
@@ -326,6 +330,7 @@ class TrainFunction:
                 required=config.required_pushes,
                 staleness_lr=config.staleness_lr,
                 ring_size=config.ring_size,
+                num_workers=config.num_workers,
                 pinned=self.extended.pinned_creation,
             )
             self.builder = worker_lib.ClosureBuilder(
@@ -379,11 +384,13 @@ class TrainFunction:
             args=(self.iterator, tf.constant(closure_id, tf.int64)),
         )
         self._inflight.append(remote)
+        # After `schedule`, which traced the closure and so its pushes.
+        self.state.applier.start()
 
     def _collect_oldest(self):
         remote = self._inflight.popleft()
         try:
-            result = remote.fetch()
+            result = self.state.applier.wait(remote.fetch)
         except tf.errors.UnavailableError as e:
             # The closure finished (its pushes are in) but its worker died
             # before the chief read the result, which lives on that worker.
@@ -403,7 +410,7 @@ class TrainFunction:
     def _wait_all(self):
         if not self._inflight:
             return
-        self.extended.coordinator.join()
+        self.state.applier.wait(self.extended.coordinator.join)
         while self._inflight:
             self._collect_oldest()
 

@@ -7,9 +7,10 @@ Vocabulary (used throughout `tf_decentral/strategies/downpour/`):
 * **clock**: the version of the parameters, the number of optimizer updates
   (**applies**) started so far. It lives on ps task 0.
 * **push**: a worker sends a gradient (the sum of its gradients since its
-  last push). Every push has an id; a push whose id was already accepted is
-  a **duplicate** (the re-run of a closure whose worker died after pushing)
-  and is dropped, so that a push is applied at most once.
+  last push). Every push has an id (its closure's id and its rank in the
+  closure); a push whose id was already claimed is a **duplicate** (a push
+  of the re-run of a closure whose worker died after sending it) and is
+  dropped.
 * **staleness** of a push: `clock at apply - clock at fetch + 1`, i.e. 1
   for a gradient of the current parameters; it counts the updates the
   gradient did not see, its own apply included.
@@ -17,25 +18,41 @@ Vocabulary (used throughout `tf_decentral/strategies/downpour/`):
   each on the ps task holding the shard and its slots: only gradients and
   parameters cross the network.
 
-Protocols: `"async"` applies every push at once (Downpour, A-PSGD; applies
-of different pushes may interleave on a shard, as in DistBelief);
-`"softsync"` adds pushes to per-shard buffers and applies their average
-once `required` pushes are in (Rudra's n-softsync); `"sync"` is the same
-with `required` = the number of workers, plus a barrier on the chief. At
-the end of every epoch the chief flushes the buffers: pushes still waiting
-(fewer than `required`) are applied as one update with their own average,
-so that nothing accepted is left out of the epoch's checkpoint or the final
-model. A
-`tf.CriticalSection` on ps task 0 makes claiming a push id (all protocols)
-and the whole buffer-and-apply (softsync, sync) atomic.
+Pushes are applied **exactly once**, whenever a worker dies. A worker does
+not claim or apply its push itself (a worker's death cancels everything its
+closure runs, on the ps tasks as well, so a claim and an apply in the
+closure could be split and the push lost): it stages the gradient on the ps
+tasks and sends the push to the **applier**, a loop the chief runs on the
+ps tasks, which claims the push id and applies the push (or buffers it) in
+one locked function, then replies (`applier.py` has the protocol). A push
+sent is applied once and its closure's re-run is a duplicate; a push not
+yet sent when its worker died leaves no claim, and the re-run's is applied.
+So the pushes of every closure scheduled are applied exactly once: `pushes`
+counts them, `duplicates` the re-runs' repeats. The metric updates and
+non-trainable state a closure commits (`worker.py`) remain at most once: a
+closure that died after its last push was applied commits nothing, and its
+re-run's push is a duplicate.
+
+Protocols: `"async"` applies every push when the applier takes it
+(Downpour, A-PSGD; pushes are applied one at a time, in the order they
+arrived); `"softsync"` adds pushes to per-shard buffers and applies their
+average once `required` pushes are in (Rudra's n-softsync); `"sync"` is the
+same with `required` = the number of workers, plus a barrier on the chief.
+At the end of every epoch the chief flushes the buffers: pushes still
+waiting (fewer than `required`) are applied as one update with their own
+average, so that nothing accepted is left out of the epoch's checkpoint or
+the final model. A `tf.CriticalSection` on ps task 0 makes the applier's
+claim-and-apply (or claim-and-buffer) and the chief's flush atomic.
 """
 
 import contextlib
 import dataclasses
+import uuid
 
 import tensorflow as tf
 
 from tf_decentral import _keras_private
+from tf_decentral.strategies.downpour import applier as applier_lib
 from tf_decentral.strategies.downpour import placement
 
 PROTOCOLS = ("async", "softsync", "sync")
@@ -88,6 +105,7 @@ class ParameterServerState:
         staleness_lr: Divide the learning rate by the staleness.
         ring_size: How many recent push ids are remembered; must exceed the
             pushes of all closures that can be in flight at once.
+        num_workers: The number of worker tasks.
         pinned: Context manager under which variables are created exactly
             on the device in scope (not placed by the strategy).
     """
@@ -100,6 +118,7 @@ class ParameterServerState:
         required,
         staleness_lr,
         ring_size,
+        num_workers=1,
         pinned=contextlib.nullcontext,
     ):
         self.model = model
@@ -150,6 +169,13 @@ class ParameterServerState:
                                 )
                             )
                     self.buffers.append(buffers)
+        self.applier = applier_lib.Applier(
+            placement.ps_device(0),
+            f"downpour/{uuid.uuid4().hex}",
+            self.targets,
+            self.process,
+            num_workers,
+        )
 
     def stats(self) -> dict:
         """Returns the counters as Python ints (eager, on the chief)."""
@@ -182,37 +208,21 @@ class ParameterServerState:
         """Pushes `grads` (one per target, or None); returns `(tau, fresh)`.
 
         `tau` is the push's staleness (0 for a duplicate), `fresh` whether
-        it was accepted.
-
-        The push id is claimed only once every gradient piece has reached
-        its ps task: a worker that dies while sending its gradients leaves
-        no claim behind, so the re-run of its closure is not mistaken for a
-        duplicate (which would lose the push).
+        it was accepted. The push is handed to the applier
+        (`applier.Applier.send`) and applied exactly once, even if this
+        worker dies meanwhile.
         """
-        pieces = self._land(grads)
-        arrived = [p for target in pieces if target for p in target]
-        if self.protocol == "async":
-            return self._push_async(pieces, arrived, fetched_clock, push_id)
-        return self._push_buffered(pieces, arrived, fetched_clock, push_id)
+        self._mask = [g is not None for g in grads]
+        return self.applier.send(grads, fetched_clock, push_id)
 
-    def _land(self, grads):
-        """Splits every gradient by its target's parts and copies each piece
-        to the ps task of its part; `None` for targets without gradient."""
-        landed = []
-        for target, grad in zip(self.targets, grads):
-            if grad is None:
-                landed.append(None)
-                continue
-            if target.rows is None:
-                pieces = [grad]
-            else:
-                pieces = tf.split(grad, target.rows, axis=0)
-            parts = []
-            for part, piece in zip(target.parts, pieces):
-                with tf.device(placement.device_of(part)):
-                    parts.append(tf.identity(piece))
-            landed.append(parts)
-        return landed
+    # -- the applier's side (traced in `applier.Applier`'s loop) ------------
+
+    def process(self, pieces_by_target, fetched_clock, push_id):
+        """Claims `push_id` and applies (or buffers) its gradient pieces,
+        one per part of each target (or None); returns `(tau, fresh)`."""
+        if self.protocol == "async":
+            return self._process_async(pieces_by_target, fetched_clock, push_id)
+        return self._process_buffered(pieces_by_target, fetched_clock, push_id)
 
     def _claim(self, push_id):
         """Records `push_id`; returns whether it is new. Run under the lock."""
@@ -261,26 +271,30 @@ class ParameterServerState:
                 value = tf.convert_to_tensor(target.variable)
                 target.variable.value.assign(constraint(value))
 
-    def _push_async(self, pieces, arrived, fetched_clock, push_id):
-        def claim():
-            with tf.control_dependencies(arrived):
-                return self._claim(push_id)
+    def _process_async(self, pieces, fetched_clock, push_id):
+        def locked():
+            graph = tf.compat.v1.get_default_graph()
+            first = len(graph.get_operations())
+            fresh = self._claim(push_id)
 
-        fresh = self.lock.execute(claim, exclusive_resource_access=False)
-
-        def accept():
-            with tf.control_dependencies(arrived):
+            def accept():
                 version = self.clock.assign_add(1, read_value=True)
-            staleness = version - fetched_clock
-            self._apply(pieces, self._scaled_learning_rate(staleness))
-            counted = [
-                self.optimizer.iterations.value.assign_add(1),
-                self.pushes.assign_add(1),
-            ]
-            with tf.control_dependencies(counted):
-                return tf.identity(staleness)
+                staleness = version - fetched_clock
+                self._apply(pieces, self._scaled_learning_rate(staleness))
+                counted = [
+                    self.optimizer.iterations.value.assign_add(1),
+                    self.pushes.assign_add(1),
+                ]
+                with tf.control_dependencies(counted):
+                    return tf.identity(staleness)
 
-        return tf.cond(fresh, accept, self._reject), fresh
+            staleness = tf.cond(fresh, accept, self._reject)
+            # The lock is released once the returned tensors exist: make
+            # them depend on every write above.
+            with tf.control_dependencies(_written_ops(graph, first)):
+                return tf.identity(staleness), tf.identity(fresh)
+
+        return self.lock.execute(locked, exclusive_resource_access=False)
 
     def _apply_buffers(self, mask, count, total, partial=False):
         """Applies the mean of the `count` buffered pushes and resets the
@@ -360,15 +374,13 @@ class ParameterServerState:
             self._flush_function = flush
         return bool(self._flush_function().numpy())
 
-    def _push_buffered(self, pieces_by_target, arrived, fetched_clock, push_id):
+    def _process_buffered(self, pieces_by_target, fetched_clock, push_id):
         mask = [p is not None for p in pieces_by_target]
-        self._mask = mask
 
         def locked():
             graph = tf.compat.v1.get_default_graph()
             first = len(graph.get_operations())
-            with tf.control_dependencies(arrived):
-                fresh = self._claim(push_id)
+            fresh = self._claim(push_id)
 
             def accept():
                 staleness = self.clock.read_value() - fetched_clock + 1

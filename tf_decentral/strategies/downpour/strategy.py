@@ -14,8 +14,10 @@ shards; optimizer slots beside their shard). The chief only schedules
 each closure runs `lcm(n_fetch, n_push)` steps on one worker, on that
 worker's shard of the data: it fetches the parameters every `n_fetch` steps
 into local tensors, takes local steps, accumulates its gradients and pushes
-them every `n_push` steps. A push runs the compiled Keras optimizer on the ps
-tasks, shard by shard (`ps.py`); only gradients and parameters cross the
+them every `n_push` steps. A push hands its gradient to the applier, a loop
+the chief runs on the ps tasks, which runs the compiled Keras optimizer
+there, shard by shard (`applier.py`, `ps.py`): every push is applied exactly
+once, even if its worker dies; only gradients and parameters cross the
 network. Terms (fetch, push, clock, staleness, apply, duplicate) are defined
 in `ps.py`. The chief's side (scheduling, epochs, warm start) is the
 strategy's extended in `driver.py`; push records and staleness statistics
