@@ -260,3 +260,28 @@ def broadcast_from_first_replica(strategy, tensors) -> list:
         for t, part in zip(group, parts):
             out[id(t)] = part
     return [out[id(t)] for t in tensors]
+
+
+def unreachable(addresses, timeout=1.0) -> list[int]:
+    """Indices of `addresses` (`"host:port"`) that refuse a TCP connection.
+
+    For an error that does not say which task failed: a killed task's port
+    refuses connections at once (a stopped one still accepts them).
+
+    Example:
+        >>> from tf_decentral.testing import cluster
+        >>> port = cluster.pick_ports(1)[0]
+        >>> unreachable([f"localhost:{port}"])
+        [0]
+    """
+    import socket
+
+    lost = []
+    for index, address in enumerate(addresses):
+        host, _, port = address.rpartition(":")
+        try:
+            where = (host.strip("[]"), int(port))
+            socket.create_connection(where, timeout).close()
+        except (OSError, ValueError):
+            lost.append(index)
+    return lost

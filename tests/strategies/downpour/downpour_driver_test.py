@@ -5,6 +5,7 @@ from absl.testing import parameterized
 
 from tf_decentral.strategies import downpour
 from tf_decentral.strategies.downpour import driver
+from tf_decentral.testing import cluster
 
 
 def _config(**kwargs):
@@ -81,16 +82,33 @@ class ExplainTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIsNone(driver.explain(bug))
         self.assertIsNone(driver.explain(ValueError("/job:ps/task:0")))
 
+    def test_an_error_naming_no_task_is_a_lost_ps_that_refuses(self):
+        import socket
+
+        listening = socket.create_server(("localhost", 0))
+        self.addCleanup(listening.close)
+        alive = f"localhost:{listening.getsockname()[1]}"
+        dead = f"localhost:{cluster.pick_ports(1)[0]}"
+        error = tf.errors.UnavailableError(
+            None, None, "RemoteExecuteNode::RunAsync [Op:__inference_f_1]"
+        )
+        clearer = driver.explain(error, ps_addresses=(alive, dead))
+        self.assertIn("lost parameter server ps:1", clearer.message)
+        self.assertIn("RemoteExecuteNode::RunAsync", clearer.message)
+        # Every ps answers: not a lost ps, the error passes through.
+        self.assertIsNone(driver.explain(error, ps_addresses=(alive,)))
+        self.assertIsNone(driver.explain(error))
+
     def test_explained_reraises_only_ps_failures(self):
         with self.assertRaisesRegex(
             tf.errors.UnavailableError, "lost parameter server ps:0"
         ):
-            with driver.Explained():
+            with driver.explain_errors():
                 raise tf.errors.UnavailableError(
                     None, None, "/job:ps/replica:0/task:0 unreachable"
                 )
         with self.assertRaisesRegex(ValueError, "a bug"):
-            with driver.Explained():
+            with driver.explain_errors():
                 raise ValueError("a bug")
 
 

@@ -111,6 +111,7 @@ class DownpourExtended(placement.PlacementExtended, _keras_hooks.FitDriver):
         config: The `RunConfig`.
         coordinator: The strategy's `ClusterCoordinator` (set by the
             strategy once it is constructed).
+        ps_addresses: The ps tasks' addresses, in task order.
         push_stats: The `stats.PushStats` of every finished closure.
         last_train_function: The `TrainFunction` of the model trained last,
             or None.
@@ -124,6 +125,8 @@ class DownpourExtended(placement.PlacementExtended, _keras_hooks.FitDriver):
         )
         self.config = config
         self.coordinator = None
+        spec = cluster_resolver.cluster_spec().as_dict()
+        self.ps_addresses = tuple(spec.get("ps", ()))
         self.push_stats = stats_lib.PushStats()
         self.last_train_function = None
         self._closures = 0
@@ -178,7 +181,7 @@ class DownpourExtended(placement.PlacementExtended, _keras_hooks.FitDriver):
                 "`ps_stats()` needs a model trained with this strategy. Call "
                 "`model.fit(...)` first."
             )
-        with Explained(self.coordinator):
+        with self.explained():
             return self.last_train_function.state.stats()
 
     # -- FitDriver (the Keras hooks) ------------------------------------------
@@ -195,7 +198,11 @@ class DownpourExtended(placement.PlacementExtended, _keras_hooks.FitDriver):
         return None
 
     def keras_error_context(self):
-        return Explained(self.coordinator)
+        return self.explained()
+
+    def explained(self):
+        """A context that re-raises a lost ps task's error clearly."""
+        return explain_errors(self.coordinator, self.ps_addresses)
 
     def keras_optimizer_variables(self, variables):
         return [part for v in variables for part in placement.shards_of(v)]
@@ -217,12 +224,13 @@ class ChiefDataset:
         return iterator
 
 
-def explain(error, coordinator=None):
+def explain(error, coordinator=None, ps_addresses=()):
     """Returns `error` with a clear message if a ps task failed, else None.
 
     A closure cancelled because another one failed reports only its
-    cancellation; the coordinator (if given) then knows the root error.
-    """
+    cancellation; the coordinator (if given) knows the root error. An error
+    naming no task ("RemoteExecuteNode::RunAsync") is a lost ps if one of
+    `ps_addresses` refuses connections."""
     if isinstance(error, tf.errors.CancelledError) and coordinator is not None:
         try:
             coordinator.join()
@@ -232,12 +240,16 @@ def explain(error, coordinator=None):
     if not isinstance(error, _collective.REMOTE_FUNCTION_ERRORS):
         return None
     match = _PS_TASK.search(text)
-    if match is None:
+    lost = [] if match or _WORKER_TASK.search(text) else (
+        _collective.unreachable(ps_addresses)
+    )
+    if not (match or lost):
         return None
+    task = match.group(1) if match else lost[0]
     first_line = text.strip().splitlines()[0] if text.strip() else ""
     message = (
         f"DownpourParameterServerStrategy lost parameter server "
-        f"ps:{match.group(1)} ({type(error).__name__}: {first_line[:300]}). "
+        f"ps:{task} ({type(error).__name__}: {first_line[:300]}). "
         "The parameters and optimizer state it held are gone, so training "
         "cannot continue. Restart the ps task and this chief; with a "
         "`keras.callbacks.BackupAndRestore` callback, `fit` resumes from the "
@@ -305,7 +317,7 @@ class TrainFunction:
     # -- internals ----------------------------------------------------------
 
     def _explained(self):
-        return Explained(self.extended.coordinator)
+        return self.extended.explained()
 
     def _consume(self, iterator, steps):
         # A dataset of unknown size: the chief reads along to find the
@@ -471,19 +483,13 @@ class TrainFunction:
         return logs
 
 
-class Explained:
+@contextlib.contextmanager
+def explain_errors(coordinator=None, ps_addresses=()):
     """Re-raises a ps failure with `explain`'s message."""
-
-    def __init__(self, coordinator=None):
-        self.coordinator = coordinator
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None:
-            return False
-        clearer = explain(exc, self.coordinator)
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised, maybe explained
+        clearer = explain(exc, coordinator, ps_addresses)
         if clearer is None:
-            return False
+            raise
         raise clearer from exc
