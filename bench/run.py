@@ -68,6 +68,16 @@ _PORT_BASE = 23000
 
 # Experiments: each fixes a grid; flags override. Networks are
 # (rate or None for unshaped, one-way latency host to host in ms).
+# Fields every experiment shares unless it says otherwise.
+_EIGHT_WORKERS = dict(
+    workers=(8,),
+    warmup_steps=5,
+    stragglers=("none",),
+    compute_ms=0.0,
+    eval_every=0,
+    dataset="synthetic",
+)
+
 EXPERIMENTS = {
     "smoke": dict(
         schemes=("allreduce", "dpsgd_ring", "dpsgd_onepeer"),
@@ -82,6 +92,7 @@ EXPERIMENTS = {
         dataset="synthetic",
     ),
     "latency": dict(
+        _EIGHT_WORKERS,
         schemes=ALL_SCHEMES,
         networks=(
             (None, 0.0),
@@ -89,41 +100,28 @@ EXPERIMENTS = {
             ("1gbit", 10.0),
             ("1gbit", 20.0),
         ),
-        workers=(8,),
         hidden="128",
         steps=30,
-        warmup_steps=5,
-        stragglers=("none",),
-        compute_ms=0.0,
-        eval_every=0,
-        dataset="synthetic",
     ),
     "bandwidth": dict(
+        _EIGHT_WORKERS,
         schemes=ALL_SCHEMES,
         networks=(("1gbit", 1.0), ("300mbit", 1.0), ("100mbit", 1.0)),
-        workers=(8,),
         hidden="1280",
         steps=20,
-        warmup_steps=5,
-        stragglers=("none",),
-        compute_ms=0.0,
-        eval_every=0,
-        dataset="synthetic",
     ),
     "straggler": dict(
+        _EIGHT_WORKERS,
         schemes=ALL_SCHEMES,
         networks=(("1gbit", 1.0),),
-        workers=(8,),
         hidden="128",
         steps=20,
-        warmup_steps=5,
         stragglers=("none", "3:4"),
         compute_ms=300.0,
-        eval_every=0,
-        dataset="synthetic",
     ),
     # The synchronous baselines' goals (issue 14), with --repeats=3.
     "sync_latency": dict(
+        _EIGHT_WORKERS,
         schemes=(
             "allreduce",
             "allreduce_stock",
@@ -132,36 +130,22 @@ EXPERIMENTS = {
             "dpsgd_ring",
         ),
         networks=((None, 0.0), ("1gbit", 20.0)),
-        workers=(8,),
         hidden="128",
         steps=30,
-        warmup_steps=5,
-        stragglers=("none",),
-        compute_ms=0.0,
-        eval_every=0,
-        dataset="synthetic",
     ),
     "sync_bandwidth": dict(
+        _EIGHT_WORKERS,
         schemes=("allreduce", "allreduce_loop", "dpsgd_onepeer"),
         networks=(("100mbit", 1.0),),
-        workers=(8,),
         hidden="1280",
         steps=20,
-        warmup_steps=5,
-        stragglers=("none",),
-        compute_ms=0.0,
-        eval_every=0,
-        dataset="synthetic",
     ),
     "tta": dict(
+        _EIGHT_WORKERS,
         schemes=ALL_SCHEMES,
         networks=(("100mbit", 20.0),),
-        workers=(8,),
         hidden="128",
         steps=300,
-        warmup_steps=5,
-        stragglers=("none",),
-        compute_ms=0.0,
         eval_every=20,
         dataset="fashion_mnist",
     ),
