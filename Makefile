@@ -31,7 +31,7 @@ demo: data
 
 test: data
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests --doctest-modules tf_decentral
+	$(PY) -m pytest -q --durations=25 tests --doctest-modules tf_decentral
 
 bazel: setup
 	.ci/bazel_check
