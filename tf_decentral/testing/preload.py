@@ -175,17 +175,6 @@ class Preloader:
             raise RuntimeError(f"The preloader could not fork: {reply}")
         return PreloadedProcess(self, reply["pid"])
 
-    def close(self):
-        """Stops the preloader (its running tasks are not touched)."""
-        if self.alive:
-            self._process.stdin.close()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-
-
 _preloader = None
 _preloader_lock = threading.Lock()
 _started_pids = set()
@@ -284,8 +273,7 @@ def main():
         control_out.write(json.dumps(message) + "\n")
         control_out.flush()
 
-    write_ready = "ready\n"
-    control_out.write(write_ready)
+    control_out.write("ready\n")
     control_out.flush()
     while True:
         readable, _, _ = select.select([control_in], [], [], 0.02)
