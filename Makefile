@@ -29,9 +29,15 @@ data: setup
 demo: data
 	$(PY) examples/train.py $(DEMO_FLAGS)
 
+# Two test files at a time (pytest-xdist; a class or module stays on one
+# lane): most multi-process tests wait on their tasks, so two lanes use a
+# 2-core machine. TEST_LANES=0 runs everything in this process.
+TEST_LANES ?= 2
+
 test: data
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q --durations=25 tests --doctest-modules tf_decentral
+	$(PY) -m pytest -q -n $(TEST_LANES) --dist loadscope --durations=25 \
+		tests --doctest-modules tf_decentral
 
 bazel: setup
 	.ci/bazel_check

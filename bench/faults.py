@@ -15,21 +15,33 @@ table:
 assertion is about data (push counts, sum conservation, resumed weights or
 epochs); "failed otherwise" any other failure (its output is kept).
 
+In `--files` mode every multi-process test file is one run, and a failed
+run names its failed tests (from pytest's JUnit XML), so a flaky test is
+found, not just a flaky file. `--lanes 2` runs two at a time, as CI's
+`pytest -n 2` does (the machine's load is part of the conditions: the
+command file records it).
+
 Usage:
     python bench/faults.py --repeats 10 --out bench/results/faults
-    python bench/faults.py --repeats 20 --files   # every *_multiprocess_test
+    python bench/faults.py --repeats 20 --files   # every multi-process test
                                                   # file, as the failure rate
 """
 
 import argparse
+import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import datetime
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import xml.etree.ElementTree as ET
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = "tests/strategies"
@@ -116,6 +128,9 @@ SCENARIOS = (
     ),
 )
 
+# Multi-process test files whose name does not say so.
+_ALSO_FILES = ("server_lifecycle_test.py",)
+
 # Words of an assertion about data, in a failed run's output.
 _DATA_WORDS = re.compile(
     r"push|pushes|conserv|sum of|epochs_run|start_weights|weights|lost",
@@ -123,36 +138,100 @@ _DATA_WORDS = re.compile(
 )
 
 
-def run_once(node: str, time_limit: float) -> tuple[str, float, str]:
-    """Runs one pytest node; returns (outcome, seconds, output tail)."""
-    start = time.monotonic()
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", node]
+def failed_tests(junit_xml: str) -> list[str]:
+    """The failed or errored test ids of a pytest JUnit XML report."""
     try:
-        done = subprocess.run(
-            command,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=time_limit,
-            start_new_session=True,
-        )
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode(errors="replace")[-3000:]
-        subprocess.run(["pkill", "-9", "-f", node], check=False)
-        return "hung", time.monotonic() - start, out
-    seconds = time.monotonic() - start
-    out = done.stdout + done.stderr
-    if done.returncode == 0 and " passed" in done.stdout:
-        return "behaved", seconds, ""
-    if "no tests ran" in done.stdout or done.returncode == 5:
-        return "not collected", seconds, out[-3000:]
+        root = ET.parse(junit_xml).getroot()
+    except (OSError, ET.ParseError):
+        return []
+    failed = []
+    for case in root.iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed.append(f"{case.get('classname')}.{case.get('name')}")
+    return failed
+
+
+_COLUMNS = (
+    "repeat", "strategy", "scenario", "outcome", "seconds", "load",
+    "startup_retries", "failed_tests", "tail",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Run:
+    outcome: str
+    seconds: float
+    failed_tests: list[str] = dataclasses.field(default_factory=list)
+    startup_retries: int = 0  # StartupCrashRetry warnings in the output
+    tail: str = ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (tasks run in sessions of their own,
+    so a process group does not reach them)."""
+    table = subprocess.run(
+        ["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True
+    ).stdout.split()
+    children = {}
+    for child, parent in zip(table[::2], table[1::2]):
+        children.setdefault(int(parent), []).append(int(child))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def run_once(node: str, time_limit: float) -> Run:
+    """Runs one pytest node under a hard time limit."""
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = os.path.join(tmp, "junit.xml")
+        output = os.path.join(tmp, "output.txt")
+        command = [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",
+            f"--junitxml={junit}", node,
+        ]  # fmt: skip
+        with open(output, "w") as f:
+            process = subprocess.Popen(
+                command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT
+            )
+            try:
+                returncode = process.wait(timeout=time_limit)
+            except subprocess.TimeoutExpired:
+                for pid in [process.pid, *descendants(process.pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                process.wait()
+                returncode = None
+        with open(output, errors="replace") as f:
+            out = f.read()
+        failed = failed_tests(junit)
+    # pytest's warnings summary: "...: StartupCrashRetry: retrying ...".
+    retries = out.count("StartupCrashRetry: ")
+    run = Run("", time.monotonic() - start, failed, retries)
+    if returncode is None:
+        run.outcome, run.tail = "hung", out[-3000:]
+        return run
+    if returncode == 0 and " passed" in out:
+        run.outcome = "behaved"
+        return run
+    run.tail = out[-3000:]
+    if "no tests ran" in out or returncode == 5:
+        run.outcome = "not collected"
+        return run
     failure = out[out.find("FAILURES") :] if "FAILURES" in out else out
     errors = "\n".join(
         line for line in failure.splitlines() if line.startswith("E ")
     )
-    if _DATA_WORDS.search(errors):
-        return "lost data", seconds, out[-3000:]
-    return "failed", seconds, out[-3000:]
+    if re.search(r"Failed: Timeout", failure):
+        run.outcome = "hung"  # pytest-timeout stopped a test
+    elif _DATA_WORDS.search(errors):
+        run.outcome = "lost data"
+    else:
+        run.outcome = "failed"
+    return run
 
 
 def multiprocess_files() -> list[Scenario]:
@@ -160,10 +239,10 @@ def multiprocess_files() -> list[Scenario]:
     found = []
     for root, _, files in os.walk(os.path.join(REPO, "tests")):
         for name in sorted(files):
-            if name.endswith("_multiprocess_test.py"):
+            if name.endswith("_multiprocess_test.py") or name in _ALSO_FILES:
                 path = os.path.relpath(os.path.join(root, name), REPO)
                 found.append(Scenario(name, "file", path, 1800.0))
-    return found
+    return sorted(found, key=lambda s: s.node)
 
 
 def write_table(rows, path):
@@ -174,18 +253,28 @@ def write_table(rows, path):
         by_scenario.setdefault(key, []).append(row)
     lines = [
         "| strategy | scenario | runs | behaved as specified | hung | "
-        "lost data | failed otherwise | seconds (median) |",
-        "|---|---|---|---|---|---|---|---|",
+        "lost data | failed otherwise | start-up crash retries | "
+        "seconds (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (strategy, scenario), runs in by_scenario.items():
         counts = {o: sum(r["outcome"] == o for r in runs) for o in outcomes}
         seconds = sorted(float(r["seconds"]) for r in runs)
         median = seconds[len(seconds) // 2]
+        retries = sum(int(r.get("startup_retries", 0)) for r in runs)
         lines.append(
             f"| {strategy} | {scenario} | {len(runs)} | {counts['behaved']} |"
             f" {counts['hung']} | {counts['lost data']} | "
-            f"{counts['failed'] + counts['not collected']} | {median:.0f} |"
+            f"{counts['failed'] + counts['not collected']} | {retries} | "
+            f"{median:.0f} |"
         )
+    failed = {}
+    for row in rows:
+        for test in row.get("failed_tests", "").split():
+            failed[test] = failed.get(test, 0) + 1
+    if failed:
+        lines += ["", "Failed tests (runs):"]
+        lines += [f"- {t}: {n}" for t, n in sorted(failed.items())]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return "\n".join(lines)
@@ -198,12 +287,23 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--files",
         action="store_true",
-        help="run every *_multiprocess_test.py file instead of the scenarios",
+        help="run every multi-process test file instead of the scenarios",
     )
     parser.add_argument(
         "--only", default="", help="regex over 'strategy scenario' names"
     )
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        default=1,
+        help="runs at a time (2: as CI's `pytest -n 2`)",
+    )
     args = parser.parse_args(argv)
+    if args.lanes < 1 or args.repeats < 1:
+        parser.error(
+            "--lanes and --repeats must be at least 1. Received: "
+            f"--lanes {args.lanes} --repeats {args.repeats}"
+        )
     scenarios = multiprocess_files() if args.files else SCENARIOS
     if args.only:
         scenarios = [
@@ -214,35 +314,46 @@ def main(argv=None) -> int:
     out = os.path.join(REPO, args.out)
     os.makedirs(out, exist_ok=True)
     stem = "files" if args.files else "scenarios"
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    # Interleaved: every scenario once, then every scenario again.
+    jobs = [(r, s) for r in range(args.repeats) for s in scenarios]
     rows = []
+    lock = threading.Lock()
     csv_path = os.path.join(out, f"{stem}_runs.csv")
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(
-            f,
-            ["repeat", "strategy", "scenario", "outcome", "seconds", "tail"],
-        )
+        writer = csv.DictWriter(f, _COLUMNS)
         writer.writeheader()
-        for repeat in range(args.repeats):
-            for s in scenarios:
-                outcome, seconds, tail = run_once(s.node, s.time_limit)
-                row = dict(
-                    repeat=repeat,
-                    strategy=s.strategy,
-                    scenario=s.name,
-                    outcome=outcome,
-                    seconds=f"{seconds:.1f}",
-                    tail=tail,
-                )
+
+        def run(job):
+            repeat, s = job
+            result = run_once(s.node, s.time_limit)
+            row = dict(
+                repeat=repeat,
+                strategy=s.strategy,
+                scenario=s.name,
+                outcome=result.outcome,
+                seconds=f"{result.seconds:.1f}",
+                load=f"{os.getloadavg()[0]:.1f}",
+                startup_retries=result.startup_retries,
+                failed_tests=" ".join(result.failed_tests),
+                tail=result.tail,
+            )
+            with lock:
                 rows.append(row)
                 writer.writerow(row)
                 f.flush()
                 print(
-                    f"[{repeat + 1}/{args.repeats}] {s.strategy}: {s.name}: "
-                    f"{outcome} ({seconds:.0f} s)",
+                    f"[{repeat + 1}/{args.repeats}] {s.strategy}: {s.name}:"
+                    f" {result.outcome} ({result.seconds:.0f} s, "
+                    f"load {row['load']})",
                     flush=True,
                 )
+
+        with concurrent.futures.ThreadPoolExecutor(args.lanes) as pool:
+            list(pool.map(run, jobs))
     with open(os.path.join(out, f"{stem}_command.txt"), "w") as f:
         f.write(
+            f"{started} to "
             f"{datetime.datetime.now().isoformat(timespec='seconds')}\n"
             f"python bench/faults.py {' '.join(argv or sys.argv[1:])}\n"
             f"load average at the end: {os.getloadavg()}\n"

@@ -16,7 +16,10 @@ NUM_LOGICAL_CPUS = 8
 
 
 def pytest_configure(config):
-    del config
+    if getattr(config.option, "numprocesses", None) and not os.environ.get(
+        "PYTEST_XDIST_WORKER"
+    ):
+        return  # pytest-xdist's controller: it runs no test
     from tf_decentral.testing import logical_cpus
     from tf_decentral.testing import preload
 

@@ -34,18 +34,43 @@ class FaultsTest(absltest.TestCase):
             dict(strategy="A", scenario="kill", outcome=o, seconds=s)
             for o, s in (("behaved", 10), ("hung", 600), ("lost data", 20))
         ]
+        rows[2]["failed_tests"] = "t.T.test_push t.T.test_other"
+        rows[1]["startup_retries"] = 1
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         path = os.path.join(directory, "table.md")
         table = faults.write_table(rows, path)
-        self.assertIn("| A | kill | 3 | 1 | 1 | 1 | 0 | 20 |", table)
+        self.assertIn("| A | kill | 3 | 1 | 1 | 1 | 0 | 1 | 20 |", table)
+        self.assertIn("- t.T.test_push: 1", table)
         with open(path) as f:
             self.assertEqual(f.read().strip(), table)
+
+    def test_failed_tests_are_read_from_junit_xml(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "junit.xml")
+        with open(path, "w") as f:
+            f.write(
+                '<testsuites><testsuite name="pytest">'
+                '<testcase classname="a.T" name="test_ok"/>'
+                '<testcase classname="a.T" name="test_bad">'
+                '<failure message="x"/></testcase>'
+                '<testcase classname="b.U" name="test_err">'
+                '<error message="y"/></testcase>'
+                '<testcase classname="b.U" name="test_skip">'
+                '<skipped message="z"/></testcase>'
+                "</testsuite></testsuites>"
+            )
+        self.assertEqual(
+            faults.failed_tests(path), ["a.T.test_bad", "b.U.test_err"]
+        )
+        self.assertEqual(faults.failed_tests(path + ".missing"), [])
 
     def test_every_multiprocess_file_is_found(self):
         names = {s.name for s in faults.multiprocess_files()}
         self.assertIn("all_reduce_multiprocess_test.py", names)
         self.assertIn("downpour_multiprocess_test.py", names)
+        self.assertIn("server_lifecycle_test.py", names)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ Outputs go to temporary files, so a chatty task never blocks on a full pipe.
 
 This module imports no TensorFlow (though `tf_decentral.testing` may).
 
-Longer than 500 lines because the cluster harness (start, wait, kill, the
-start-up crash retry) and its helpers for test programs are one life cycle;
-each function is short.
+Longer than 500 lines because the cluster harness (start, wait, kill) and
+its helpers for test programs are one life cycle; each function is short.
+A task that crashes at start-up is not retried: the test sees it.
 """
 
 import contextlib

@@ -6,6 +6,8 @@ Prints one line `RESULT {json}` on success.
 
 import json
 import os
+import socket
+import struct
 import sys
 import time
 
@@ -33,8 +35,6 @@ def data(num_workers, steps=STEPS, seed=0):
     return worker_common.data(num_workers, steps, seed)
 
 
-
-
 def linear_model(strategy, lr):
     with strategy.scope():
         keras.utils.set_random_seed(1)
@@ -55,13 +55,38 @@ def fit_on_shard(strategy, model, node, num_workers, steps=STEPS):
     return model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
 
 
-def loopback_bytes():
-    with open("/proc/net/dev") as f:
-        for line in f:
-            name, _, counters = line.partition(":")
-            if name.strip() == "lo":
-                return int(counters.split()[0])
-    raise RuntimeError("no loopback interface in /proc/net/dev")
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, 24 u32, then u64
+# pacing_rate, max_pacing_rate, bytes_acked (offset 120; Linux >= 4.1).
+_TCP_INFO_BYTES_ACKED = 120
+
+
+def tcp_bytes_sent():
+    """Bytes this process sent on its TCP sockets and the peer acked.
+
+    Per process, so other tests' traffic on the machine (pytest -n 2 runs
+    two test files at once) does not count. A socket closed between two
+    readings loses its count; gRPC keeps its channels open.
+    """
+    total = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue  # not a socket (or already closed)
+        with sock:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (
+                socket.AF_INET,
+                socket.AF_INET6,
+            ):
+                continue
+            try:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            except OSError:
+                continue  # a listening socket still answers; others skip
+            if len(info) >= _TCP_INFO_BYTES_ACKED + 8:
+                (acked,) = struct.unpack_from("Q", info, _TCP_INFO_BYTES_ACKED)
+                total += acked
+    return total
 
 
 def _bytes(strategy, node, n, result):
@@ -81,10 +106,10 @@ def _bytes(strategy, node, n, result):
         strategy.extended.global_mean(tf.constant(0.0))
 
     barrier()
-    before = loopback_bytes()
+    before = tcp_bytes_sent()
     model.fit(dataset, steps_per_epoch=10, verbose=0)
     barrier()
-    result["loopback_bytes_per_step"] = (loopback_bytes() - before) / 10
+    result["bytes_sent_per_step"] = (tcp_bytes_sent() - before) / 10
     result["parameter_bytes"] = 4 * model.count_params()
 
 
@@ -265,7 +290,6 @@ def exchange_order(model, batch):
     }
 
 
-
 def _overlap(strategy, node, n, result):
     """D-PSGD with a stateful side op (a `py_function`, as in the
     benchmark's slept compute) in the model: the weights, and the order of
@@ -273,9 +297,11 @@ def _overlap(strategy, node, n, result):
     with strategy.scope():
         keras.utils.set_random_seed(1)
         side = keras.layers.Lambda(
-            lambda x: x
-            + tf.reshape(
-                tf.py_function(lambda: np.float32(0.0), [], tf.float32), []
+            lambda x: (
+                x
+                + tf.reshape(
+                    tf.py_function(lambda: np.float32(0.0), [], tf.float32), []
+                )
             )
         )
         model = keras.Sequential(
