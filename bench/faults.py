@@ -320,6 +320,7 @@ def main(argv=None) -> int:
     rows = []
     lock = threading.Lock()
     csv_path = os.path.join(out, f"{stem}_runs.csv")
+    table_path = os.path.join(out, f"{stem}_table.md")
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, _COLUMNS)
         writer.writeheader()
@@ -342,6 +343,8 @@ def main(argv=None) -> int:
                 rows.append(row)
                 writer.writerow(row)
                 f.flush()
+                # Kept current, so a run stopped early still has its table.
+                write_table(rows, table_path)
                 print(
                     f"[{repeat + 1}/{args.repeats}] {s.strategy}: {s.name}:"
                     f" {result.outcome} ({result.seconds:.0f} s, "
@@ -358,7 +361,7 @@ def main(argv=None) -> int:
             f"python bench/faults.py {' '.join(argv or sys.argv[1:])}\n"
             f"load average at the end: {os.getloadavg()}\n"
         )
-    print(write_table(rows, os.path.join(out, f"{stem}_table.md")))
+    print(write_table(rows, table_path))
     return 0
 
 
