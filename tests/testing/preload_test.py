@@ -7,6 +7,7 @@ and how it ends, and that `preload=False` still starts real interpreters.
 
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -141,6 +142,23 @@ class PreloadTest(parameterized.TestCase):
     def test_a_broken_request_is_explained(self):
         with self.assertRaisesRegex(ValueError, r"Received: \['sleep'"):
             preload.get().spawn(["sleep", "1"], {}, os.devnull, os.devnull)
+
+    def test_a_client_gone_before_ready_ends_it_quietly(self):
+        # A test process that finishes before the preloader has imported
+        # TensorFlow closes the pipe; the preloader exits 0, no traceback.
+        process = subprocess.Popen(
+            [sys.executable, "-c", preload.MAIN],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        process.stdin.close()
+        process.stdout.close()
+        with process.stderr:
+            stderr = process.stderr.read()  # until the preloader exits
+        process.wait(timeout=120)
+        self.assertEqual(process.returncode, 0, stderr.decode()[-2000:])
+        self.assertNotIn(b"Traceback", stderr)
 
     def test_enabled_reads_the_environment(self):
         self.assertEqual(

@@ -57,6 +57,10 @@ _PACKAGE_PARENT = str(pathlib.Path(__file__).resolve().parents[2])
 
 
 ENV_VAR = "TF_DECENTRAL_TEST_PRELOAD"
+
+# The preloader's command line: `-c`, not `-m tf_decentral.testing.preload`,
+# which runpy warns about (the package has already imported this module).
+MAIN = "from tf_decentral.testing import preload; preload.main()"
 """`1`: `local_cluster` forks its Python tasks from the preloader."""
 
 
@@ -110,7 +114,7 @@ class Preloader:
 
     def __init__(self, env=None):
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tf_decentral.testing.preload"],
+            [sys.executable, "-c", MAIN],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -263,6 +267,15 @@ def _reap(write):
 
 def main():
     """The preloader: imports `PRELOADED_MODULES`, then forks on request."""
+    try:
+        _serve()
+    except BrokenPipeError:
+        # The client (a test process) went away, maybe before the preloader
+        # was ready: nothing to report to, nothing buffered worth flushing.
+        os._exit(0)
+
+
+def _serve():
     import importlib
 
     for name in PRELOADED_MODULES:
