@@ -10,12 +10,14 @@ from absl.testing import parameterized
 
 from tf_decentral.strategies.downpour import stats
 
+MAX_PUSHES = 4
+
 
 def _result(closure, worker, stalenesses, fresh):
-    """A closure's fetched result, as `ClosureBuilder` returns it."""
+    """The applier's records of one closure's pushes (`Applier.drain`)."""
     return {
-        "worker": np.int32(worker),
-        "closure": np.int64(closure),
+        "push_id": closure * MAX_PUSHES + np.arange(len(stalenesses)),
+        "worker": np.full(len(stalenesses), worker, np.int64),
         "staleness": np.array(stalenesses, np.int64),
         "fresh": np.array(fresh, bool),
     }
@@ -23,10 +25,15 @@ def _result(closure, worker, stalenesses, fresh):
 
 class PushStatsTest(tf.test.TestCase, parameterized.TestCase):
     def test_records_every_push_and_counts_only_fresh_ones(self):
-        push_stats = stats.PushStats()
-        push_stats.record(_result(1, 0, [1, 2], [True, True]))
+        push_stats = stats.PushStats(MAX_PUSHES)
+        self.assertEqual(
+            push_stats.record(_result(1, 0, [1, 2], [True, True])), 2
+        )
         # A re-run closure: its pushes are duplicates (staleness 0).
-        push_stats.record(_result(1, 1, [0, 0], [False, False]))
+        self.assertEqual(
+            push_stats.record(_result(1, 1, [0, 0], [False, False])), 0
+        )
+        self.assertEqual(push_stats.fresh_pushes, 2)
         self.assertEqual(push_stats.histogram(), {1: 1, 2: 1})
         self.assertEqual(
             push_stats.records(),
@@ -39,7 +46,7 @@ class PushStatsTest(tf.test.TestCase, parameterized.TestCase):
         )
 
     def test_epoch_histogram_restarts_the_total_does_not(self):
-        push_stats = stats.PushStats()
+        push_stats = stats.PushStats(MAX_PUSHES)
         push_stats.start_epoch()
         push_stats.record(_result(1, 0, [3, 1], [True, True]))
         self.assertEqual(
@@ -56,24 +63,19 @@ class PushStatsTest(tf.test.TestCase, parameterized.TestCase):
         )
 
     def test_histogram_is_sorted_by_staleness(self):
-        push_stats = stats.PushStats()
+        push_stats = stats.PushStats(MAX_PUSHES)
         push_stats.record(_result(1, 0, [5, 1, 3, 1], [True] * 4))
         self.assertEqual(list(push_stats.histogram()), [1, 3, 5])
 
     @parameterized.parameters(1, 3)
     def test_keeps_the_newest_records(self, max_records):
-        push_stats = stats.PushStats(max_records=max_records)
+        push_stats = stats.PushStats(MAX_PUSHES, max_records=max_records)
         for closure in range(1, 6):
             push_stats.record(_result(closure, 0, [1], [True]))
         kept = [r.closure for r in push_stats.records()]
         self.assertEqual(kept, list(range(6 - max_records, 6)))
         self.assertEqual(push_stats.histogram(), {1: 5})
 
-    def test_counts_lost_results(self):
-        push_stats = stats.PushStats()
-        push_stats.lose_result()
-        push_stats.lose_result()
-        self.assertEqual(push_stats.lost_results, 2)
 
 
 def _events(log_dir):

@@ -254,8 +254,10 @@ class DownpourTrainingTest(tf.test.TestCase):
         # the ps recognizes both pushes and drops them (and the metric
         # commit).
         rerun = result["rerun"]
+        # Push ids of closure 5: 5 * max_pushes + k, max_pushes = 2.
+        self.assertEqual(rerun["push_ids"], [10, 11])
         self.assertEqual(rerun["fresh"], [False, False])
-        self.assertFalse(rerun["committed"])
+        self.assertTrue(rerun["metrics_unchanged"])
         self.assertEqual(rerun["stats"], {**result["stats"], "duplicates": 2})
         self.assertEqual(rerun["weights"], result["weights"])
         placement = result["placement"]

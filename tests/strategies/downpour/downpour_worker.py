@@ -294,16 +294,21 @@ def exact(resolver, tmp):
     # coordinator re-runs a closure whose worker died after pushing: both
     # pushes are dropped as duplicates, nothing changes.
     train_function = model.train_function
-    remote = strategy.coordinator.schedule(
+    applier = train_function.state.applier
+    metrics = [v.numpy().tolist() for v in model.metrics_variables]
+    strategy.coordinator.schedule(
         train_function.builder.function(2),
         args=(train_function.iterator, tf.constant(5, tf.int64)),
     )
-    train_function.state.applier.start()  # fit stopped it
-    rerun = remote.fetch()
-    train_function.state.applier.stop()
+    applier.start()  # fit stopped it
+    strategy.coordinator.join()
+    records = applier.drain()  # fit drained the records of its pushes
+    applier.stop()
     result["rerun"] = {
-        "fresh": rerun["fresh"].tolist(),
-        "committed": bool(rerun["committed"]),
+        "push_ids": records["push_id"].tolist(),
+        "fresh": records["fresh"].tolist(),
+        "metrics_unchanged": metrics
+        == [v.numpy().tolist() for v in model.metrics_variables],
         "stats": strategy.ps_stats(),
         "weights": [w.tolist() for w in model.get_weights()],
     }

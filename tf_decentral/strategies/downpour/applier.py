@@ -26,7 +26,9 @@ apply:
    (a function the chief calls, so no worker's death cancels it), takes the
    manifests in order, unstages their pieces, claims the push id and applies
    the push (or counts a duplicate), then enqueues `(attempt, staleness,
-   fresh)` in the reply queue of the push's worker (on ps task 0);
+   fresh)` in the reply queue of the push's worker, and `(push id, worker,
+   staleness, fresh)` in the **records** queue that the chief drains in
+   bulk for its statistics (`drain`; both queues on ps task 0);
 4. **reply**: the worker dequeues replies until it gets its attempt's
    (replies left by a dead closure on the same worker are skipped) and goes
    on, so that its next fetch sees its own update. A queue's dequeue waits
@@ -53,6 +55,8 @@ import tensorflow as tf
 from tf_decentral.strategies.downpour import placement
 
 _STOP = -1  # The push id of the manifest that stops the applier.
+_RECORD_FIELDS = ("push_id", "worker", "staleness", "fresh")
+_WAKE = -2  # The push id of a record that only wakes a waiting `drain`.
 # Seconds between two checks for a failed applier while the chief waits.
 _CHECK_SECONDS = 0.1
 # Seconds a failed wait gives the applier to fail too (a lost ps task).
@@ -134,6 +138,15 @@ class Applier:
                 )
                 for worker in range(num_workers)
             ]
+            # Records: (push id, worker, staleness, fresh), for the chief.
+            self.records = tf.queue.FIFOQueue(
+                -1,
+                [tf.int64, tf.int64, tf.int64, tf.bool],
+                shapes=[[]] * 4,
+                shared_name=f"{prefix}/records",
+                name="downpour_records",
+            )
+        self._drain = None
 
     # -- worker side (traced inside a closure) ------------------------------
 
@@ -266,6 +279,10 @@ class Applier:
                     pieces[t][p] = tf.ensure_shape(value, shape)
         staleness, fresh = self.process(pieces, fetched_clock, push_id)
         with tf.control_dependencies(_written_ops(graph, first)):
+            recorded = self.records.enqueue(
+                [push_id, worker, tf.cast(staleness, tf.int64), fresh]
+            )
+        with tf.control_dependencies([recorded]):
             reply = [attempt, staleness, fresh]
             replied = tf.switch_case(
                 tf.cast(worker, tf.int32),
@@ -331,10 +348,18 @@ class Applier:
         if self._error is not None:
             raise self._error
 
-    def wait(self, blocking):
+    def wait(self, blocking, stop_waiting=None):
         """Returns `blocking()`, a wait for closures; raises the applier's
-        error if the applier fails first (its closures would never end)."""
-        if self._thread is None:
+        error if the applier fails first (its closures would never end).
+
+        Args:
+            blocking: The wait.
+            stop_waiting: If given, checked as often as the applier; when it
+                returns True or raises, `wake` ends a `drain(block=True)`
+                that `blocking` is waiting in (then its error is raised).
+        """
+        running = self._thread
+        if running is None and stop_waiting is None:
             return blocking()
         self.check()
         outcome = {}
@@ -349,16 +374,64 @@ class Applier:
                 finished.set()
 
         threading.Thread(target=run, daemon=True).start()
+        woken = False
         while not finished.wait(_CHECK_SECONDS):
             self.check()
+            if stop_waiting is None or woken:
+                continue
+            try:
+                woken = bool(stop_waiting())
+            except BaseException:
+                self.wake()
+                raise
+            if woken:
+                self.wake()
         if "error" in outcome:
             # A lost ps task fails the closures and the applier: the
             # applier's error names the task, a closure's may not.
-            self._thread.join(_ERROR_GRACE_SECONDS)
+            if running is not None:
+                running.join(_ERROR_GRACE_SECONDS)
             if self._error is not None:
                 raise self._error from outcome["error"]
             raise outcome["error"]
         return outcome["value"]
+
+    def drain(self, block: bool = False) -> dict:
+        """Takes every record queued so far, in one call to ps task 0.
+
+        Args:
+            block: First wait (on ps task 0, holding no thread there) until
+                at least one record is queued, or `wake` is called.
+
+        Returns:
+            NumPy arrays `push_id`, `worker`, `staleness` and `fresh`, in
+            the order the pushes were applied.
+        """
+        if self._drain is None:
+
+            def drain(block):
+                with tf.device(self.device):
+                    queue = self.records
+                    first = queue.dequeue_many(1 if block else 0)
+                    with tf.control_dependencies(first):
+                        rest = queue.dequeue_many(queue.size())
+                    values = [tf.concat(v, 0) for v in zip(first, rest)]
+                return dict(zip(_RECORD_FIELDS, values))
+
+            self._drain = {
+                b: tf.function(lambda b=b: drain(b)) for b in (False, True)
+            }
+        values = {k: v.numpy() for k, v in self._drain[block]().items()}
+        real = values["push_id"] != _WAKE  # `wake`'s records are not pushes
+        return {k: v[real] for k, v in values.items()}
+
+    def wake(self) -> None:
+        """Ends a blocked `drain(block=True)` (queues a record that is not a
+        push's)."""
+        with tf.device(self.device):
+            self.records.enqueue(
+                [tf.constant(_WAKE, tf.int64)] * 3 + [tf.constant(False)]
+            )
 
     def stop(self) -> None:
         """Stops the applier once it has applied every push sent so far,

@@ -10,18 +10,21 @@ which `fit` uses a `TrainFunction` instead of Keras' train function.
 batches and expects the logs back. Here a call only counts the batches as
 pending and schedules closures on the `ClusterCoordinator` (one closure =
 `lcm(n_fetch, n_push)` steps of one worker, `worker.py`): it returns at
-once, while at most `max_inflight` closures are queued or running. At the
-end of each epoch (`end_epoch`, called by the Keras hook before the epoch's
-callbacks) the remaining batches are scheduled and every closure is waited
-for, so that epoch logs, `ModelCheckpoint` and `BackupAndRestore` see every
-committed update. `"sync"` schedules one closure per worker at a time and
-waits for all of them (S-PSGD's barrier); warm-up steps run one closure at a
-time. The pushes' applier (`applier.py`) runs from the first closure
-scheduled to the end of the epoch; every wait for closures also watches it
-(a failed applier raises instead of leaving closures waiting forever).
+once, while at most `max_inflight` closures' pushes are not yet applied.
+Closures return nothing (no result to copy back, no round trip per
+closure); the chief learns what was applied from the applier's records,
+drained in bulk from ps task 0 (`stats.py`), so a slow closure holds up
+nothing but itself. At the end of each epoch (`end_epoch`, called by the
+Keras hook before the epoch's callbacks) the remaining batches are scheduled
+and every closure is waited for, so that epoch logs, `ModelCheckpoint` and
+`BackupAndRestore` see every committed update. `"sync"` schedules one
+closure per worker at a time and waits for all of them (S-PSGD's barrier);
+warm-up steps run one closure at a time. The pushes' applier
+(`applier.py`) runs from the first closure scheduled to the end of the
+epoch; every wait for closures also watches it (a failed applier raises
+instead of leaving closures waiting forever).
 """
 
-import collections
 import contextlib
 import dataclasses
 import math
@@ -30,7 +33,6 @@ import threading
 import time
 
 import tensorflow as tf
-from absl import logging
 
 from tf_decentral import _tf_private
 from tf_decentral.strategies import _collective
@@ -127,7 +129,7 @@ class DownpourExtended(placement.PlacementExtended, _keras_hooks.FitDriver):
         self.coordinator = None
         spec = cluster_resolver.cluster_spec().as_dict()
         self.ps_addresses = tuple(spec.get("ps", ()))
-        self.push_stats = stats_lib.PushStats()
+        self.push_stats = stats_lib.PushStats(config.max_pushes)
         self.last_train_function = None
         self._closures = 0
         self._warm_steps_done = 0
@@ -271,7 +273,9 @@ class TrainFunction:
         self._dataset = None
         self._consume_chief_batches = False
         self._pending_steps = 0
-        self._inflight = collections.deque()
+        # Fresh pushes the scheduled closures will make, all told.
+        self._scheduled_pushes = 0
+        self._unjoined = False  # Closures scheduled since the last join.
         self._logs = None
         self._logs_time = 0.0
         self._read_metrics = None
@@ -391,40 +395,49 @@ class TrainFunction:
     def _schedule(self, num_steps):
         closure_id = self.extended.new_closure_id()
         function = self.builder.function(num_steps)
-        remote = self.extended.coordinator.schedule(
+        # The returned `RemoteValue` (of None) is not kept: errors surface
+        # in `join`, and the closure's pushes in the applier's records.
+        self.extended.coordinator.schedule(
             function,
             args=(self.iterator, tf.constant(closure_id, tf.int64)),
         )
-        self._inflight.append(remote)
+        self._scheduled_pushes += self.builder.pushes(num_steps)
+        self._unjoined = True
         # After `schedule`, which traced the closure and so its pushes.
         self.state.applier.start()
 
-    def _collect_oldest(self):
-        remote = self._inflight.popleft()
-        try:
-            result = self.state.applier.wait(remote.fetch)
-        except tf.errors.UnavailableError as e:
-            # The closure finished (its pushes are in) but its worker died
-            # before the chief read the result, which lives on that worker.
-            # Only its push records are lost; a ps failure is raised.
-            if _PS_TASK.search(str(e)) or not _WORKER_TASK.search(str(e)):
-                raise
-            self.extended.push_stats.lose_result()
-            logging.warning(
-                "DownpourParameterServerStrategy: the result of a finished "
-                "closure is lost with its worker (%s); its pushes count, "
-                "its push records are missing.",
-                str(e).strip().splitlines()[0][:200],
-            )
+    def _collect(self, block=False):
+        """Records what the applier applied since the last call; with
+        `block`, first waits for at least one push to be applied (or for
+        every closure to finish, or one to fail: then raises its error)."""
+        applier = self.state.applier
+        if not applier.running:
             return
-        self.extended.push_stats.record(result)
+        coordinator = self.extended.coordinator
+        records = applier.wait(
+            lambda: applier.drain(block=block),
+            # Raises a failed closure's error; True once every closure has
+            # finished (then no push will come).
+            stop_waiting=coordinator.done if block else None,
+        )
+        self.extended.push_stats.record(records)
+
+    def _wait_for_pushes(self, limit):
+        """Waits until at most `limit` scheduled pushes are not applied."""
+        stats = self.extended.push_stats
+        self._collect()
+        while self._scheduled_pushes - stats.fresh_pushes > limit:
+            if self.extended.coordinator.done():  # raises a closure's error
+                self._collect()
+                return
+            self._collect(block=True)
 
     def _wait_all(self):
-        if not self._inflight:
+        if not self._unjoined:
             return
         self.state.applier.wait(self.extended.coordinator.join)
-        while self._inflight:
-            self._collect_oldest()
+        self._unjoined = False
+        self._collect()
 
     def _dispatch(self, final):
         extended = self.extended
@@ -451,8 +464,7 @@ class TrainFunction:
             if warm:
                 self._wait_all()
                 extended.count_warm_steps(steps)
-            while len(self._inflight) > config.max_inflight:
-                self._collect_oldest()
+            self._wait_for_pushes(config.max_inflight * config.max_pushes)
 
     def _read_logs(self, force):
         now = time.monotonic()
@@ -478,6 +490,7 @@ class TrainFunction:
 
             self._read_metrics = read_metrics
         logs = dict(self._read_metrics())
+        self._collect()
         logs.update(self.extended.push_stats.epoch_logs())
         self._logs, self._logs_time = logs, now
         return logs

@@ -1,11 +1,14 @@
-"""What the chief learns from Downpour's finished closures: push statistics.
+"""What the chief learns from Downpour's pushes: push statistics.
 
-Every closure returns, for each of its pushes, the push's staleness and
-whether the ps accepted it (`worker.ClosureBuilder`). The chief's
-`PushStats` turns these into a `PushRecord` per push, the staleness
-histogram over the strategy's life and over the current epoch (whose mean
-and maximum go into the epoch logs), and a count of results lost with their
-worker. `StalenessHistogram` writes each epoch's histogram for TensorBoard.
+The applier (`applier.py`) answers every push with its staleness and
+whether the ps accepted it, and leaves the same answer, with the push id
+and the sending worker, in a queue on ps task 0. The chief drains that queue
+in bulk (one call for everything applied since the last one), not closure by
+closure: no round trip per closure, and a slow closure holds up nothing but
+its own records. `PushStats` turns them into a `PushRecord` per push and the
+staleness histogram over the strategy's life and over the current epoch
+(whose mean and maximum go into the epoch logs). `StalenessHistogram`
+writes each epoch's histogram for TensorBoard.
 """
 
 import collections
@@ -21,11 +24,12 @@ MAX_RECORDS = 100_000
 PushRecord = collections.namedtuple(
     "PushRecord", ["closure", "worker", "push", "staleness", "fresh"]
 )
-PushRecord.__doc__ = """One push, as the chief saw its closure finish.
+PushRecord.__doc__ = """One push, as the ps applied it.
 
 Attributes:
-    closure: The closure's id (closures are numbered in scheduling order).
-    worker: The index of the worker that ran the closure (its last run).
+    closure: The id of the closure that sent it (closures are numbered in
+        scheduling order).
+    worker: The index of the worker that sent it.
     push: The push's index within the closure.
     staleness: The push's staleness (0 for a duplicate).
     fresh: Whether the ps accepted it (False: a duplicate push of a re-run
@@ -37,21 +41,23 @@ class PushStats:
     """The push records and staleness counts of one strategy.
 
     Args:
+        max_pushes: The spacing of push ids: push `k` of closure `c` has id
+            `c * max_pushes + k`.
         max_records: How many `PushRecord`s to keep (the newest).
 
     Attributes:
-        lost_results: Closures that finished but whose result was lost with
-            their worker (their pushes count; their records are missing).
+        fresh_pushes: Fresh pushes recorded so far.
 
     Example:
         >>> import numpy as np
-        >>> stats = PushStats()
+        >>> stats = PushStats(max_pushes=2)
         >>> stats.start_epoch()
         >>> stats.record({
-        ...     "worker": np.int32(1), "closure": np.int64(7),
+        ...     "push_id": np.array([14, 15]), "worker": np.array([1, 1]),
         ...     "staleness": np.array([1, 3]),
         ...     "fresh": np.array([True, True]),
         ... })
+        2
         >>> stats.histogram()
         {1: 1, 3: 1}
         >>> stats.epoch_logs()
@@ -60,8 +66,9 @@ class PushStats:
         PushRecord(closure=7, worker=1, push=1, staleness=3, fresh=True)
     """
 
-    def __init__(self, max_records: int = MAX_RECORDS):
-        self.lost_results = 0
+    def __init__(self, max_pushes: int, max_records: int = MAX_RECORDS):
+        self.max_pushes = int(max_pushes)
+        self.fresh_pushes = 0
         self._histogram = collections.Counter()
         self._epoch_histogram = collections.Counter()
         self._records = collections.deque(maxlen=max_records)
@@ -70,30 +77,32 @@ class PushStats:
         """Starts counting a new epoch's staleness."""
         self._epoch_histogram = collections.Counter()
 
-    def record(self, result) -> None:
-        """Records the pushes of one finished closure.
+    def record(self, records) -> int:
+        """Records applied pushes; returns how many of them were fresh.
 
         Args:
-            result: The closure's fetched result: `worker` and `closure`
-                (scalars), `staleness` and `fresh` (one entry per push, as
-                NumPy arrays). Duplicates (not fresh) are recorded but not
+            records: The applier's records, in the order applied: NumPy
+                arrays `push_id`, `worker`, `staleness` and `fresh`, one
+                entry per push. Duplicates (not fresh) are recorded but not
                 counted in the histograms.
         """
-        worker = int(result["worker"])
-        closure = int(result["closure"])
-        for push, (staleness, fresh) in enumerate(
-            zip(result["staleness"].tolist(), result["fresh"].tolist())
+        fresh_count = 0
+        for push_id, worker, staleness, fresh in zip(
+            records["push_id"].tolist(),
+            records["worker"].tolist(),
+            records["staleness"].tolist(),
+            records["fresh"].tolist(),
         ):
+            closure, push = divmod(int(push_id), self.max_pushes)
             self._records.append(
-                PushRecord(closure, worker, push, int(staleness), bool(fresh))
+                PushRecord(closure, int(worker), push, int(staleness), fresh)
             )
             if fresh:
+                fresh_count += 1
                 self._histogram[int(staleness)] += 1
                 self._epoch_histogram[int(staleness)] += 1
-
-    def lose_result(self) -> None:
-        """Counts a finished closure whose result was lost with its worker."""
-        self.lost_results += 1
+        self.fresh_pushes += fresh_count
+        return fresh_count
 
     def histogram(self, current_epoch: bool = False) -> dict[int, int]:
         """Returns `{staleness: pushes}`, sorted by staleness.

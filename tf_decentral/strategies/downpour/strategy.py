@@ -69,9 +69,10 @@ class DownpourOptions:
         max_shard_bytes: A variable larger than this many bytes is split
             along its first axis into row shards of at most this size (at
             most one per ps task); None never splits. At least 1.
-        max_inflight_per_worker: Closures scheduled but not finished, per
-            worker, before a call of the train function waits for the
-            oldest; at least 1. More hides latency and raises staleness.
+        max_inflight_per_worker: Closures per worker whose pushes may be
+            scheduled but not yet applied before a call of the train
+            function waits (for any of them, not the oldest); at least 1.
+            More hides latency and raises staleness.
 
     Example:
         >>> from tf_decentral.strategies import downpour

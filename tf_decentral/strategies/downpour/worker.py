@@ -73,6 +73,11 @@ class ClosureBuilder:
             )
         return self._functions[num_steps]
 
+    def pushes(self, num_steps: int) -> int:
+        """The pushes of a closure of `num_steps` steps (one every `n_push`
+        steps and one at its end)."""
+        return -(-num_steps // self.n_push)
+
     def _step(self, params, state, metrics, data):
         """One stateless training step; returns grads, state, metrics."""
         model = self.model
@@ -169,17 +174,10 @@ class ClosureBuilder:
                 return tf.constant(True)
 
         with tf.control_dependencies(stalenesses):
-            committed = tf.cond(freshes[-1], commit, lambda: tf.constant(False))
-        worker = (
-            tf.distribute.coordinator.experimental_get_current_worker_index()
-        )
-        return {
-            "worker": worker,
-            "closure": closure_id,
-            "staleness": tf.stack(stalenesses),
-            "fresh": tf.stack(freshes),
-            "committed": committed,
-        }
+            tf.cond(freshes[-1], commit, lambda: tf.constant(False))
+        # No output: the coordinator would copy it to the chief, a round
+        # trip per closure. The chief reads the pushes' records from the
+        # applier instead, in bulk (`stats.py`).
 
 
 def check_model(model, extended) -> None:
