@@ -280,6 +280,18 @@ def write_table(rows, path):
     return "\n".join(lines)
 
 
+def combine(paths, out, files) -> int:
+    """Writes the table of the runs in the `*_runs.csv` files `paths`."""
+    rows = []
+    for path in paths:
+        with open(path, newline="") as f:
+            rows += list(csv.DictReader(f))
+    os.makedirs(out, exist_ok=True)
+    stem = "files" if files else "scenarios"
+    print(write_table(rows, os.path.join(out, f"{stem}_table.md")))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -293,6 +305,13 @@ def main(argv=None) -> int:
         "--only", default="", help="regex over 'strategy scenario' names"
     )
     parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="RUNS_CSV",
+        help="only write the table of these runs files (several runners' "
+        "runs of the same commit) into --out",
+    )
+    parser.add_argument(
         "--lanes",
         type=int,
         default=1,
@@ -304,6 +323,8 @@ def main(argv=None) -> int:
             "--lanes and --repeats must be at least 1. Received: "
             f"--lanes {args.lanes} --repeats {args.repeats}"
         )
+    if args.combine:
+        return combine(args.combine, os.path.join(REPO, args.out), args.files)
     scenarios = multiprocess_files() if args.files else SCENARIOS
     if args.only:
         scenarios = [

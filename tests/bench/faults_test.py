@@ -1,5 +1,6 @@
 """bench/faults.py: its scenarios exist, and its table counts outcomes."""
 
+import csv
 import os
 import shutil
 import subprocess
@@ -44,6 +45,25 @@ class FaultsTest(absltest.TestCase):
         self.assertIn("- t.T.test_push: 1", table)
         with open(path) as f:
             self.assertEqual(f.read().strip(), table)
+
+    def test_combine_tables_several_runs_files(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        paths = []
+        for index, outcome in enumerate(("behaved", "hung")):
+            paths.append(os.path.join(directory, f"runs{index}.csv"))
+            with open(paths[-1], "w", newline="") as f:
+                writer = csv.DictWriter(f, faults._COLUMNS)
+                writer.writeheader()
+                writer.writerow(
+                    dict(repeat=0, strategy="A", scenario="kill",
+                         outcome=outcome, seconds=10, load=1.0,
+                         startup_retries=0, failed_tests="", tail="")
+                )  # fmt: skip
+        out = os.path.join(directory, "out")
+        faults.main(["--combine", *paths, "--out", out])
+        with open(os.path.join(out, "scenarios_table.md")) as f:
+            self.assertIn("| A | kill | 2 | 1 | 1 | 0 | 0 | 0 | 10 |", f.read())
 
     def test_failed_tests_are_read_from_junit_xml(self):
         directory = tempfile.mkdtemp()
