@@ -2,8 +2,18 @@
 
 `summarize` turns the per-task results of one run into the columns of
 `runs.csv`: step time, samples/s over the window in which every worker was
-timing, bytes per step, final accuracy, time to a target accuracy.
+timing, bytes per step, final accuracy, time to a target accuracy; for
+AD-PSGD with the active/passive split, step time, bytes and exchanges of
+the active and the passive workers apart (they are two kinds of step).
+
+Throughput is the sum over workers of the steps each finished inside the
+common window (from the last worker's first timed step to the first
+worker's last step), divided by its length. A run in which the workers'
+timed steps do not overlap has no throughput (NaN, `window_s` <= 0): it
+is not replaced by anything else.
 """
+
+import math
 
 
 def step_durations(result):
@@ -44,17 +54,21 @@ def summarize(results, batch_size, target):
     # Throughput over the window where every worker was in its timed steps.
     t0 = max(r["timed_start"] for r in results)
     t1 = min(r["step_end_times"][-1] for r in results)
-    steps = sum(
-        1
+    in_window = [
+        sum(1 for t in r["step_end_times"][r["warmup_steps"] :] if t0 < t <= t1)
         for r in results
-        for t in r["step_end_times"][r["warmup_steps"] :]
-        if t0 < t <= t1
-    )
+    ]
     pauses = sum(r.get("eval_seconds", 0.0) for r in results) / len(results)
-    if t1 > t0 and steps:
-        out["samples_per_s"] = steps * batch_size / max(1e-9, t1 - t0 - pauses)
-    else:  # degenerate window: fall back to per-worker means
-        out["samples_per_s"] = sum(batch_size / m for m in means)
+    out["window_s"] = t1 - t0
+    # The fewest steps any worker (a straggler, say) took in the window.
+    out["window_min_worker_steps"] = min(in_window)
+    if t1 > t0 and sum(in_window):
+        out["samples_per_s"] = (
+            sum(in_window) * batch_size / max(1e-9, t1 - t0 - pauses)
+        )
+    else:
+        out["samples_per_s"] = math.nan  # no window in which all trained
+    out.update(_by_role(results, per_worker))
     rates = results[0].get("_host_rates") or {}
     tasks = results[0].get("_tasks") or []
     if rates and tasks:
@@ -99,6 +113,34 @@ def summarize(results, batch_size, target):
         out["loadavg_end"] = sum(loads) / len(loads)
     out["params"] = results[0].get("params")
     out["model_bytes"] = results[0].get("model_bytes")
+    return out
+
+
+def _by_role(results, per_worker):
+    """AD-PSGD's active and passive workers apart (empty without roles)."""
+    out = {}
+    for role in ("active", "passive"):
+        chosen = [
+            (r, d)
+            for r, d in zip(results, per_worker)
+            if r.get("role") == role and d
+        ]
+        if not chosen:
+            continue
+        means = [sum(d) / len(d) for _, d in chosen]
+        out[f"step_time_{role}_s"] = _median(means)
+        tx = [r["tx_bytes"] / len(d) for r, d in chosen
+              if r.get("tx_bytes") is not None]  # fmt: skip
+        if tx:
+            out[f"tx_bytes_per_step_{role}"] = sum(tx) / len(tx)
+        if role == "active":
+            counts = [r.get("exchange_counts") or {} for r, _ in chosen]
+            started = sum(
+                v for c in counts for k, v in c.items()
+                if k not in ("busy", "skipped", "idle", "served", "solo")
+            )  # fmt: skip
+            steps = sum(len(r["step_end_times"]) for r, _ in chosen)
+            out["exchanges_per_active_step"] = started / max(1, steps)
     return out
 
 

@@ -653,7 +653,10 @@ RUN_COLUMNS = (
     "best_mean_accuracy", "time_to_target_s", "target_accuracy",
     "predicted_step_s", "predicted_textbook_step_s", "predicted_comm_s",
     "predicted_samples_per_s", "model_error", "loadavg_mean",
-    "loadavg_end", "wall_s", "started",
+    "loadavg_end", "wall_s", "started", "window_s",
+    "window_min_worker_steps", "step_time_active_s", "step_time_passive_s",
+    "tx_bytes_per_step_active", "tx_bytes_per_step_passive",
+    "exchanges_per_active_step",
 )  # fmt: skip
 EVAL_COLUMNS = (
     "run_id", "experiment", "scheme", "worker", "step", "train_clock_s",
@@ -671,6 +674,15 @@ class CsvAppender:
         if not os.path.exists(path):
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(columns)
+            return
+        with open(path, newline="") as f:
+            header = tuple(next(csv.reader(f), ()))
+        if header != tuple(columns):
+            raise ValueError(
+                f"{path} has other columns than this version writes; use a "
+                f"new --out directory. Received: {len(header)} columns "
+                f"{header[:3]}..., expected {len(columns)}."
+            )
 
     def write(self, row):
         with open(self.path, "a", newline="") as f:

@@ -546,6 +546,12 @@ def main(argv):
         evals=timer.evals,
         loadavg_end=_loadavg(),
     )
+    if _STRATEGY.value == "async_gossip":
+        # Active and passive workers take two kinds of step: report apart.
+        result["role"] = "active" if strategy.is_active else "passive"
+        result["exchange_counts"] = {
+            str(k): int(v) for k, v in strategy.exchange_counts.items()
+        }
     if timer.counters_start and timer.counters_end:
         (tx0, rx0), (tx1, rx1) = timer.counters_start, timer.counters_end
         if tx0 is not None and tx1 is not None:

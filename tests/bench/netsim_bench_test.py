@@ -6,6 +6,7 @@ the test's inputs, so the whole file is skipped there.
 """
 
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -123,6 +124,25 @@ def test_runner_metrics_and_schemes():
         (1.0, pytest.approx(0.6)),
         (2.0, pytest.approx(0.8)),
     ]
+    assert out["window_s"] == pytest.approx(1.0)
+    assert out["window_min_worker_steps"] == 10
+    # AD-PSGD: active and passive workers apart; exchanges per active step.
+    active = result(0, 0.2, [])
+    active.update(role="active", exchange_counts={"1": 9, "3": 3, "busy": 5})
+    passive = result(1, 0.05, [])
+    passive.update(role="passive", exchange_counts={"served": 12})
+    out = metrics.summarize([active, passive], batch_size=32, target=0.8)
+    assert out["step_time_active_s"] == pytest.approx(0.2)
+    assert out["step_time_passive_s"] == pytest.approx(0.05)
+    assert out["tx_bytes_per_step_active"] == pytest.approx(1000)
+    assert out["exchanges_per_active_step"] == pytest.approx(12 / 12)
+    # Workers whose timed steps never overlap: no throughput, no stand-in.
+    late = result(1, 0.1, [])
+    late["step_end_times"] = [t + 100 for t in late["step_end_times"]]
+    late["timed_start"] += 100
+    out = metrics.summarize([result(0, 0.1, []), late], 32, 0.8)
+    assert out["window_s"] < 0
+    assert math.isnan(out["samples_per_s"])
     scheme = schemes.SCHEMES["spsgd"]
     tasks = scheme.tasks(3)
     assert [t.name for t in tasks] == [
