@@ -84,14 +84,31 @@ def _by_scheme(rows):
     return groups
 
 
-def _mean_by(rows, key, value):
-    """Returns sorted [(key, mean of value)] over repeats."""
+def _median(values):
+    values = sorted(values)
+    n = len(values)
+    return (
+        values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+    )
+
+
+def _spread_by(rows, key, value):
+    """Returns sorted [(key, median, min, max)] of `value` over repeats."""
     acc = collections.defaultdict(list)
     for r in rows:
         v = _float(r.get(value))
         if not math.isnan(v):
             acc[_float(r[key])].append(v)
-    return sorted((k, sum(v) / len(v)) for k, v in acc.items())
+    return sorted((k, _median(v), min(v), max(v)) for k, v in acc.items())
+
+
+def _errorbar(ax, spread, scale, **kwargs):
+    """Plots medians with min-max error bars (the repeats' spread)."""
+    x = [p[0] for p in spread]
+    y = [p[1] * scale for p in spread]
+    below = [(p[1] - p[2]) * scale for p in spread]
+    above = [(p[3] - p[1]) * scale for p in spread]
+    ax.errorbar(x, y, yerr=[below, above], capsize=3, **kwargs)
 
 
 def _sweep_plot(rows, x_key, x_label, title, path, log_x=False):
@@ -102,17 +119,11 @@ def _sweep_plot(rows, x_key, x_label, title, path, log_x=False):
     for scheme, group in _by_scheme(rows).items():
         color = _COLORS.get(scheme)
         label = group[0]["label"]
-        measured = _mean_by(group, x_key, "step_time_s")
-        predicted = _mean_by(group, x_key, "predicted_step_s")
-        calibrated = _mean_by(group, x_key, "predicted_calibrated_step_s")
+        measured = _spread_by(group, x_key, "step_time_s")
+        predicted = _spread_by(group, x_key, "predicted_step_s")
+        calibrated = _spread_by(group, x_key, "predicted_calibrated_step_s")
         if measured:
-            ax.plot(
-                [m[0] for m in measured],
-                [m[1] * 1e3 for m in measured],
-                "o-",
-                color=color,
-                label=f"{label}",
-            )
+            _errorbar(ax, measured, 1e3, fmt="o-", color=color, label=label)
         if predicted:
             ax.plot(
                 [p[0] for p in predicted],
@@ -135,8 +146,9 @@ def _sweep_plot(rows, x_key, x_label, title, path, log_x=False):
     if log_x:
         ax.set_xscale("log")
     ax.set_title(
-        title + "\nsolid: measured; dotted: cost model a priori; "
-        "dashed: calibrated on the latency sweep (report.py)",
+        title + "\nsolid: measured (median; bars: min-max of the repeats)"
+        "\ndotted: cost model a priori; dashed: calibrated on the latency "
+        "sweep (report.py)",
         fontsize=9,
     )
     ax.grid(alpha=0.3)
@@ -255,21 +267,36 @@ def plot_straggler(runs, out_dir):
     width = 0.38
     for i, scheme in enumerate(schemes):
         group = [r for r in rows if r["scheme"] == scheme]
-        base = [_float(r["samples_per_s"]) for r in group
-                if r["stragglers"] == "none"]  # fmt: skip
-        slow = [_float(r["samples_per_s"]) for r in group
-                if r["stragglers"] != "none"]  # fmt: skip
-        color = _COLORS.get(scheme)
-        if base:
-            b = sum(base) / len(base)
-            ax.bar(i - width / 2, b, width, color=color, alpha=0.5)
-        if slow:
-            s = sum(slow) / len(slow)
-            ax.bar(i + width / 2, s, width, color=color)
-            if base:
-                ax.text(
-                    i + width / 2, s, f"{s / b:.0%}", ha="center", va="bottom"
-                )
+        spreads = []
+        for offset, slowed in ((-width / 2, False), (width / 2, True)):
+            values = [
+                v
+                for r in group
+                if (r["stragglers"] != "none") == slowed
+                for v in [_float(r["samples_per_s"])]
+                if not math.isnan(v)
+            ]
+            spreads.append(values)
+            if not values:  # not run, or no window in which all trained
+                ax.text(i + offset, 0, "n/a", ha="center", va="bottom")
+                continue
+            median = _median(values)
+            ax.bar(
+                i + offset,
+                median,
+                width,
+                yerr=[[median - min(values)], [max(values) - median]],
+                capsize=3,
+                color=_COLORS.get(scheme),
+                alpha=0.8 if slowed else 0.4,
+            )
+        base, slow = spreads
+        if base and slow:
+            kept = _median(slow) / _median(base)
+            ax.text(
+                i + width / 2, max(slow), f"{kept:.0%}", ha="center",
+                va="bottom",
+            )  # fmt: skip
     ax.set_xticks(range(len(schemes)))
     ax.set_xticklabels(
         [_by_scheme(rows)[s][0]["label"] for s in schemes],
@@ -280,7 +307,10 @@ def plot_straggler(runs, out_dir):
     strag = next((r for r in rows if r["stragglers"] != "none"), rows[0])
     ax.set_title(
         f"Throughput: no straggler (light) vs straggler {strag['stragglers']}"
-        f" ({strag['straggler_mode']}, {strag['compute_ms']} ms compute)"
+        f" ({strag['straggler_mode']}, {strag['compute_ms']} ms compute)\n"
+        "median of the repeats, bars: min-max; n/a: not run or no window "
+        "in which every worker trained",
+        fontsize=9,
     )
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()

@@ -246,3 +246,18 @@ def test_down_all_cleans_after_a_killed_owner(tmp_path):
     )
     state = os.path.join(netsim.STATE_DIR, name + ".json")
     assert not os.path.exists(state), json.dumps(result.stdout)
+
+
+def test_plots_give_the_median_and_spread_of_repeats():
+    import plots
+
+    rows = [
+        {"latency_ms": "20", "step_time_s": v} for v in ("0.3", "0.1", "0.2")
+    ] + [
+        {"latency_ms": "0", "step_time_s": "0.05"},
+        {"latency_ms": "0", "step_time_s": ""},  # a failed repeat: no value
+    ]
+    assert plots._spread_by(rows, "latency_ms", "step_time_s") == [
+        (0.0, 0.05, 0.05, 0.05),
+        (20.0, 0.2, 0.1, 0.3),
+    ]
