@@ -36,6 +36,28 @@ class RunConfigTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(config.max_pushes, pushes)
 
     @parameterized.parameters(
+        ("async", 1, 1, 1, 1),
+        ("async", 1, 4, 4, 4),
+        ("async", 2, 3, 4, 4),  # a multiple of lcm(n_fetch, n_push) = 2
+        ("softsync", 3, 7, 9, 9),
+        ("sync", 2, 4, 2, 2),  # a round needs every worker's push
+    )
+    def test_steps_per_execution_lengthens_closures(
+        self, protocol, n_fetch, spe, steps, pushes
+    ):
+        config = _config(
+            protocol=protocol,
+            softsync_n=2 if protocol == "softsync" else None,
+            n_fetch=n_fetch,
+        )
+        self.assertEqual(config.closure_steps(spe), steps)
+        self.assertEqual(config.pushes_per_closure(spe), pushes)
+        self.assertGreater(
+            config.ring_size_for(spe),
+            pushes * (config.max_inflight + config.num_workers + 1),
+        )
+
+    @parameterized.parameters(
         ("async", None, 1),
         ("softsync", 2, 2),
         ("sync", None, 3),

@@ -25,13 +25,17 @@ def _result(closure, worker, stalenesses, fresh):
 
 class PushStatsTest(tf.test.TestCase, parameterized.TestCase):
     def test_records_every_push_and_counts_only_fresh_ones(self):
-        push_stats = stats.PushStats(MAX_PUSHES)
+        push_stats = stats.PushStats()
         self.assertEqual(
-            push_stats.record(_result(1, 0, [1, 2], [True, True])), 2
+            push_stats.record(_result(1, 0, [1, 2], [True, True]), MAX_PUSHES),
+            2,
         )
         # A re-run closure: its pushes are duplicates (staleness 0).
         self.assertEqual(
-            push_stats.record(_result(1, 1, [0, 0], [False, False])), 0
+            push_stats.record(
+                _result(1, 1, [0, 0], [False, False]), MAX_PUSHES
+            ),
+            0,
         )
         self.assertEqual(push_stats.fresh_pushes, 2)
         self.assertEqual(push_stats.histogram(), {1: 1, 2: 1})
@@ -46,16 +50,16 @@ class PushStatsTest(tf.test.TestCase, parameterized.TestCase):
         )
 
     def test_epoch_histogram_restarts_the_total_does_not(self):
-        push_stats = stats.PushStats(MAX_PUSHES)
+        push_stats = stats.PushStats()
         push_stats.start_epoch()
-        push_stats.record(_result(1, 0, [3, 1], [True, True]))
+        push_stats.record(_result(1, 0, [3, 1], [True, True]), MAX_PUSHES)
         self.assertEqual(
             push_stats.epoch_logs(), {"staleness": 2.0, "staleness_max": 3.0}
         )
         push_stats.start_epoch()
         self.assertEqual(push_stats.epoch_logs(), {})
         self.assertEqual(push_stats.histogram(current_epoch=True), {})
-        push_stats.record(_result(2, 1, [2], [True]))
+        push_stats.record(_result(2, 1, [2], [True]), MAX_PUSHES)
         self.assertEqual(push_stats.histogram(current_epoch=True), {2: 1})
         self.assertEqual(push_stats.histogram(), {1: 1, 2: 1, 3: 1})
         self.assertEqual(
@@ -63,19 +67,18 @@ class PushStatsTest(tf.test.TestCase, parameterized.TestCase):
         )
 
     def test_histogram_is_sorted_by_staleness(self):
-        push_stats = stats.PushStats(MAX_PUSHES)
-        push_stats.record(_result(1, 0, [5, 1, 3, 1], [True] * 4))
+        push_stats = stats.PushStats()
+        push_stats.record(_result(1, 0, [5, 1, 3, 1], [True] * 4), MAX_PUSHES)
         self.assertEqual(list(push_stats.histogram()), [1, 3, 5])
 
     @parameterized.parameters(1, 3)
     def test_keeps_the_newest_records(self, max_records):
-        push_stats = stats.PushStats(MAX_PUSHES, max_records=max_records)
+        push_stats = stats.PushStats(max_records=max_records)
         for closure in range(1, 6):
-            push_stats.record(_result(closure, 0, [1], [True]))
+            push_stats.record(_result(closure, 0, [1], [True]), MAX_PUSHES)
         kept = [r.closure for r in push_stats.records()]
         self.assertEqual(kept, list(range(6 - max_records, 6)))
         self.assertEqual(push_stats.histogram(), {1: 5})
-
 
 
 def _events(log_dir):

@@ -193,6 +193,19 @@ class DownpourTrainingTest(tf.test.TestCase):
         self.assertEqual(sum(result["histogram"].values()), 33)
 
     @pytest.mark.timeout(300)
+    def test_steps_per_execution_sets_the_closure_length(self):
+        result = self._run("steps_per_execution", 2, 1)
+        # 2 epochs of 33 batches: every batch pushed once, no more (the
+        # last execution of an epoch has 1 batch, not 4).
+        stats = result["stats"]
+        self.assertEqual((stats["pushes"], stats["iterations"]), (66, 66))
+        pushes = collections.Counter(
+            closure for closure, *_ in result["records"]
+        )
+        # Per epoch: 8 closures of 4 steps (one dispatch each), then 1.
+        self.assertEqual(sorted(pushes.values()), [1, 1] + [4] * 16)
+
+    @pytest.mark.timeout(300)
     def test_sync_matches_numpy_averaged_gradient_sgd(self):
         result = self._run("sync", 2, 2)
         num_workers = 2

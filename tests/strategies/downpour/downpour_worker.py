@@ -246,6 +246,23 @@ def softsync(resolver, tmp):
     }
 
 
+def steps_per_execution(resolver, tmp):
+    """Async, n_fetch = n_push = 1, compiled with steps_per_execution=4, on
+    a dataset of 33 batches: closures of 4 steps, and the epoch's last
+    execution runs the one batch left."""
+    del tmp
+    strategy = tfd.DownpourParameterServerStrategy(resolver)
+    x, y = data(33)
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(LR), "mse", steps_per_execution=4)
+    # A dataset of known size (33 batches): Keras' ninth call runs 1.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
+    model.fit(dataset, epochs=2, verbose=0)
+    return {"stats": strategy.ps_stats(), "records": records(strategy)}
+
+
 def sync(resolver, tmp):
     """S-PSGD on a row-sharded linear model, for the NumPy reference."""
     del tmp
@@ -470,7 +487,15 @@ def faults(resolver, tmp):
 
 SCENARIOS = {
     f.__name__: f
-    for f in (async_invariants, softsync, sync, exact, mnist, faults)
+    for f in (
+        async_invariants,
+        softsync,
+        steps_per_execution,
+        sync,
+        exact,
+        mnist,
+        faults,
+    )
 }
 
 

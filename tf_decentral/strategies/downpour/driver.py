@@ -70,8 +70,33 @@ class RunConfig:
 
     @property
     def steps_per_closure(self) -> int:
-        """Steps of one closure: `lcm(n_fetch, n_push)`."""
+        """Steps of one closure: `lcm(n_fetch, n_push)` (see
+        `closure_steps` for a model compiled with `steps_per_execution`)."""
         return math.lcm(self.n_fetch, self.n_push)
+
+    def closure_steps(self, steps_per_execution: int = 1) -> int:
+        """Steps of one closure of a model compiled with
+        `steps_per_execution`: the smallest multiple of `lcm(n_fetch,
+        n_push)` that is at least `steps_per_execution`, so that one
+        dispatch to a worker serves that many steps, as TensorFlow's
+        `ParameterServerStrategy` does. `"sync"` keeps `lcm(n_fetch,
+        n_push)`: every round needs one push of every worker before any
+        worker fetches again."""
+        lcm = self.steps_per_closure
+        if self.protocol == "sync":
+            return lcm
+        return lcm * -(-int(steps_per_execution) // lcm)
+
+    def pushes_per_closure(self, steps_per_execution: int = 1) -> int:
+        """Pushes of the longest closure (the spacing of push ids)."""
+        return self.closure_steps(steps_per_execution) // self.n_push
+
+    def ring_size_for(self, steps_per_execution: int = 1) -> int:
+        """Recent push ids the ps remembers: more than can be in flight."""
+        pushes = self.pushes_per_closure(steps_per_execution)
+        return max(
+            64, 4 * pushes * (self.max_inflight + self.num_workers + 1)
+        )
 
     @property
     def max_inflight(self) -> int:
@@ -80,8 +105,8 @@ class RunConfig:
 
     @property
     def max_pushes(self) -> int:
-        """Pushes of the longest closure (the spacing of push ids)."""
-        return self.steps_per_closure // self.n_push
+        """`pushes_per_closure()` without `steps_per_execution`."""
+        return self.pushes_per_closure()
 
     @property
     def required_pushes(self) -> int:
@@ -94,11 +119,8 @@ class RunConfig:
 
     @property
     def ring_size(self) -> int:
-        """Recent push ids the ps remembers: more than can be in flight."""
-        return max(
-            64,
-            4 * self.max_pushes * (self.max_inflight + self.num_workers + 1),
-        )
+        """`ring_size_for()` without `steps_per_execution`."""
+        return self.ring_size_for()
 
 
 class DownpourExtended(placement.PlacementExtended, _keras_hooks.FitDriver):
@@ -129,7 +151,7 @@ class DownpourExtended(placement.PlacementExtended, _keras_hooks.FitDriver):
         self.coordinator = None
         spec = cluster_resolver.cluster_spec().as_dict()
         self.ps_addresses = tuple(spec.get("ps", ()))
-        self.push_stats = stats_lib.PushStats(config.max_pushes)
+        self.push_stats = stats_lib.PushStats()
         self.last_train_function = None
         self._closures = 0
         self._warm_steps_done = 0
@@ -269,10 +291,14 @@ class TrainFunction:
         self.state = None
         self.builder = None
         self.iterator = None  # The per-worker iterator closures read.
+        self.closure_steps = None  # Set with `state`, from the model's
+        self.max_pushes = None  # `steps_per_execution`.
         self.active = False
         self._dataset = None
         self._consume_chief_batches = False
         self._pending_steps = 0
+        self._epoch_batches = None  # A finite dataset's batches per epoch.
+        self._epoch_steps = 0  # Steps counted in the current epoch.
         # Fresh pushes the scheduled closures will make, all told.
         self._scheduled_pushes = 0
         self._unjoined = False  # Closures scheduled since the last join.
@@ -296,9 +322,14 @@ class TrainFunction:
             steps = self.model.steps_per_execution
             if self._consume_chief_batches:
                 steps = self._consume(iterator, steps)
+            elif self._epoch_batches is not None:
+                # Keras' last execution of an epoch runs what is left of a
+                # finite dataset, fewer than `steps_per_execution` batches.
+                steps = min(steps, self._epoch_batches - self._epoch_steps)
             if not self.active:
                 self.active = True
                 self.extended.push_stats.start_epoch()
+            self._epoch_steps += steps
             self._pending_steps += steps
             self._dispatch(final=False)
             return self._read_logs(force=False)
@@ -316,6 +347,7 @@ class TrainFunction:
             # logs, checkpoint and the final model contain every push.
             self.state.flush_pending()
             self.active = False
+            self._epoch_steps = 0
             return self._read_logs(force=True)
 
     # -- internals ----------------------------------------------------------
@@ -340,12 +372,15 @@ class TrainFunction:
     def _prepare(self, dataset):
         config = self.extended.config
         if self.state is None:
+            spe = int(self.model.steps_per_execution)
+            self.closure_steps = config.closure_steps(spe)
+            self.max_pushes = config.pushes_per_closure(spe)
             self.state = ps_lib.ParameterServerState(
                 self.model,
                 protocol=config.protocol,
                 required=config.required_pushes,
                 staleness_lr=config.staleness_lr,
-                ring_size=config.ring_size,
+                ring_size=config.ring_size_for(spe),
                 num_workers=config.num_workers,
                 pinned=self.extended.pinned_creation,
             )
@@ -354,7 +389,7 @@ class TrainFunction:
                 self.state,
                 n_fetch=config.n_fetch,
                 n_push=config.n_push,
-                max_pushes=config.max_pushes,
+                max_pushes=self.max_pushes,
             )
             self.extended.last_train_function = self
         if dataset is not self._dataset:
@@ -365,6 +400,7 @@ class TrainFunction:
             self._consume_chief_batches = (
                 cardinality == tf.data.UNKNOWN_CARDINALITY
             )
+            self._epoch_batches = cardinality if cardinality > 0 else None
 
     def _per_worker_iterator(self, dataset):
         num_workers = self.extended.num_workers
@@ -420,7 +456,7 @@ class TrainFunction:
             # finished (then no push will come).
             stop_waiting=coordinator.done if block else None,
         )
-        self.extended.push_stats.record(records)
+        self.extended.push_stats.record(records, self.max_pushes)
 
     def _wait_for_pushes(self, limit):
         """Waits until at most `limit` scheduled pushes are not applied."""
@@ -442,7 +478,7 @@ class TrainFunction:
     def _dispatch(self, final):
         extended = self.extended
         config = extended.config
-        length = config.steps_per_closure
+        length = self.closure_steps
         if config.protocol == "sync":
             num_workers = extended.num_workers
             unit = num_workers * length
@@ -464,7 +500,7 @@ class TrainFunction:
             if warm:
                 self._wait_all()
                 extended.count_warm_steps(steps)
-            self._wait_for_pushes(config.max_inflight * config.max_pushes)
+            self._wait_for_pushes(config.max_inflight * self.max_pushes)
 
     def _read_logs(self, force):
         now = time.monotonic()

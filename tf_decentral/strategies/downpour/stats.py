@@ -41,8 +41,6 @@ class PushStats:
     """The push records and staleness counts of one strategy.
 
     Args:
-        max_pushes: The spacing of push ids: push `k` of closure `c` has id
-            `c * max_pushes + k`.
         max_records: How many `PushRecord`s to keep (the newest).
 
     Attributes:
@@ -50,13 +48,13 @@ class PushStats:
 
     Example:
         >>> import numpy as np
-        >>> stats = PushStats(max_pushes=2)
+        >>> stats = PushStats()
         >>> stats.start_epoch()
         >>> stats.record({
         ...     "push_id": np.array([14, 15]), "worker": np.array([1, 1]),
         ...     "staleness": np.array([1, 3]),
         ...     "fresh": np.array([True, True]),
-        ... })
+        ... }, max_pushes=2)
         2
         >>> stats.histogram()
         {1: 1, 3: 1}
@@ -66,8 +64,7 @@ class PushStats:
         PushRecord(closure=7, worker=1, push=1, staleness=3, fresh=True)
     """
 
-    def __init__(self, max_pushes: int, max_records: int = MAX_RECORDS):
-        self.max_pushes = int(max_pushes)
+    def __init__(self, max_records: int = MAX_RECORDS):
         self.fresh_pushes = 0
         self._histogram = collections.Counter()
         self._epoch_histogram = collections.Counter()
@@ -77,7 +74,7 @@ class PushStats:
         """Starts counting a new epoch's staleness."""
         self._epoch_histogram = collections.Counter()
 
-    def record(self, records) -> int:
+    def record(self, records, max_pushes: int) -> int:
         """Records applied pushes; returns how many of them were fresh.
 
         Args:
@@ -85,6 +82,8 @@ class PushStats:
                 arrays `push_id`, `worker`, `staleness` and `fresh`, one
                 entry per push. Duplicates (not fresh) are recorded but not
                 counted in the histograms.
+            max_pushes: The spacing of push ids: push `k` of closure `c` has
+                id `c * max_pushes + k`.
         """
         fresh_count = 0
         for push_id, worker, staleness, fresh in zip(
@@ -93,7 +92,7 @@ class PushStats:
             records["staleness"].tolist(),
             records["fresh"].tolist(),
         ):
-            closure, push = divmod(int(push_id), self.max_pushes)
+            closure, push = divmod(int(push_id), max_pushes)
             self._records.append(
                 PushRecord(closure, int(worker), push, int(staleness), fresh)
             )

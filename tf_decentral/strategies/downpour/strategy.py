@@ -11,10 +11,13 @@ How it works. The model's variables live on the ps tasks (see
 `placement.py`: whole variables spread by size, large ones split in row
 shards; optimizer slots beside their shard). The chief only schedules
 *closures* (`tf.distribute.experimental.coordinator.ClusterCoordinator`);
-each closure runs `lcm(n_fetch, n_push)` steps on one worker, on that
-worker's shard of the data: it fetches the parameters every `n_fetch` steps
-into local tensors, takes local steps, accumulates its gradients and pushes
-them every `n_push` steps. A push hands its gradient to the applier, a loop
+each closure runs `lcm(n_fetch, n_push)` steps on one worker (or, for a
+model compiled with `steps_per_execution=k`, the smallest multiple of that
+which is at least `k`, so that one dispatch serves `k` steps, as in
+TensorFlow's `ParameterServerStrategy`), on that worker's shard of the
+data: it fetches the parameters every `n_fetch` steps into local tensors,
+takes local steps, accumulates its gradients and pushes them every
+`n_push` steps. A push hands its gradient to the applier, a loop
 the chief runs on the ps tasks, which runs the compiled Keras optimizer
 there, shard by shard (`applier.py`, `ps.py`): every push is applied exactly
 once, even if its worker dies; only gradients and parameters cross the
@@ -270,7 +273,10 @@ class DownpourParameterServerStrategy(_tf_private.ParameterServerStrategyBase):
     )
     options = _config_property("options", "The `DownpourOptions`.")
     steps_per_closure = _config_property(
-        "steps_per_closure", "Steps of one closure: `lcm(n_fetch, n_push)`."
+        "steps_per_closure",
+        "Steps of one closure: `lcm(n_fetch, n_push)`; a model compiled "
+        "with `steps_per_execution=k` runs the smallest multiple of it that "
+        "is at least `k` (not under `'sync'`).",
     )
     max_inflight = _config_property(
         "max_inflight",
