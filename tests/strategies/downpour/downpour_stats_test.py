@@ -37,7 +37,6 @@ class PushStatsTest(tf.test.TestCase, parameterized.TestCase):
             ),
             0,
         )
-        self.assertEqual(push_stats.fresh_pushes, 2)
         self.assertEqual(push_stats.histogram(), {1: 1, 2: 1})
         self.assertEqual(
             push_stats.records(),

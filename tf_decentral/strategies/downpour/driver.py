@@ -299,8 +299,10 @@ class TrainFunction:
         self._pending_steps = 0
         self._epoch_batches = None  # A finite dataset's batches per epoch.
         self._epoch_steps = 0  # Steps counted in the current epoch.
-        # Fresh pushes the scheduled closures will make, all told.
+        # Fresh pushes the scheduled closures make, and those applied so far
+        # (this model's: the strategy's `push_stats` may count others').
         self._scheduled_pushes = 0
+        self._applied_pushes = 0
         self._unjoined = False  # Closures scheduled since the last join.
         self._logs = None
         self._logs_time = 0.0
@@ -456,13 +458,13 @@ class TrainFunction:
             # finished (then no push will come).
             stop_waiting=coordinator.done if block else None,
         )
-        self.extended.push_stats.record(records, self.max_pushes)
+        fresh = self.extended.push_stats.record(records, self.max_pushes)
+        self._applied_pushes += fresh
 
     def _wait_for_pushes(self, limit):
         """Waits until at most `limit` scheduled pushes are not applied."""
-        stats = self.extended.push_stats
         self._collect()
-        while self._scheduled_pushes - stats.fresh_pushes > limit:
+        while self._scheduled_pushes - self._applied_pushes > limit:
             if self.extended.coordinator.done():  # raises a closure's error
                 self._collect()
                 return

@@ -43,9 +43,6 @@ class PushStats:
     Args:
         max_records: How many `PushRecord`s to keep (the newest).
 
-    Attributes:
-        fresh_pushes: Fresh pushes recorded so far.
-
     Example:
         >>> import numpy as np
         >>> stats = PushStats()
@@ -65,7 +62,6 @@ class PushStats:
     """
 
     def __init__(self, max_records: int = MAX_RECORDS):
-        self.fresh_pushes = 0
         self._histogram = collections.Counter()
         self._epoch_histogram = collections.Counter()
         self._records = collections.deque(maxlen=max_records)
@@ -100,7 +96,6 @@ class PushStats:
                 fresh_count += 1
                 self._histogram[int(staleness)] += 1
                 self._epoch_histogram[int(staleness)] += 1
-        self.fresh_pushes += fresh_count
         return fresh_count
 
     def histogram(self, current_epoch: bool = False) -> dict[int, int]:
