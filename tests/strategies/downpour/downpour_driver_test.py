@@ -1,10 +1,15 @@
 """The chief side of Downpour (`driver.py`) that needs no cluster."""
 
+import itertools
+import types
+
+import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
 from tf_decentral.strategies import downpour
 from tf_decentral.strategies.downpour import driver
+from tf_decentral.strategies.downpour import stats
 from tf_decentral.testing import cluster
 
 
@@ -136,3 +141,106 @@ class ExplainTest(tf.test.TestCase, parameterized.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class _Cluster:
+    """A coordinator, applier and closure builder in one fake: every
+    closure finishes at once and its push is applied, except the `slow`
+    ones, which run until `finish` is called."""
+
+    def __init__(self, slow):
+        self.slow = set(slow)
+        self.scheduled = []
+        self.applied = []  # Records not drained yet: push ids.
+        self.blocking_drains = 0
+        self.running = True
+
+    # ClusterCoordinator
+    def schedule(self, function, args):
+        del function
+        closure_id = int(args[1])
+        self.scheduled.append(closure_id)
+        if closure_id not in self.slow:
+            self.applied.append(closure_id)
+
+    def done(self):
+        return not self.slow
+
+    def finish(self, closure_id):
+        self.slow.discard(closure_id)
+        self.applied.append(closure_id)
+
+    # Applier
+    def start(self):
+        pass
+
+    def wait(self, blocking, stop_waiting=None):
+        del stop_waiting
+        return blocking()
+
+    def drain(self, block=False):
+        if block:
+            self.blocking_drains += 1
+            if not self.applied:  # a real drain would wait: finish one
+                self.finish(min(self.slow))
+        ids, self.applied = self.applied, []
+        return {
+            "push_id": np.array(ids, np.int64),
+            "worker": np.zeros(len(ids), np.int64),
+            "staleness": np.ones(len(ids), np.int64),
+            "fresh": np.ones(len(ids), bool),
+        }
+
+    # ClosureBuilder
+    def function(self, num_steps):
+        return num_steps
+
+    def pushes(self, num_steps):
+        return num_steps
+
+
+class FlowControlTest(tf.test.TestCase):
+    def _train_function(self, fake, max_inflight_per_worker=2):
+        config = _config(
+            num_workers=2,
+            options=downpour.DownpourOptions(
+                max_inflight_per_worker=max_inflight_per_worker
+            ),
+        )
+        extended = types.SimpleNamespace(
+            config=config,
+            coordinator=fake,
+            push_stats=stats.PushStats(),
+            new_closure_id=itertools.count(1).__next__,
+            warm_steps_left=lambda: 0,
+        )
+        function = driver.TrainFunction(extended, model=None)
+        function.state = types.SimpleNamespace(applier=fake)
+        function.builder = fake
+        function.closure_steps, function.max_pushes = 1, 1
+        return function
+
+    def test_a_slow_closure_holds_up_nothing_but_itself(self):
+        # Closure 1 is slow; at most 4 pushes may be in flight. The chief
+        # schedules the other 9 as their pushes are applied, never waiting.
+        fake = _Cluster(slow=[1])
+        function = self._train_function(fake)
+        for _ in range(10):
+            function._pending_steps += 1
+            function._dispatch(final=False)
+        self.assertEqual(fake.scheduled, list(range(1, 11)))
+        self.assertEqual(fake.blocking_drains, 0)
+        self.assertLen(fake.slow, 1)
+        counted = [r.closure for r in function.extended.push_stats.records()]
+        self.assertEqual(counted, list(range(2, 11)))
+
+    def test_the_chief_waits_when_too_many_pushes_are_in_flight(self):
+        fake = _Cluster(slow=range(1, 7))
+        function = self._train_function(fake, max_inflight_per_worker=1)
+        for _ in range(6):
+            function._pending_steps += 1
+            function._dispatch(final=False)
+        # Limit 2 (1 per worker): the 3rd to 6th slow closures each had to
+        # wait for one push to be applied.
+        self.assertEqual(fake.blocking_drains, 4)
+        self.assertEqual(fake.scheduled, list(range(1, 7)))
