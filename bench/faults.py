@@ -97,6 +97,12 @@ SCENARIOS = (
         "test_a_worker_killed_holding_a_peers_lock_does_not_wedge_it",
     ),
     Scenario(
+        "SIGKILL + resume (shared folder)",
+        "AsyncGossip",
+        f"{_AG}::CheckpointTest::"
+        "test_one_writer_and_every_worker_resumes_from_its_backup",
+    ),
+    Scenario(
         "peer kill",
         "Gossip",
         f"{_GO}::test_dead_worker_gives_clear_error_not_a_hang0",
@@ -114,7 +120,12 @@ SCENARIOS = (
     Scenario(
         "peer kill",
         "AllReduce",
-        f"{_AR}::test_dead_worker_gives_an_error_that_names_it",
+        f"{_AR}::test_dead_worker_gives_an_error_that_names_it0",
+    ),
+    Scenario(
+        "peer hang",
+        "AllReduce",
+        f"{_AR}::test_dead_worker_gives_an_error_that_names_it1",
     ),
     Scenario(
         "SIGKILL + resume (shared folder)",

@@ -1,8 +1,10 @@
 """One worker of the multi-worker AllReduceStrategy tests (run with TF_CONFIG).
 
 Usage: all_reduce_worker.py PHASE STEP_LOGS TIMEOUT_SECONDS
-PHASE: "fit" (train and report) or "kill" (worker 1 dies after a few steps
-and the others report their error). Prints one line `RESULT {json}`.
+PHASE: "fit" (train and report), "kill" (worker 1 dies after a few steps
+and the others report their error) or "hang" (worker 1 stops taking part
+after a few steps, for longer than the collective timeout). Prints one line
+`RESULT {json}`.
 """
 
 import json
@@ -46,14 +48,21 @@ def linear_model(strategy):
 
 
 class BatchLogs(keras.callbacks.Callback):
-    def __init__(self, die_after=None):
+    """Keeps every batch's logs; with `die_after`, the worker crashes after
+    that many batches, or with `hang_seconds` hangs there that long (alive,
+    its server answering, but in no collective) and then exits."""
+
+    def __init__(self, die_after=None, hang_seconds=None):
         super().__init__()
         self.logs = []
         self.die_after = die_after
+        self.hang_seconds = hang_seconds
 
     def on_train_batch_end(self, batch, logs=None):
         self.logs.append({k: float(v) for k, v in (logs or {}).items()})
         if self.die_after is not None and batch + 1 == self.die_after:
+            if self.hang_seconds is not None:
+                time.sleep(self.hang_seconds)
             os._exit(17)
 
 
@@ -145,13 +154,17 @@ def main(phase, step_logs, timeout):
             result = {"node": node, "error_type": type(e).__name__}
         print("RESULT " + json.dumps(result), flush=True)
         return
-    batch_logs = BatchLogs(2 if phase == "kill" and node == 1 else None)
+    dies = phase in ("kill", "hang") and node == 1
+    batch_logs = BatchLogs(
+        2 if dies else None,
+        timeout + 5 if phase == "hang" else None,
+    )
     start = time.monotonic()
     result = {"node": node}
     try:
         history = model.fit(
             dataset,
-            epochs=2 if phase == "kill" else 1,
+            epochs=2 if phase in ("kill", "hang") else 1,
             steps_per_epoch=STEPS,
             verbose=0,
             callbacks=[batch_logs],
