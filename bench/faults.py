@@ -228,7 +228,10 @@ def run_once(node: str, time_limit: float) -> Run:
     if returncode == 0 and " passed" in out:
         run.outcome = "behaved"
         return run
-    run.tail = out[-3000:]
+    # The assertion (pytest's first "E " lines) first: the end of a failed
+    # run's output is often only TF's shutdown noise.
+    first_errors = [line for line in out.splitlines() if line.startswith("E ")]
+    run.tail = "\n".join(first_errors[:20])[:3000] + "\n...\n" + out[-2000:]
     if "no tests ran" in out or returncode == 5:
         run.outcome = "not collected"
         return run

@@ -10,19 +10,19 @@ which `fit` uses a `TrainFunction` instead of Keras' train function.
 batches and expects the logs back. Here a call only counts the batches as
 pending and schedules closures on the `ClusterCoordinator` (one closure =
 `lcm(n_fetch, n_push)` steps of one worker, `worker.py`): it returns at
-once, while at most `max_inflight` closures' pushes are not yet applied.
-Closures return nothing (no result to copy back, no round trip per
-closure); the chief learns what was applied from the applier's records,
-drained in bulk from ps task 0 (`stats.py`), so a slow closure holds up
-nothing but itself. At the end of each epoch (`end_epoch`, called by the
-Keras hook before the epoch's callbacks) the remaining batches are scheduled
-and every closure is waited for, so that epoch logs, `ModelCheckpoint` and
-`BackupAndRestore` see every committed update. `"sync"` schedules one
-closure per worker at a time and waits for all of them (S-PSGD's barrier);
-warm-up steps run one closure at a time. The pushes' applier
-(`applier.py`) runs from the first closure scheduled to the end of the
-epoch; every wait for closures also watches it (a failed applier raises
-instead of leaving closures waiting forever).
+once, while at most `max_inflight` closures' pushes are not yet applied. The
+chief never waits for a closure's result (TF's coordinator copies it, one
+scalar, on the worker's own thread); it learns what was applied from the
+applier's records, drained in bulk from ps task 0 (`stats.py`), so a slow
+closure holds up nothing but itself. At the end of each epoch (`end_epoch`,
+called by the Keras hook before the epoch's callbacks) the remaining batches
+are scheduled and every closure is waited for, so that epoch logs,
+`ModelCheckpoint` and `BackupAndRestore` see every committed update.
+`"sync"` schedules one closure per worker at a time and waits for all of
+them (S-PSGD's barrier); warm-up steps run one closure at a time. The
+pushes' applier (`applier.py`) runs from the first closure scheduled to the
+end of the epoch; every wait for closures also watches it (a failed applier
+raises instead of leaving closures waiting forever).
 """
 
 import contextlib
@@ -304,6 +304,7 @@ class TrainFunction:
         self._scheduled_pushes = 0
         self._applied_pushes = 0
         self._unjoined = False  # Closures scheduled since the last join.
+        self._results = []  # Their `RemoteValue`s, held until the join.
         self._logs = None
         self._logs_time = 0.0
         self._read_metrics = None
@@ -433,11 +434,15 @@ class TrainFunction:
     def _schedule(self, num_steps):
         closure_id = self.extended.new_closure_id()
         function = self.builder.function(num_steps)
-        # The returned `RemoteValue` (of None) is not kept: errors surface
-        # in `join`, and the closure's pushes in the applier's records.
-        self.extended.coordinator.schedule(
-            function,
-            args=(self.iterator, tf.constant(closure_id, tf.int64)),
+        # The chief never fetches the result (the pushes' records come from
+        # the applier), but keeps it until `join`: TF copies a closure's
+        # result only while someone holds it, and that copy is what waits
+        # for the closure to end (see `worker.py`).
+        self._results.append(
+            self.extended.coordinator.schedule(
+                function,
+                args=(self.iterator, tf.constant(closure_id, tf.int64)),
+            )
         )
         self._scheduled_pushes += self.builder.pushes(num_steps)
         self._unjoined = True
@@ -475,6 +480,7 @@ class TrainFunction:
             return
         self.state.applier.wait(self.extended.coordinator.join)
         self._unjoined = False
+        self._results.clear()
         self._collect()
 
     def _dispatch(self, final):
