@@ -8,6 +8,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from tf_decentral.strategies import downpour
+from tf_decentral.strategies.downpour import config
 from tf_decentral.strategies.downpour import driver
 from tf_decentral.strategies.downpour import stats
 from tf_decentral.testing import cluster
@@ -25,7 +26,7 @@ def _config(**kwargs):
         "num_workers": 3,
         **kwargs,
     }
-    return driver.RunConfig(**arguments)
+    return config.RunConfig(**arguments)
 
 
 class RunConfigTest(tf.test.TestCase, parameterized.TestCase):

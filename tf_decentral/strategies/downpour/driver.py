@@ -2,9 +2,10 @@
 
 `DownpourExtended` is `DownpourParameterServerStrategy`'s implementation:
 TensorFlow's parameter-server extended with Downpour's variable placement
-(`placement.py`), the run's configuration (`RunConfig`) and state (closure
-ids, warm start, `stats.PushStats`), and the Keras `FitDriver` hooks, by
-which `fit` uses a `TrainFunction` instead of Keras' train function.
+(`placement.py`), the run's configuration (`config.RunConfig`) and state
+(closure ids, warm start, `stats.PushStats`), and the Keras `FitDriver`
+hooks, by which `fit` uses a `TrainFunction` instead of Keras' train
+function.
 
 `fit` calls `train_function(iterator)` once per `steps_per_execution`
 batches and expects the logs back. Here a call only counts the batches as
@@ -26,8 +27,6 @@ raises instead of leaving closures waiting forever).
 """
 
 import contextlib
-import dataclasses
-import math
 import re
 import threading
 import time
@@ -49,90 +48,16 @@ _PS_TASK = re.compile(r"/job:ps/replica:\d+/task:(\d+)")
 _WORKER_TASK = re.compile(r"/job:worker/replica:\d+/task:(\d+)")
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """A Downpour strategy's validated arguments, and what follows from them.
-
-    Attributes:
-        n_fetch, n_push, protocol, softsync_n, staleness_lr,
-        warm_start_steps, options: The strategy's arguments.
-        num_workers: The number of worker tasks.
-    """
-
-    n_fetch: int
-    n_push: int
-    protocol: str
-    softsync_n: int | None
-    staleness_lr: bool
-    warm_start_steps: int
-    options: object
-    num_workers: int
-
-    @property
-    def steps_per_closure(self) -> int:
-        """Steps of one closure: `lcm(n_fetch, n_push)` (see
-        `closure_steps` for a model compiled with `steps_per_execution`)."""
-        return math.lcm(self.n_fetch, self.n_push)
-
-    def closure_steps(self, steps_per_execution: int = 1) -> int:
-        """Steps of one closure of a model compiled with
-        `steps_per_execution`: the smallest multiple of `lcm(n_fetch,
-        n_push)` that is at least `steps_per_execution`, so that one
-        dispatch to a worker serves that many steps, as TensorFlow's
-        `ParameterServerStrategy` does. `"sync"` keeps `lcm(n_fetch,
-        n_push)`: every round needs one push of every worker before any
-        worker fetches again."""
-        lcm = self.steps_per_closure
-        if self.protocol == "sync":
-            return lcm
-        return lcm * -(-int(steps_per_execution) // lcm)
-
-    def pushes_per_closure(self, steps_per_execution: int = 1) -> int:
-        """Pushes of the longest closure (the spacing of push ids)."""
-        return self.closure_steps(steps_per_execution) // self.n_push
-
-    def ring_size_for(self, steps_per_execution: int = 1) -> int:
-        """Recent push ids the ps remembers: more than can be in flight."""
-        pushes = self.pushes_per_closure(steps_per_execution)
-        return max(
-            64, 4 * pushes * (self.max_inflight + self.num_workers + 1)
-        )
-
-    @property
-    def max_inflight(self) -> int:
-        """Closures scheduled but not finished before the chief waits."""
-        return self.options.max_inflight_per_worker * self.num_workers
-
-    @property
-    def max_pushes(self) -> int:
-        """`pushes_per_closure()` without `steps_per_execution`."""
-        return self.pushes_per_closure()
-
-    @property
-    def required_pushes(self) -> int:
-        """Pushes the ps averages per update."""
-        return {
-            "async": 1,
-            "softsync": self.softsync_n,
-            "sync": self.num_workers,
-        }[self.protocol]
-
-    @property
-    def ring_size(self) -> int:
-        """`ring_size_for()` without `steps_per_execution`."""
-        return self.ring_size_for()
-
-
 class DownpourExtended(placement.PlacementExtended, _keras_hooks.FitDriver):
     """Implementation of `DownpourParameterServerStrategy`.
 
     Args:
         container_strategy: The strategy.
         cluster_resolver: Its cluster resolver.
-        config: Its `RunConfig`.
+        config: Its `config.RunConfig`.
 
     Attributes:
-        config: The `RunConfig`.
+        config: The `config.RunConfig`.
         coordinator: The strategy's `ClusterCoordinator` (set by the
             strategy once it is constructed).
         ps_addresses: The ps tasks' addresses, in task order.

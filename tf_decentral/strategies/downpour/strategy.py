@@ -52,6 +52,7 @@ from tf_decentral import _tf_private
 from tf_decentral.cluster import lifecycle
 from tf_decentral.cluster import tf_config
 from tf_decentral.strategies import _keras_hooks
+from tf_decentral.strategies.downpour import config as config_lib
 from tf_decentral.strategies.downpour import driver as driver_lib
 from tf_decentral.strategies.downpour import ps as ps_lib
 
@@ -227,7 +228,7 @@ class DownpourParameterServerStrategy(_tf_private.ParameterServerStrategyBase):
                 "`softsync_n` must be at most the number of workers "
                 f"({num_workers}). Received: softsync_n={softsync_n}"
             )
-        config = driver_lib.RunConfig(
+        config = config_lib.RunConfig(
             n_fetch=n_fetch,
             n_push=n_push,
             protocol=protocol,
