@@ -14,6 +14,7 @@ is not replaced by anything else.
 """
 
 import math
+import statistics
 
 
 def step_durations(result):
@@ -46,7 +47,7 @@ def summarize(results, batch_size, target):
     out = {}
     if not means:
         return out
-    out["step_time_s"] = _median(means)
+    out["step_time_s"] = statistics.median(means)
     out["step_time_min_worker_s"] = means[0]
     out["step_time_max_worker_s"] = means[-1]
     out["step_p10_s"] = pooled[int(0.1 * (len(pooled) - 1))]
@@ -100,7 +101,7 @@ def summarize(results, batch_size, target):
     calib = [r["calibration"]["median_s"] for r in results
              if r.get("calibration")]  # fmt: skip
     if calib:
-        out["compute_s"] = _median(calib)
+        out["compute_s"] = statistics.median(calib)
         out["compute_max_s"] = max(calib)
     curve = accuracy_curve(results)
     if curve:
@@ -128,7 +129,7 @@ def _by_role(results, per_worker):
         if not chosen:
             continue
         means = [sum(d) / len(d) for _, d in chosen]
-        out[f"step_time_{role}_s"] = _median(means)
+        out[f"step_time_{role}_s"] = statistics.median(means)
         tx = [r["tx_bytes"] / len(d) for r, d in chosen
               if r.get("tx_bytes") is not None]  # fmt: skip
         if tx:
@@ -165,11 +166,3 @@ def accuracy_curve(results):
         if len(values) == len(series):
             curve.append((t, sum(values) / len(values)))
     return curve
-
-
-def _median(values):
-    values = sorted(values)
-    n = len(values)
-    return (
-        values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
-    )

@@ -20,6 +20,7 @@ import collections
 import csv
 import math
 import os
+import statistics
 import sys
 
 _COLORS = {
@@ -84,14 +85,6 @@ def _by_scheme(rows):
     return groups
 
 
-def _median(values):
-    values = sorted(values)
-    n = len(values)
-    return (
-        values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
-    )
-
-
 def _spread_by(rows, key, value):
     """Returns sorted [(key, median, min, max)] of `value` over repeats."""
     acc = collections.defaultdict(list)
@@ -99,7 +92,9 @@ def _spread_by(rows, key, value):
         v = _float(r.get(value))
         if not math.isnan(v):
             acc[_float(r[key])].append(v)
-    return sorted((k, _median(v), min(v), max(v)) for k, v in acc.items())
+    return sorted(
+        (k, statistics.median(v), min(v), max(v)) for k, v in acc.items()
+    )
 
 
 def _errorbar(ax, spread, scale, **kwargs):
@@ -280,7 +275,7 @@ def plot_straggler(runs, out_dir):
             if not values:  # not run, or no window in which all trained
                 ax.text(i + offset, 0, "n/a", ha="center", va="bottom")
                 continue
-            median = _median(values)
+            median = statistics.median(values)
             ax.bar(
                 i + offset,
                 median,
@@ -292,7 +287,7 @@ def plot_straggler(runs, out_dir):
             )
         base, slow = spreads
         if base and slow:
-            kept = _median(slow) / _median(base)
+            kept = statistics.median(slow) / statistics.median(base)
             ax.text(
                 i + width / 2, max(slow), f"{kept:.0%}", ha="center",
                 va="bottom",

@@ -23,6 +23,7 @@ import collections
 import csv
 import math
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -349,7 +350,7 @@ def _spread(values, scale=1.0, digits=2):
     if not values:
         return "n/a"
     n = len(values)
-    median = (values[(n - 1) // 2] + values[n // 2]) / 2
+    median = statistics.median(values)
     return (
         f"{median:.{digits}f} [{values[0]:.{digits}f}-{values[-1]:.{digits}f}]"
         f" (n={n})"

@@ -228,8 +228,8 @@ class TrainFunction:
         # (this model's: the strategy's `push_stats` may count others').
         self._scheduled_pushes = 0
         self._applied_pushes = 0
-        self._unjoined = False  # Closures scheduled since the last join.
-        self._results = []  # Their `RemoteValue`s, held until the join.
+        # `RemoteValue`s of the closures scheduled since the last join.
+        self._results = []
         self._logs = None
         self._logs_time = 0.0
         self._read_metrics = None
@@ -370,7 +370,6 @@ class TrainFunction:
             )
         )
         self._scheduled_pushes += self.builder.pushes(num_steps)
-        self._unjoined = True
         # After `schedule`, which traced the closure and so its pushes.
         self.state.applier.start()
 
@@ -401,10 +400,9 @@ class TrainFunction:
             self._collect(block=True)
 
     def _wait_all(self):
-        if not self._unjoined:
+        if not self._results:
             return
         self.state.applier.wait(self.extended.coordinator.join)
-        self._unjoined = False
         self._results.clear()
         self._collect()
 
