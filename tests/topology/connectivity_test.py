@@ -1,4 +1,5 @@
-"""Tests for `adjacency`, `connected_components` and `two_coloring`."""
+"""Tests for `adjacency`, `connected_components`, `two_coloring` and
+`edge_coloring`."""
 
 import numpy as np
 from absl.testing import absltest
@@ -85,6 +86,60 @@ class TwoColoringTest(parameterized.TestCase):
     def test_each_component_starts_at_colour_0(self):
         edges = np.kron(np.eye(2), [[0, 1], [1, 0]])
         self.assertEqual(topology.two_coloring(edges), [0, 1, 0, 1])
+
+
+def _random_bipartite(seed, left, right, density):
+    rng = np.random.default_rng(seed)
+    edges = np.zeros((left + right, left + right), dtype=bool)
+    edges[:left, left:] = rng.random((left, right)) < density
+    return edges | edges.T
+
+
+class EdgeColoringTest(parameterized.TestCase):
+    def assert_proper(self, edges, colours):
+        edges = np.asarray(edges, dtype=bool)
+        np.testing.assert_array_equal(colours >= 0, edges)
+        np.testing.assert_array_equal(colours, colours.T)
+        degree = int(edges.sum(axis=1).max())
+        self.assertEqual(int(colours.max()) + 1, degree)
+        for node in range(len(edges)):
+            used = colours[node][colours[node] >= 0]
+            # No node has two edges of one colour: each colour is a matching.
+            self.assertLen(set(used.tolist()), len(used), (node, colours))
+
+    @parameterized.named_parameters(
+        ("ring2", topology.ring(2)),
+        ("ring8", topology.ring(8)),
+        ("torus4x4", topology.torus(4, 4)),
+        ("torus4x6", topology.torus(4, 6)),
+    )
+    def test_topologies_get_degree_many_colours(self, topo):
+        edges = topology.adjacency(topo)
+        self.assert_proper(edges, topology.edge_coloring(edges))
+
+    def test_even_ring_alternates_two_colours(self):
+        colours = topology.edge_coloring(topology.adjacency(topology.ring(8)))
+        for i in range(8):
+            self.assertNotEqual(colours[i, (i + 1) % 8], colours[i, i - 1])
+
+    @parameterized.parameters(range(20))
+    def test_random_bipartite_graphs(self, seed):
+        # Irregular graphs need the alternating-path swaps: a greedy
+        # colouring would use more than `degree` colours on some of them.
+        edges = _random_bipartite(seed, 5 + seed % 4, 7, 0.6)
+        if not edges.any():
+            self.skipTest("empty graph")
+        self.assert_proper(edges, topology.edge_coloring(edges))
+
+    @parameterized.named_parameters(
+        ("odd_cycle", topology.adjacency(topology.ring(5)), "bipartite"),
+        ("not_square", np.ones((2, 3)), "square"),
+        ("asymmetric", [[0, 1], [0, 0]], "symmetric"),
+        ("self_loop", [[1, 1], [1, 0]], "self-loops"),
+    )
+    def test_rejects(self, edges, message):
+        with self.assertRaisesRegex(ValueError, message):
+            topology.edge_coloring(edges)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Example:
 from tf_decentral.topology.base import Topology
 from tf_decentral.topology.connectivity import adjacency
 from tf_decentral.topology.connectivity import connected_components
+from tf_decentral.topology.connectivity import edge_coloring
 from tf_decentral.topology.connectivity import two_coloring
 from tf_decentral.topology.graphs import complete
 from tf_decentral.topology.graphs import exponential
@@ -39,6 +40,7 @@ __all__ = (
     "adjacency",
     "complete",
     "connected_components",
+    "edge_coloring",
     "exponential",
     "from_adjacency",
     "get",

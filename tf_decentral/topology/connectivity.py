@@ -6,7 +6,9 @@ talk. `adjacency` turns a topology (static or time-varying) into that
 undirected graph; `connected_components` and `two_coloring` answer the two
 questions such a strategy asks of it: can every node reach every other
 through neighbours, and can the nodes split into two sides with every edge
-across (a bipartite graph, e.g. an even ring)?
+across (a bipartite graph, e.g. an even ring)? `edge_coloring` then
+schedules a bipartite graph's edges into rounds in which nobody is paired
+twice.
 """
 
 import numpy as np
@@ -136,3 +138,95 @@ def two_coloring(adjacency: npt.ArrayLike) -> list | None:
                 elif colour[other] == colour[node]:
                     return None
     return colour
+
+
+def edge_coloring(adjacency: npt.ArrayLike) -> np.ndarray:
+    """Colours the edges of a bipartite graph so that each colour is a
+    matching, with as few colours as the largest degree (Kőnig).
+
+    A schedule of pairwise exchanges: in round `t`, every node talks to its
+    neighbour across the edge of colour `t mod colours` (if it has one), so
+    no node is in two exchanges of one round, and over `colours` rounds
+    every edge is used once. `AsyncGossipStrategy`'s active workers use it
+    to pick their passive partner.
+
+    Args:
+        adjacency: A symmetric boolean (or 0/1) matrix of shape `(n, n)`
+            with no self-loops, of a bipartite graph.
+
+    Returns:
+        An integer matrix of shape `(n, n)`: the colour `0 .. d - 1` of edge
+        `(i, j)` (symmetric), -1 where there is no edge; `d` is the largest
+        degree.
+
+    Raises:
+        ValueError: If `adjacency` is not square and symmetric, has a
+            self-loop, or the graph is not bipartite.
+
+    Example:
+        >>> from tf_decentral import topology
+        >>> edges = topology.adjacency(topology.ring(4))
+        >>> topology.edge_coloring(edges)
+        array([[-1,  1, -1,  0],
+               [ 1, -1,  0, -1],
+               [-1,  0, -1,  1],
+               [ 0, -1,  1, -1]])
+    """
+    edges = np.asarray(adjacency).astype(bool)
+    if edges.ndim != 2 or edges.shape[0] != edges.shape[1]:
+        raise ValueError(
+            "`adjacency` must be a square matrix. Received: shape "
+            f"{edges.shape}"
+        )
+    if not np.array_equal(edges, edges.T) or edges.diagonal().any():
+        raise ValueError(
+            "`adjacency` must be symmetric with no self-loops. Received: "
+            f"{edges.astype(int).tolist()}"
+        )
+    side = two_coloring(edges)
+    if side is None:
+        raise ValueError(
+            "`edge_coloring` needs a bipartite graph. Received: a graph with"
+            " an odd cycle (e.g. a ring of an odd number of nodes)."
+        )
+    degree = int(edges.sum(axis=1).max()) if edges.size else 0
+    # by_colour[node][colour] = the neighbour across that colour's edge.
+    by_colour = [{} for _ in range(edges.shape[0])]
+    for u in range(edges.shape[0]):
+        if side[u] != 0:
+            continue
+        for v in np.flatnonzero(edges[u]).tolist():
+            a = _free_colour(by_colour[u], degree)
+            if a in by_colour[v]:
+                _swap_path(by_colour, v, a, _free_colour(by_colour[v], degree))
+            by_colour[u][a] = v
+            by_colour[v][a] = u
+    colours = np.full(edges.shape, -1, dtype=int)
+    for u, table in enumerate(by_colour):
+        for colour, v in table.items():
+            colours[u, v] = colour
+    return colours
+
+
+def _free_colour(table: dict, degree: int) -> int:
+    return next(c for c in range(degree) if c not in table)
+
+
+def _swap_path(by_colour: list, start: int, a: int, b: int) -> None:
+    """Swaps colours `a` and `b` on the path from `start` whose edges
+    alternate `a, b, a, ...` (`b` is free at `start`): then `a` is free at
+    `start`. In a bipartite graph the path never comes back to the node
+    that needs `a` (Kőnig's argument)."""
+    path, colours = [start], []
+    colour = a
+    while colour in by_colour[path[-1]]:
+        path.append(by_colour[path[-1]][colour])
+        colours.append(colour)
+        colour = b if colour == a else a
+    for (x, y), colour in zip(zip(path, path[1:]), colours):
+        del by_colour[x][colour]
+        del by_colour[y][colour]
+    for (x, y), colour in zip(zip(path, path[1:]), colours):
+        other = b if colour == a else a
+        by_colour[x][other] = y
+        by_colour[y][other] = x

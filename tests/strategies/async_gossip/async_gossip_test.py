@@ -4,6 +4,7 @@ Every bad argument must be rejected before the strategy starts a server or
 connects anywhere, so these tests use unreachable addresses.
 """
 
+import collections
 import json
 import os
 from unittest import mock
@@ -13,7 +14,11 @@ import tensorflow as tf
 
 import tf_decentral as tfd
 from tf_decentral import strategies
+from tf_decentral import topology
+from tf_decentral.strategies.async_gossip import extended as extended_lib
+from tf_decentral.strategies.async_gossip import peers as peers_lib
 from tf_decentral.strategies.async_gossip import runtime as runtime_lib
+from tf_decentral.strategies.async_gossip import strategy as strategy_lib
 
 
 def _resolver(num_workers, task_id=0, has_chief=False, task_type="worker"):
@@ -124,6 +129,132 @@ class ArgumentsTest(tf.test.TestCase):
             tfd.AsyncGossipStrategy(
                 "ring", cluster_resolver=_resolver(4), active_passive="yes"
             )
+
+
+class SplitScheduleTest(tf.test.TestCase):
+    def test_even_ring(self):
+        # Ring of 8: actives 0, 2, 4, 6. In a round, the actives' partners
+        # are distinct (a matching), and each passive expects 1/2 exchange
+        # per step from each of its two active neighbours.
+        edges = topology.adjacency(topology.ring(8))
+        rounds = {
+            node: strategy_lib._split_schedule(edges, node, True)[0]
+            for node in (0, 2, 4, 6)
+        }
+        for r in range(2):
+            partners = [rounds[node][r] for node in (0, 2, 4, 6)]
+            self.assertLen(set(partners), 4, rounds)
+            self.assertTrue(all(p % 2 == 1 for p in partners), rounds)
+        _, shares = strategy_lib._split_schedule(edges, 1, True)
+        self.assertEqual(shares, {0: 0.5, 2: 0.5})
+
+    def test_uneven_degrees(self):
+        # A path 0 - 1 - 2 - 3: passive 1 has actives 0 (degree 1) and 2
+        # (degree 2): 1 and 1/2 exchanges per step of theirs.
+        edges = np.zeros((4, 4), dtype=bool)
+        for i in range(3):
+            edges[i, i + 1] = edges[i + 1, i] = True
+        shares = strategy_lib._split_schedule(edges, 1, True)[1]
+        self.assertEqual(shares, {0: 1.0, 2: 0.5})
+        rounds = strategy_lib._split_schedule(edges, 0, True)[0]
+        self.assertCountEqual(rounds, [1, None])
+
+    def test_no_split(self):
+        edges = topology.adjacency(topology.ring(5))
+        self.assertEqual(
+            strategy_lib._split_schedule(edges, 0, False), (None, None)
+        )
+
+
+class _FakeLocks:
+    """`served_count` grows by one every `every` reads (the actives'
+    exchanges); `read_training` answers from `training` (an exception
+    instance is raised)."""
+
+    def __init__(self, training, every=1):
+        self.training = training
+        self.every = every
+        self.reads = 0
+
+    def served_count(self):
+        self.reads += 1
+        return self.reads // self.every
+
+    def read_training(self, nodes):
+        flags = []
+        for j in nodes:
+            if isinstance(self.training[j], Exception):
+                raise self.training[j]
+            flags.append(self.training[j])
+        return flags
+
+
+class _Pacer:
+    """The pacing methods of `AsyncGossipExtended`, on fake locks."""
+
+    pace = extended_lib.AsyncGossipExtended.pace
+    _rebase_pace = extended_lib.AsyncGossipExtended._rebase_pace
+    _training_neighbours = extended_lib.AsyncGossipExtended._training_neighbours
+
+    def __init__(self, locks):
+        self.locks = locks
+        self.schedule = peers_lib.PeerSchedule((0, 2), active=False)
+        self.serve_shares = {0: 0.5, 2: 0.5}
+        self.stats = collections.Counter()
+        self.timeout = 30.0
+        self._pacing = True
+        self._rebase_pace({0, 2}, 0)
+
+    def drop(self, peer, error):
+        self.schedule.drop(peer, str(error))
+
+
+@mock.patch.object(extended_lib, "_PACE_POLL_SECONDS", 0.0)
+class PaceTest(tf.test.TestCase):
+    def test_waits_until_served_about_once_per_step(self):
+        locks = _FakeLocks({0: True, 2: True})
+        pacer = _Pacer(locks)  # its baseline read served 1
+        pacer.pace(10)
+        # 10 steps, 4 ahead at most: it returned once served reached 6.
+        self.assertEqual(locks.reads - 1, 6)
+        self.assertEqual(pacer.stats["paced"], 1)
+        pacer.pace(11)
+        self.assertEqual(locks.reads - 1, 7)
+
+    def test_no_wait_within_the_lead(self):
+        locks = _FakeLocks({0: True, 2: True})
+        pacer = _Pacer(locks)
+        for steps in range(1, 5):
+            pacer.pace(steps)
+        self.assertEqual(pacer.stats["paced"], 0)
+
+    @mock.patch.object(extended_lib, "_PACE_CHECK_SECONDS", 0.0)
+    def test_a_neighbour_that_stopped_training_is_no_longer_expected(self):
+        # Served grows slowly; worker 2's fit has ended: from the check on,
+        # only worker 0's half exchange per step is expected.
+        locks = _FakeLocks({0: True, 2: False}, every=1000)
+        pacer = _Pacer(locks)
+        pacer.pace(10)
+        self.assertEqual(pacer._pace_peers, {0})
+        self.assertEqual(pacer._pace_rate, 0.5)
+        self.assertEqual(pacer._pace_base[1], 9)
+        self.assertTrue(pacer._pacing)
+
+    @mock.patch.object(extended_lib, "_PACE_CHECK_SECONDS", 0.0)
+    def test_stops_pacing_when_no_neighbour_trains(self):
+        gone = tf.errors.UnavailableError(None, None, "connection refused")
+        locks = _FakeLocks({0: False, 2: gone}, every=1000)
+        pacer = _Pacer(locks)
+        pacer.pace(10)
+        self.assertFalse(pacer._pacing)
+        self.assertEqual(list(pacer.schedule.dropped), [2])
+
+    def test_gives_up_at_the_timeout(self):
+        locks = _FakeLocks({0: True, 2: True}, every=10**9)
+        pacer = _Pacer(locks)
+        pacer.timeout = 0.01
+        pacer.pace(10)
+        self.assertEqual(pacer.stats["pace_timeouts"], 1)
 
 
 class LayoutTest(tf.test.TestCase):

@@ -24,6 +24,7 @@ Phases:
         checkpoint writer) SIGKILLs itself in the middle of that epoch.
 """
 
+import atexit
 import faulthandler
 import json
 import os
@@ -110,6 +111,8 @@ def phase_fit(options):
                 time.sleep(sleep)
 
     callbacks = [Pace()]
+    if options.get("no_exit_wait"):  # To show what the wait prevents.
+        atexit.unregister(strategy.extended.runtime.wait_for_peers_at_exit)
     monitor = options.get("monitor")
     if monitor:
         callbacks.append(tfd.callbacks.ConsensusMonitor(every_n_steps=monitor))
@@ -119,7 +122,9 @@ def phase_fit(options):
         y,
         batch_size=options.get("batch", 32),
         epochs=options.get("epochs", 1),
-        steps_per_epoch=options.get("steps"),
+        steps_per_epoch=options.get("steps_by_node", {}).get(
+            str(node), options.get("steps")
+        ),
         callbacks=callbacks,
         verbose=0,
         shuffle=True,
@@ -127,6 +132,7 @@ def phase_fit(options):
     fit_seconds = time.monotonic() - fit_start
     result = {
         "node": node,
+        "active": strategy.is_active,
         "startup_seconds": started,
         "fit_seconds": fit_seconds,
         "steps": len(step_times),
@@ -606,10 +612,12 @@ def main(phase, options):
     phases[phase](options)
     if options.get("normal_exit"):
         return  # Let the interpreter and TF tear down as a user's script.
+    # A user's script ends with the interpreter's exit: its `atexit`
+    # handlers, among them the strategy's wait for its peers to finish.
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Leave without TF's teardown: a peer may still be exchanging with this
-    # worker's server, and the test only needs the RESULT line.
+    # Then leave without TF's C++ teardown, which the test does not need.
     os._exit(0)
 
 

@@ -120,5 +120,35 @@ class PeerScheduleTest(parameterized.TestCase):
         self.assertLess(max(pauses), 0.015)
 
 
+class RoundsTest(parameterized.TestCase):
+    def test_the_round_of_the_step_then_the_next_live_one(self):
+        clock = FakeClock()
+        schedule = peers.PeerSchedule(
+            (1, 3, 5), rounds=(3, None, 1, 5), clock=clock
+        )
+        self.assertEqual(
+            [schedule.choose(t) for t in range(5)], [3, 1, 1, 5, 3]
+        )
+        # An idle peer's rounds go to the next round's peer until its check.
+        schedule.mark_idle(1)
+        self.assertEqual([schedule.choose(t) for t in range(4)], [3, 5, 5, 5])
+        clock.now += peers.IDLE_RECHECK_SECONDS[0]
+        self.assertEqual(schedule.choose(2), 1)
+        schedule.drop(3, "gone")
+        self.assertEqual(schedule.choose(0), 1)
+
+    def test_a_passive_worker_never_chooses(self):
+        schedule = peers.PeerSchedule((1,), active=False, rounds=(1,))
+        self.assertIsNone(schedule.choose(0))
+
+    @parameterized.named_parameters(
+        ("missing_peer", (1, 2), (1, None)),
+        ("not_a_peer", (1,), (1, 4)),
+    )
+    def test_rounds_must_list_exactly_the_peers(self, peer_list, rounds):
+        with self.assertRaisesRegex(ValueError, "every peer, and only peers"):
+            peers.PeerSchedule(peer_list, rounds=rounds)
+
+
 if __name__ == "__main__":
     absltest.main()

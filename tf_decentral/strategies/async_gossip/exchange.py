@@ -13,7 +13,9 @@ Vocabulary.
   step, weight decay, constraints, batch-norm statistics).
 * **Exchange** with peer `j` (Lian et al. 2018, AD-PSGD): atomically
   `m = (x_i + x_j) / 2; x_j <- m; x_i <- m + delta`; then local and base
-  `<- x_i`. A **solo** exchange (no live peer) is `x_i <- x_i + delta`.
+  `<- x_i`. A **solo** exchange (a passive worker's step, or no live peer)
+  is `x_i <- x_i + delta`, in one critical section of `i` and without its
+  lease, so it never makes an exchange of a peer with `i` wait.
 * **Training flag**: 1 on node `k`'s server while its `fit` runs (and from
   start-up to its first `fit`), 0 after. An exchange with a peer whose flag
   is 0 changes nothing and says the peer is idle; the caller skips it for a
@@ -283,6 +285,37 @@ class Locks:
 
         return self.mutex[k].execute(body, exclusive_resource_access=False)
 
+    def add_own(self, k, handles, deltas):
+        """`x_k <- x_k + delta` in one critical section of `k`; returns the
+        buffers read back after the write.
+
+        Needs no lease: only node `k` itself writes `x_k` outside the
+        critical sections of peers' exchanges, and it never does so while
+        its own exchange holds its lease. Runs inside a `tf.function`;
+        `deltas` must already be on `k`'s server.
+        """
+        dtypes = [d.dtype for d in deltas]
+
+        def body():
+            with tf.device(self.layout.server_device(k)):
+                writes = [
+                    tf.raw_ops.AssignAddVariableOp(resource=h, value=d)
+                    for h, d in zip(handles, deltas)
+                ]
+                with tf.control_dependencies(writes):
+                    return [_read(h, d) for h, d in zip(handles, dtypes)]
+
+        return self.mutex[k].execute(body, exclusive_resource_access=False)
+
+    def read_training(self, nodes):
+        """Returns whether each of `nodes` is training (see
+        `set_training`), read from their servers."""
+        flags = []
+        for k in nodes:
+            with tf.device(self.layout.server_device(k)):
+                flags.append(_read(self.training[k], tf.int64))
+        return [bool(f.numpy()) for f in flags]
+
     def _read_counter(self, k):
         """Returns node `k`'s barrier count (0 before `k` has started)."""
         with tf.device(self.layout.server_device(k)):
@@ -507,7 +540,8 @@ class SharedModel:
     # Exchange -------------------------------------------------------------
 
     def _build(self, j):
-        """Returns the `tf.function` exchanging with `j` (None: solo).
+        """Returns the `tf.function` exchanging with `j` (None: solo, see
+        `Locks.add_own`).
 
         One round trip between the two servers (Lian et al. 2018's atomic
         averaging), in three critical sections:
@@ -545,20 +579,21 @@ class SharedModel:
             with tf.device(dev_i):
                 token_i = tf.identity(token)
                 deltas_i = [tf.identity(d) for d in deltas]
+            if j is None:
+                # Solo: x_i <- x_i + delta, one critical section, no lease.
+                fresh = locks.add_own(i, self.handles[i], deltas_i)
+                with tf.device(dev_i):
+                    written, idle = tf.constant(True), tf.constant(False)
+                return self._take_fresh(written, idle, fresh, local)
             # 1. Take i's lease and read x_i.
             got, *x_i = locks.acquire_read(i, token_i, self.handles[i], dtypes)
-            if j is None:
-                ok, new_i = got, x_i
-                with tf.device(dev_i):
-                    idle = tf.constant(False)
-            else:
-                # 2. On j: combine x_i and x_j, write x_j.
-                with tf.device(layout.server_device(j)):
-                    go = tf.identity(got)
-                    incoming = [tf.identity(a) for a in x_i]
-                ok, idle, *new_i = locks.combine_passive(
-                    j, self.handles[j], dtypes, incoming, go, self.combine
-                )
+            # 2. On j: combine x_i and x_j, write x_j.
+            with tf.device(layout.server_device(j)):
+                go = tf.identity(got)
+                incoming = [tf.identity(a) for a in x_i]
+            ok, idle, *new_i = locks.combine_passive(
+                j, self.handles[j], dtypes, incoming, go, self.combine
+            )
             # 3. On i: x_i <- new_i + delta if j answered; free i's lease.
             with tf.device(dev_i):
                 ok = tf.identity(ok)

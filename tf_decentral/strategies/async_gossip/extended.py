@@ -27,6 +27,13 @@ from tf_decentral.strategies.async_gossip import exchange as exchange_lib
 STARTUP_TIMEOUT_SECONDS = 600.0
 """How long a worker waits for the others to connect and to start `fit`."""
 
+PASSIVE_LEAD_STEPS = 4
+"""How many steps a passive worker may run ahead of the exchanges its active
+neighbours start with it (see `AsyncGossipExtended.pace`)."""
+
+_PACE_POLL_SECONDS = 0.002
+_PACE_CHECK_SECONDS = 0.25
+
 
 class AsyncGossipExtended(
     _tf_private.OneDeviceExtended, _keras_hooks.OptimizerHooks
@@ -41,6 +48,10 @@ class AsyncGossipExtended(
         timeout: Seconds an exchange may hold a peer's lock, and a step may
             retry busy locks.
         cluster_resolver: The cluster resolver describing the workers.
+        serve_shares: For a passive worker, active neighbour -> the
+            exchanges it starts with this worker per step of its own
+            (`1 / degree`; they sum to 1 on an even ring or torus); None:
+            do not pace (an active worker, or no split).
 
     Attributes:
         runtime, layout, topology, schedule, timeout, cluster_resolver: As
@@ -53,9 +64,24 @@ class AsyncGossipExtended(
     """
 
     def __init__(
-        self, container, runtime, topology, schedule, timeout, cluster_resolver
+        self,
+        container,
+        runtime,
+        topology,
+        schedule,
+        timeout,
+        cluster_resolver,
+        serve_shares=None,
     ):
         super().__init__(container, runtime.client_device)
+        self.serve_shares = serve_shares
+        self._steps = 0  # Exchanges (train function calls) in this fit.
+        # Pacing of a passive worker: the neighbours it waits for, their
+        # exchanges per step, and (served count, steps) when they changed.
+        self._pacing = False
+        self._pace_peers = frozenset()
+        self._pace_rate = 0.0
+        self._pace_base = (0, 0)
         self.hook_counts = collections.Counter()
         self.runtime = runtime
         self.layout = runtime.layout
@@ -144,7 +170,13 @@ class AsyncGossipExtended(
         try:
             if self._fits == 1:
                 self.locks.set_training(True)
+                self._steps = 0
+                self._pacing = self.serve_shares is not None
+                if self._pacing:
+                    self._rebase_pace(set(self.serve_shares), 0)
             yield
+            if self._fits == 1 and self._pacing:
+                self.serve_until_neighbours_finish()
         finally:
             self._fits -= 1
             if self._fits == 0:
@@ -251,13 +283,102 @@ class AsyncGossipExtended(
         return shared
 
     def exchange(self, shared):
-        """One exchange with a random live peer; retries while locks are
-        busy, for at most the timeout (then the delta waits for the next
-        step). A peer found idle is skipped until its next check."""
+        """One exchange with a live peer (the schedule's for this step);
+        retries while locks are busy, for at most the timeout (then the
+        delta waits for the next step). A peer found idle is skipped until
+        its next check. A passive worker applies its update (solo), then
+        waits for its active neighbours (`pace`)."""
+        step = self._steps
+        self._steps += 1
+        done = self._exchange(shared, step)
+        if self._pacing:
+            self.pace(step + 1)
+        return done
+
+    def pace(self, steps):
+        """Waits until this passive worker's active neighbours have started
+        about one exchange with it per step of its `fit`, at most
+        `PASSIVE_LEAD_STEPS` behind `steps`.
+
+        So a passive worker is averaged about once per step, as in the
+        paper, instead of racing through its steps alone when its compute
+        is cheaper than its neighbours' exchanges. Every
+        `_PACE_CHECK_SECONDS` of waiting it reads which active neighbours
+        still train: when that changes (a `fit` ended, a neighbour was
+        dropped) it expects only the remaining ones' share from then on,
+        and with none left it stops pacing for the rest of the `fit`. It
+        waits at most the timeout per step.
+        """
+        start = time.monotonic()
+        next_check = start + _PACE_CHECK_SECONDS
+        waited = False
+        while True:
+            served_base, step_base = self._pace_base
+            target = self._pace_rate * (steps - step_base) - PASSIVE_LEAD_STEPS
+            served = self.locks.served_count() - served_base
+            if served >= target:
+                break
+            waited = True
+            now = time.monotonic()
+            if now - start >= self.timeout:
+                self.stats["pace_timeouts"] += 1
+                break
+            if now >= next_check:
+                next_check = now + _PACE_CHECK_SECONDS
+                training = self._training_neighbours()
+                if not training:
+                    self._pacing = False
+                    break
+                if training != self._pace_peers:
+                    self._rebase_pace(training, steps - 1)
+                    continue
+            time.sleep(_PACE_POLL_SECONDS)
+        self.stats["paced"] += int(waited)
+
+    def serve_until_neighbours_finish(self):
+        """At the end of a passive worker's `fit`: stays averageable until
+        its active neighbours' `fit`s have ended too.
+
+        So the actives' last steps still average (the passive worker's
+        copy keeps taking their exchanges) and the model this worker keeps
+        (its copy, read back after `fit`) has them. It gives up after the
+        timeout without a new exchange.
+        """
+        last = self.locks.served_count()
+        deadline = time.monotonic() + self.timeout
+        while self._training_neighbours():
+            time.sleep(_PACE_CHECK_SECONDS / 5)
+            served = self.locks.served_count()
+            if served > last:
+                last, deadline = served, time.monotonic() + self.timeout
+            elif time.monotonic() > deadline:
+                self.stats["pace_timeouts"] += 1
+                return
+        self.stats["waited_at_end"] += 1
+
+    def _rebase_pace(self, peers, steps):
+        self._pace_peers = frozenset(peers)
+        self._pace_rate = sum(self.serve_shares[j] for j in peers)
+        self._pace_base = (self.locks.served_count(), steps)
+
+    def _training_neighbours(self):
+        """The live neighbours that train; drops those that do not answer."""
+        training = set()
+        for j in self.schedule.peers:
+            if j in self.schedule.dropped:
+                continue
+            try:
+                if self.locks.read_training([j])[0]:
+                    training.add(j)
+            except PEER_STATE_LOST_ERRORS as e:
+                self.drop(j, e)
+        return frozenset(training)
+
+    def _exchange(self, shared, step):
         deadline = time.monotonic() + self.timeout
         pause = 0.001
         while True:
-            peer = self.schedule.choose()
+            peer = self.schedule.choose(step)
             token = self.locks.next_token()
             try:
                 status = shared.exchange(peer, token)

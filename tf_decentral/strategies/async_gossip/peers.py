@@ -4,8 +4,12 @@ Pure Python: no TensorFlow. A `PeerSchedule` holds one worker's view of its
 peers (its neighbours in the topology, both ways):
 
 * **live** peers are chosen uniformly at random for each exchange (Lian et
-  al. 2018, Algorithm 1); a *passive* worker of the active/passive split
-  (see `AsyncGossipStrategy`) never chooses one and exchanges solo;
+  al. 2018, Algorithm 1), or, given `rounds`, in the order of a one-peer
+  schedule: in step `t` the peer of round `t mod len(rounds)`, else the
+  next round's (the active workers of the active/passive split use the
+  rounds of `topology.edge_coloring`, so that each passive worker is
+  chosen by about one active neighbour per step); a *passive* worker (see
+  `AsyncGossipStrategy`) never chooses one and exchanges solo;
 * an **idle** peer (its `fit` ended: it evaluates, saves or is done) is
   skipped until its recheck is due: `IDLE_RECHECK_SECONDS[0]` after it was
   first found idle, twice as long each time it is found idle again, at most
@@ -20,18 +24,21 @@ Example:
     >>> schedule = peers.PeerSchedule((1, 2, 3), seed=0, clock=lambda: clock[0])
     >>> schedule.drop(3, "UnavailableError: gone")
     >>> schedule.mark_idle(2)
-    0.5
+    0.1
     >>> schedule.candidates()
     [1]
-    >>> clock[0] = 0.5
+    >>> clock[0] = 0.1
     >>> schedule.candidates()
     [1, 2]
+    >>> rounds = peers.PeerSchedule((1, 3), rounds=(3, 1))
+    >>> [rounds.choose(step) for step in range(4)]
+    [3, 1, 3, 1]
 """
 
 import random
 import time
 
-IDLE_RECHECK_SECONDS = (0.5, 4.0)
+IDLE_RECHECK_SECONDS = (0.1, 1.0)
 """A peer found idle (its `fit` ended) is tried again after the first value,
 then after twice as long each time it is still idle, up to the second."""
 
@@ -42,6 +49,9 @@ class PeerSchedule:
     Args:
         peers: The node indices this worker may exchange with.
         active: False for a passive worker: `choose` always returns None.
+        rounds: None (choose at random), or the peer of each round of a
+            one-peer schedule (None for a round without one); every peer
+            must appear.
         seed: Seeds the random choice of peers (and the retry jitter);
             None draws fresh randomness.
         clock: Returns the current time in seconds (monotonic).
@@ -53,9 +63,26 @@ class PeerSchedule:
         idle: Idle peer -> `(time of its next check, current wait)`.
     """
 
-    def __init__(self, peers, *, active=True, seed=None, clock=time.monotonic):
+    def __init__(
+        self,
+        peers,
+        *,
+        active=True,
+        rounds=None,
+        seed=None,
+        clock=time.monotonic,
+    ):
         self.peers = tuple(peers)
         self.active = bool(active)
+        if rounds is not None:
+            rounds = tuple(rounds)
+            listed = {p for p in rounds if p is not None}
+            if listed != set(self.peers):
+                raise ValueError(
+                    "`rounds` must list every peer, and only peers. "
+                    f"Received: rounds={rounds}, peers={self.peers}"
+                )
+        self.rounds = rounds
         self.dropped = {}
         self.idle = {}
         self._rng = random.Random(seed)
@@ -72,11 +99,24 @@ class PeerSchedule:
             and (j not in self.idle or self.idle[j][0] <= now)
         ]
 
-    def choose(self):
-        """Returns a random candidate, or None (exchange solo) when there is
-        none or this worker is passive."""
+    def choose(self, step=0):
+        """Returns the candidate for `step`, or None (exchange solo) when
+        there is none or this worker is passive.
+
+        At random without `rounds`; else the peer of round `step mod
+        len(rounds)`, or of the next round with a candidate.
+        """
         live = self.candidates() if self.active else []
-        return self._rng.choice(live) if live else None
+        if not live:
+            return None
+        if self.rounds is None:
+            return self._rng.choice(live)
+        n = len(self.rounds)
+        for k in range(n):
+            peer = self.rounds[(step + k) % n]
+            if peer in live:
+                return peer
+        raise AssertionError("unreachable: every peer is in a round")
 
     def mark_idle(self, peer) -> float:
         """Skips `peer` until its next check; returns the wait in seconds.

@@ -23,14 +23,25 @@ server, and every other client waits for the flag on its *own* server
 before connecting. The flag is read through a TF1 graph session on the local
 server (`server.target`, the master/worker services), which creates no eager
 context; this works the same across hosts.
+
+Exit. A client runs TF functions on its peers' servers, and TF 2.21
+registers every new function (Keras' `evaluate`, `predict`...) on every
+server of the cluster: if a peer's server has gone, the registration fails
+and the process crashes (SIGSEGV, measured: "Failed to register function
+remotely due to Socket closed", then a segmentation fault in
+`evaluate`). So at interpreter exit every worker keeps its server up until
+every peer has reached its own exit, or cannot be reached
+(`Runtime.wait_for_peers_at_exit`, an `atexit` handler).
 """
 
+import atexit
 import dataclasses
 import os
 import threading
 import time
 
 import tensorflow as tf
+from absl import logging
 
 from tf_decentral import _tf_private
 from tf_decentral import cluster as cluster_lib
@@ -40,6 +51,10 @@ CLIENT_JOB = "async_gossip_client"
 """The job name of the workers' Python clients."""
 
 _GO_FLAG = "tf_decentral/async_gossip/connect_go"
+_EXIT_FLAG = "tf_decentral/async_gossip/exiting"
+
+EXIT_TIMEOUT_SECONDS = 600.0
+"""How long a worker's exit waits for its peers to reach their own exit."""
 _TRAINING_JOBS = ("chief", "worker")
 _POLL_SECONDS = 0.02
 
@@ -169,12 +184,72 @@ class Runtime:
         prefix = layout.client_task + "/device:"
         gpus = [d.name for d in devices if d.name.startswith(prefix + "GPU")]
         self.client_device = gpus[0] if gpus else prefix + "CPU:0"
+        atexit.register(self.wait_for_peers_at_exit)
 
-    def _flag_handle(self, k):
+    def _flag_handle(self, k, name=_GO_FLAG):
         with tf.device(self.layout.server_device(k)):
             return tf.raw_ops.VarHandleOp(
-                dtype=tf.int64, shape=[], container="", shared_name=_GO_FLAG
+                dtype=tf.int64, shape=[], container="", shared_name=name
             )
+
+    def wait_for_peers_at_exit(self, timeout=EXIT_TIMEOUT_SECONDS):
+        """Keeps this worker's server up until every peer has reached this
+        point too (or cannot be reached), at most `timeout` seconds.
+
+        Registered with `atexit`: a worker that finishes first would
+        otherwise take its server down while its peers' programs still use
+        it (see the module docstring). Returns the nodes it stopped waiting
+        for at the timeout.
+        """
+        layout = self.layout
+        me = layout.task(layout.node)
+        try:
+            with tf.device(layout.server_device(layout.node)):
+                tf.raw_ops.AssignVariableOp(
+                    resource=self._flag_handle(layout.node, _EXIT_FLAG),
+                    value=tf.constant(1, tf.int64),
+                )
+        except tf.errors.OpError:
+            return []  # Our own server is gone: nothing to keep up.
+        start = time.monotonic()
+        waiting = [k for k in range(layout.num_nodes) if k != layout.node]
+        told = False
+        while waiting:
+            waiting = [k for k in waiting if not self._exiting_or_gone(k)]
+            elapsed = time.monotonic() - start
+            if waiting and elapsed > timeout:
+                logging.warning(
+                    "AsyncGossipStrategy on %s: exiting after waiting %g s "
+                    "for %s to finish; their programs may fail when they "
+                    "next create a TF function.",
+                    me,
+                    timeout,
+                    [layout.task(k) for k in waiting],
+                )
+                return waiting
+            if waiting and elapsed > 2.0 and not told:
+                told = True
+                logging.warning(
+                    "AsyncGossipStrategy on %s: keeping this worker's server"
+                    " up until %s finish (their programs use it; at most "
+                    "%g s).",
+                    me,
+                    [layout.task(k) for k in waiting],
+                    timeout,
+                )
+            if waiting:
+                time.sleep(_POLL_SECONDS)
+        return []
+
+    def _exiting_or_gone(self, k):
+        try:
+            with tf.device(self.layout.server_device(k)):
+                flag = tf.raw_ops.VarIsInitializedOp(
+                    resource=self._flag_handle(k, _EXIT_FLAG)
+                )
+            return bool(flag.numpy())
+        except tf.errors.OpError:
+            return True  # Exited (or crashed): its server is gone.
 
     def _let_others_connect(self):
         for k in range(1, self.layout.num_nodes):

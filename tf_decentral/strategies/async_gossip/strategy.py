@@ -13,8 +13,20 @@ Algorithm 1):
 A slow worker slows nobody: its peers average with its copy on its server
 whenever they like, without waiting for its Python program. On a bipartite
 topology (an even ring) the workers split as in the paper: active ones
-start every exchange with a random passive neighbour, passive ones only
-apply their own updates.
+start every exchange, passive ones only apply their own updates. An active
+worker's partner at step `t` is its neighbour across the edge of colour
+`t mod d` of an edge colouring of the graph (`topology.edge_coloring`, `d`
+the largest degree; the next colour's if that neighbour's `fit` has ended),
+so actives stepping together never pick the same passive worker and each
+passive worker is averaged about once per step; a passive worker waits
+until its active neighbours have averaged with it about once per step of
+its own, at most `extended.PASSIVE_LEAD_STEPS` steps ahead, so it does not
+race through its steps alone when its compute is cheaper than an exchange.
+At the end of its `fit` a passive worker stays averageable until its
+active neighbours' `fit`s have ended, so every active step averages to
+the end; each worker then keeps its own copy, averaged with its neighbours
+until their last steps (`average_weights` gives every worker the exact
+mean).
 
 Vocabulary: a *node* is a worker (the chief first, then the workers, TF's
 order); its *shared copy* `x_i` lives on its own TF server; its *local
@@ -102,15 +114,39 @@ def _resolve_topology(spec, num_nodes):
     return topology, adjacency
 
 
+def _split_schedule(adjacency, node, active_passive):
+    """Returns `(rounds, serve_shares)` of `node` on the active/passive
+    split.
+
+    `rounds`: the peer of each round of an edge colouring of the bipartite
+    graph (None where `node` has no edge of that colour), so that active
+    workers stepping together pick distinct passive partners.
+    `serve_shares`: neighbour `a` -> the exchanges per step of its own that
+    `a` starts with a passive `node`, `1 / degree(a)`. `(None, None)`
+    without the split.
+    """
+    if not active_passive:
+        return None, None
+    colours = topology_lib.edge_coloring(adjacency)
+    by_colour = {int(c): j for j, c in enumerate(colours[node]) if c >= 0}
+    rounds = [by_colour.get(c) for c in range(int(colours.max()) + 1)]
+    degree = adjacency.sum(axis=1)
+    shares = {
+        int(j): 1.0 / int(degree[j]) for j in np.flatnonzero(adjacency[node])
+    }
+    return rounds, shares
+
+
 class AsyncGossipStrategy(tf.distribute.Strategy):
     """Asynchronous decentralized parallel SGD (AD-PSGD) across workers.
 
     Every worker of a `TF_CONFIG` cluster runs the same script, with
     unmodified `compile` and `fit`. Each keeps its own model and trains at
     its own pace: after every step it atomically averages its model with one
-    random neighbour of the topology and adds its optimizer's update (Lian et
-    al. 2018). There is no global barrier: a slow worker slows nobody; a
-    worker whose `fit` has ended is skipped by its peers (they check it
+    neighbour of the topology (a random one; on the active/passive split,
+    the schedule's) and adds its optimizer's update (Lian et al. 2018).
+    There is no global barrier: a slow worker slows nobody; a worker whose
+    `fit` has ended is skipped by its peers (they check it
     again from time to time and take it back when it trains again), and one
     that crashed or became unreachable is dropped for good. Either way its
     peers keep training.
@@ -176,10 +212,11 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             busy locks before keeping its update for the next step. Set it
             well above the time to move the model twice between workers.
         active_passive: The paper's split of a bipartite topology into
-            active workers, which start every exchange (each with a random
-            passive neighbour), and passive ones, which only apply their
-            own updates and are averaged by their active neighbours: no two
-            exchanges compete for one worker's own lock. `None` (default)
+            active workers, which start every exchange (each with the
+            passive neighbour of the step's round, see above), and passive
+            ones, which apply their own updates and wait to be averaged by
+            their active neighbours about once per step: no two exchanges
+            compete for one worker's own lock. `None` (default)
             splits when the topology is bipartite (an even ring, a torus
             with even sides), with the chief or worker 0 active; `True`
             requires it; `False` lets every worker start exchanges.
@@ -190,10 +227,10 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             `active_passive=True` with a topology that is not bipartite.
 
     __Known issues__: a worker that was dropped (it crashed, or did not
-    answer) cannot rejoin, even restarted. On the active/passive split,
-    passive workers, which never wait for the network, may finish first;
-    their active neighbours then train their last steps alone. Keras'
-    `gradient_accumulation_steps` and EMA work on the local model only.
+    answer) cannot rejoin, even restarted. An exchange does not overlap
+    the next step's compute: an active step costs its compute plus one
+    round trip between two servers. Keras' `gradient_accumulation_steps`
+    and EMA work on the local model only.
 
     References:
         Lian, Zhang, Zhang, Liu. "Asynchronous Decentralized Parallel
@@ -250,6 +287,9 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
         if active_passive is None:
             active_passive = colour is not None
         active = not active_passive or colour[layout.node] == 0
+        rounds, serve_shares = _split_schedule(
+            adjacency, layout.node, active_passive
+        )
         _keras_hooks.install()
         runtime = runtime_lib.get_runtime(
             layout, extended_lib.STARTUP_TIMEOUT_SECONDS
@@ -257,11 +297,18 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
         schedule = peers_lib.PeerSchedule(
             np.flatnonzero(adjacency[layout.node]).tolist(),
             active=active,
+            rounds=rounds if active else None,
             seed=None if seed is None else seed + layout.node,
         )
         super().__init__(
             extended_lib.AsyncGossipExtended(
-                self, runtime, topo, schedule, timeout, cluster_resolver
+                self,
+                runtime,
+                topo,
+                schedule,
+                timeout,
+                cluster_resolver,
+                serve_shares=None if active else serve_shares,
             )
         )
 
@@ -309,11 +356,15 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
 
     @property
     def exchange_counts(self) -> dict:
-        """Exchanges this worker started, by peer (`"solo"`: no live peer),
-        plus `"busy"` (retries on busy locks), `"skipped"` (steps whose
-        update waited for the next step), `"idle"` (attempts that found a
-        peer idle) and `"served"` (exchanges peers started with this
-        worker, read from its server)."""
+        """Exchanges this worker started, by peer (`"solo"`: a passive
+        worker's step, or no live peer), plus `"busy"` (retries on busy
+        locks), `"skipped"` (steps whose update waited for the next step),
+        `"idle"` (attempts that found a peer idle), `"served"` (exchanges
+        peers started with this worker, read from its server), and for a
+        passive worker `"paced"` (steps after which it waited for its
+        active neighbours), `"waited_at_end"` (`fit`s at whose end it
+        waited for them to finish) and `"pace_timeouts"` (waits cut at the
+        timeout)."""
         return self.extended.exchange_counts()
 
     def consensus_distance(self, model) -> float:
