@@ -3,6 +3,8 @@
 import tensorflow as tf
 from absl.testing import parameterized
 
+import tf_decentral as tfd
+from tf_decentral import _tf_private
 from tf_decentral.ops import neighbor_exchange
 from tf_decentral.strategies import _collective
 
@@ -82,3 +84,33 @@ class CollectiveTest(tf.test.TestCase, parameterized.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+@tf.function(autograph=False)
+def _fail_with(x, message):
+    tf.debugging.assert_equal(x, 0, message=message)
+    return x
+
+
+class ErrorInterpolationTest(tf.test.TestCase):
+    def _message(self, text):
+        with self.assertRaises(tf.errors.InvalidArgumentError) as raised:
+            _fail_with(tf.constant(1), text)
+        return raised.exception.message
+
+    def test_collective_aborts_keep_tfs_message(self):
+        # TF rewrites a TF function's error with the failing node's Python
+        # stack ("Graph execution error: Detected at node ..."), reading
+        # the graph debug info, which crashes after a collective abort.
+        # Creating a collective strategy turns that off for such errors.
+        _tf_private.skip_error_interpolation_on_collective_aborts()
+        for phrase in _tf_private.COLLECTIVE_ABORT_PHRASES:
+            message = self._message(f"{phrase} by: a test")
+            self.assertNotIn("Graph execution error", message)
+            self.assertIn(phrase, message)
+        # Other errors keep the stack.
+        self.assertIn("Graph execution error", self._message("x is 1"))
+
+    def test_a_collective_strategy_installs_it(self):
+        tfd.AllReduceStrategy()
+        self.assertNotEmpty(_tf_private._interpolation_patched)
