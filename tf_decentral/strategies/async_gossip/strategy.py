@@ -195,6 +195,13 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
     the same way). Stop every worker before restarting: a worker whose peer
     died trains on, and node 0 removes the backup when its `fit` ends.
 
+    End of the program: at interpreter exit every worker keeps its server
+    up until each peer has reached its own exit (or cannot be reached), at
+    most `runtime.EXIT_TIMEOUT_SECONDS` (600 s), and says so in its log
+    after 2 s: its peers' programs still use that server (TF registers each
+    new TF function, e.g. of `evaluate`, on every server of the cluster, and
+    crashes when a server vanishes meanwhile).
+
     Args:
         topology: A topology name (see `tf_decentral.topology.NAMES`), a
             `tf_decentral.topology.Topology`, or a doubly stochastic matrix,
