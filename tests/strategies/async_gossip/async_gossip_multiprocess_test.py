@@ -466,6 +466,45 @@ class FailureTest(tf.test.TestCase):
                     report["exchanges"][other], at_drop.get(other, 0), report
                 )
 
+    @pytest.mark.timeout(200)
+    def test_a_kill_loses_only_the_dead_workers_share(self):
+        # Ring of 4 on the split: active worker 2 exchanges with passives 1
+        # and 3 (slowed combine steps, so the kill lands in or near one)
+        # and is SIGKILLed at a random point of an exchange after its
+        # first 5; active 0 goes on with them. Copy k
+        # starts as the token 1000 k; the swap step moves tokens, so the
+        # three survivors must hold three distinct tokens, each copy in
+        # one piece: an exchange cut by the kill may leave the dead
+        # worker's token with a survivor instead of the survivor's own
+        # (the dead worker's share), never a token twice or a mixed copy.
+        reports, results = run_cluster(
+            "conserve_kill",
+            {"victim": 2, "warm": 5, "exchanges": 20, "delay": 100},
+            num_workers=4,
+        )
+        victim = results["worker:2"]
+        self.assertEqual(victim.returncode, -9, victim.describe())
+        _require(reports, results, [0, 1, 3])
+        copies = reports[0]["copies"]
+        tokens = []
+        for node, copy in copies.items():
+            values = set(copy)
+            self.assertLen(values, 1, (node, copy))  # one piece
+            (value,) = values
+            token = round(value / 1000)
+            self.assertLess(abs(value - 1000 * token), 100, copies)
+            tokens.append(token)
+        self.assertLen(set(tokens), 3, copies)
+        self.assertContainsSubset(set(tokens), {0, 1, 2, 3})
+        # Active 0 (not a neighbour of 2) exchanged with the passives
+        # throughout, before and after the kill; the passives also served
+        # the victim's exchanges (at least its first 5).
+        exchanges = reports[0]["exchanges"]
+        by_0 = exchanges.get("1", 0) + exchanges.get("3", 0)
+        self.assertEqual(by_0, reports[0]["exchanges_before_kill"] + 20)
+        served = sum(reports[k]["exchanges"]["served"] for k in (1, 3))
+        self.assertGreaterEqual(served - by_0, 5)
+
 
 def _weights_file(path, like):
     """Returns the arrays of a `.weights.h5` file of the checkpoint

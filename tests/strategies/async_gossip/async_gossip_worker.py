@@ -245,6 +245,70 @@ def phase_conserve(options):
     time.sleep(2)  # Peers may still be polling this worker's barrier.
 
 
+def phase_conserve_kill(options):
+    """Exchanges (the swap step) while worker `victim` is SIGKILLed at a
+    random point of an exchange after its first `warm` ones; the survivors
+    exchange until it is gone, then `exchanges` more, and node 0 reports
+    their copies. Copy `k` starts as the token `1000 * k`; a swap
+    moves tokens between copies (changing them by 1), so every survivor
+    must end with a distinct token, whatever exchange the kill cut."""
+    strategy = make_strategy(options)
+    extended = strategy.extended
+    node, n = strategy.node, strategy.num_workers
+    victim = options["victim"]
+    with tf.device(extended.client_device):
+        variable = tf.Variable(tf.zeros([8]))
+    combine = variants.slowed(variants.swap, options.get("delay", 100))
+    shared = exchange_lib.SharedModel(
+        extended.locks,
+        extended.client_device,
+        [variable],
+        "conserve_kill",
+        combine=combine,
+    )
+    shared.initialize(120)
+    start_value = np.full([8], 1000.0 * node, np.float32)
+    shared.write_own_copy([start_value])
+    shared.set_local([start_value])
+    barrier = extended.locks.barrier
+    barrier(range(n), 120, "start")
+    if node == victim:
+        # A few exchanges, then the kill at a random point of a later one.
+        begin = time.monotonic()
+        for _ in range(options["warm"]):
+            extended.exchange(shared)
+        mean = (time.monotonic() - begin) / options["warm"]
+        when = np.random.default_rng().uniform(0, 2 * mean)
+        threading.Timer(when, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        while True:
+            extended.exchange(shared)
+    survivors = [k for k in range(n) if k != victim]
+    # Exchange until the victim's server stops answering, then on.
+    before = 0
+    while True:
+        extended.exchange(shared)
+        before += 1
+        try:
+            shared.read_copy(victim)
+        except tf.errors.OpError:
+            break
+    for _ in range(options["exchanges"]):
+        extended.exchange(shared)
+    barrier(survivors, 120, "end")
+    result = {
+        "node": node,
+        "exchanges_before_kill": before,
+        "exchanges": {str(k): v for k, v in strategy.exchange_counts.items()},
+        "dropped": {str(k): v for k, v in strategy.dropped_peers.items()},
+    }
+    if node == survivors[0]:
+        result["copies"] = {
+            str(k): shared.read_copy(k)[0].tolist() for k in survivors
+        }
+    barrier(survivors, 120, "read")
+    report(result)
+
+
 def phase_kill(options):
     strategy = make_strategy(options)
     node, n = strategy.node, strategy.num_workers
@@ -606,6 +670,7 @@ def main(phase, options):
         "conserve": phase_conserve,
         "guard": phase_guard,
         "kill": phase_kill,
+        "conserve_kill": phase_conserve_kill,
         "startup": phase_startup,
         "checkpoint": phase_checkpoint,
     }
