@@ -198,7 +198,7 @@ class ConservationTest(tf.test.TestCase, parameterized.TestCase):
             self.assertNotEqual(sums, [expected] * rounds, sums)
 
 
-class TrainingTest(tf.test.TestCase):
+class TrainingTest(tf.test.TestCase, parameterized.TestCase):
     def _new_tempdir(self):
         path = tempfile.mkdtemp(prefix="async_gossip_test")
         self.addCleanup(shutil.rmtree, path, True)
@@ -294,6 +294,9 @@ class TrainingTest(tf.test.TestCase):
             # At least 95 % of the steps averaged with a peer.
             self.assertGreaterEqual(paired, 0.95 * steps, exchanges)
             self.assertEqual(exchanges.get("busy", 0), 0, exchanges)
+            # Each exchange ran while the next step trained (overlap=True,
+            # the default), and was taken in after it.
+            self.assertEqual(report["hook_counts"]["overlapped"], paired)
         for report in passives:
             self.assertFalse(report["active"])
             self.assertEqual(report["steps"], steps)
@@ -344,6 +347,41 @@ class TrainingTest(tf.test.TestCase):
             "keeping this worker's server up until", results["worker:0"].stderr
         )
         self.assertEqual([reports[k]["steps"] for k in range(3)], [3, 30, 30])
+
+    @parameterized.named_parameters(
+        ("split_overlap", 4, True),
+        ("split_no_overlap", 4, False),
+        ("all_active_overlap", 3, True),
+    )
+    @pytest.mark.timeout(200)
+    def test_every_step_is_applied_exactly_once(self, workers, overlap):
+        # Each step adds lr to every weight; exchanges conserve the sum of
+        # the copies. So the sum of all copies after fit is n W0 plus lr
+        # times all the steps taken: a step lost (or counted twice) while
+        # an exchange was in flight changes it by lr.
+        steps, lr = 40, 0.25
+        reports, results = run_cluster(
+            "exactly_once",
+            {
+                "steps": steps,
+                "lr": lr,
+                "overlap": overlap,
+                "sleep": {"0": 0.01, "1": 0.02},
+            },
+            num_workers=workers,
+        )
+        _require(reports, results, list(range(workers)))
+        report = reports[0]
+        w0 = np.array(report["w0"])
+        expected = workers * w0 + lr * steps * workers
+        np.testing.assert_allclose(report["sum"], expected, rtol=0, atol=1e-3)
+        overlapped = sum(
+            r["hook_counts"].get("overlapped", 0) for r in reports.values()
+        )
+        if overlap:
+            self.assertGreater(overlapped, steps)
+        else:
+            self.assertEqual(overlapped, 0)
 
     @pytest.mark.timeout(150)
     def test_a_straggler_does_not_slow_the_others(self):

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tf_decentral as tfd
 from tf_decentral import strategies
 from tf_decentral import topology
-from tf_decentral.strategies.async_gossip import extended as extended_lib
+from tf_decentral.strategies.async_gossip import pacing as pacing_lib
 from tf_decentral.strategies.async_gossip import peers as peers_lib
 from tf_decentral.strategies.async_gossip import runtime as runtime_lib
 from tf_decentral.strategies.async_gossip import strategy as strategy_lib
@@ -130,6 +130,12 @@ class ArgumentsTest(tf.test.TestCase):
                 "ring", cluster_resolver=_resolver(4), active_passive="yes"
             )
 
+    def test_overlap_type(self):
+        with self.assertRaisesRegex(TypeError, "Received: overlap=1"):
+            tfd.AsyncGossipStrategy(
+                "ring", cluster_resolver=_resolver(4), overlap=1
+            )
+
 
 class SplitScheduleTest(tf.test.TestCase):
     def test_even_ring(self):
@@ -189,12 +195,8 @@ class _FakeLocks:
         return flags
 
 
-class _Pacer:
-    """The pacing methods of `AsyncGossipExtended`, on fake locks."""
-
-    pace = extended_lib.AsyncGossipExtended.pace
-    _rebase_pace = extended_lib.AsyncGossipExtended._rebase_pace
-    _training_neighbours = extended_lib.AsyncGossipExtended._training_neighbours
+class _Pacer(pacing_lib.PacingMixin):
+    """The pacing of a passive worker, on fake locks."""
 
     def __init__(self, locks):
         self.locks = locks
@@ -209,7 +211,7 @@ class _Pacer:
         self.schedule.drop(peer, str(error))
 
 
-@mock.patch.object(extended_lib, "_PACE_POLL_SECONDS", 0.0)
+@mock.patch.object(pacing_lib, "_PACE_POLL_SECONDS", 0.0)
 class PaceTest(tf.test.TestCase):
     def test_waits_until_served_about_once_per_step(self):
         locks = _FakeLocks({0: True, 2: True})
@@ -228,7 +230,7 @@ class PaceTest(tf.test.TestCase):
             pacer.pace(steps)
         self.assertEqual(pacer.stats["paced"], 0)
 
-    @mock.patch.object(extended_lib, "_PACE_CHECK_SECONDS", 0.0)
+    @mock.patch.object(pacing_lib, "_PACE_CHECK_SECONDS", 0.0)
     def test_a_neighbour_that_stopped_training_is_no_longer_expected(self):
         # Served grows slowly; worker 2's fit has ended: from the check on,
         # only worker 0's half exchange per step is expected.
@@ -240,7 +242,7 @@ class PaceTest(tf.test.TestCase):
         self.assertEqual(pacer._pace_base[1], 9)
         self.assertTrue(pacer._pacing)
 
-    @mock.patch.object(extended_lib, "_PACE_CHECK_SECONDS", 0.0)
+    @mock.patch.object(pacing_lib, "_PACE_CHECK_SECONDS", 0.0)
     def test_stops_pacing_when_no_neighbour_trains(self):
         gone = tf.errors.UnavailableError(None, None, "connection refused")
         locks = _FakeLocks({0: False, 2: gone}, every=1000)

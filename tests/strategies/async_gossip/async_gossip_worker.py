@@ -58,6 +58,7 @@ def make_strategy(options):
         options.get("topology", "ring"),
         seed=options.get("seed", 0),
         active_passive=options.get("active_passive"),
+        overlap=options.get("overlap", True),
         communication_options=tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=timeout
         ),
@@ -243,6 +244,49 @@ def phase_conserve(options):
     barrier(nodes, 120, "read")
     report(result)
     time.sleep(2)  # Peers may still be polling this worker's barrier.
+
+
+def phase_exactly_once(options):
+    """Every step adds `lr` to every weight (loss `-sum(x @ W)` on inputs
+    of ones, plain SGD), so after `fit` the sum of all shared copies must
+    be `n * W0 + lr * (total steps)`: each step's update applied exactly
+    once, whatever the exchanges (sum-conserving) and their overlap with
+    the next step did. Node 0 reports the sum and its `W0`."""
+    strategy = make_strategy(options)
+    node, n = strategy.node, strategy.num_workers
+    steps, lr = options["steps"], options["lr"]
+    with strategy.scope():
+        model = keras.Sequential(
+            [keras.Input((3,)), keras.layers.Dense(4, use_bias=False)]
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(lr),
+            loss=lambda y_true, y_pred: -tf.reduce_sum(y_pred, axis=-1),
+        )
+    w0 = model.get_weights()[0]
+    x = np.ones((steps * 8, 3), np.float32)
+    sleep = options.get("sleep", {}).get(str(node), 0.0)
+
+    class Pace(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            time.sleep(sleep)
+
+    model.fit(x, x[:, :1], batch_size=8, verbose=0, callbacks=[Pace()])
+    extended = strategy.extended
+    shared = extended.trained_shared_model(model)
+    barrier = extended.locks.barrier
+    barrier(range(n), 120, "trained")
+    result = {
+        "node": node,
+        "hook_counts": dict(extended.hook_counts),
+        "exchanges": {str(k): v for k, v in strategy.exchange_counts.items()},
+    }
+    if node == 0:
+        copies = [shared.read_copy(k)[0].astype(np.float64) for k in range(n)]
+        result["sum"] = np.sum(copies, axis=0).tolist()
+        result["w0"] = w0.astype(np.float64).ravel().tolist()
+    barrier(range(n), 120, "read")
+    report(result)
 
 
 def phase_conserve_kill(options):
@@ -671,6 +715,7 @@ def main(phase, options):
         "guard": phase_guard,
         "kill": phase_kill,
         "conserve_kill": phase_conserve_kill,
+        "exactly_once": phase_exactly_once,
         "startup": phase_startup,
         "checkpoint": phase_checkpoint,
     }

@@ -566,48 +566,80 @@ class SharedModel:
         dependencies on `ConsumeMutexLock`); here each one's inputs already
         depend on the previous one, so that chain adds no wait.
         """
-        layout, locks = self.layout, self.locks
-        i = layout.node
-        dev_i = layout.server_device(i)
-        dtypes = self.dtypes
 
         @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
         def exchange(token):
             with tf.device(self.client_device):
                 local = self._pack_local()
                 deltas = [a - b.read_value() for a, b in zip(local, self.base)]
-            with tf.device(dev_i):
-                token_i = tf.identity(token)
-                deltas_i = [tf.identity(d) for d in deltas]
-            if j is None:
-                # Solo: x_i <- x_i + delta, one critical section, no lease.
-                fresh = locks.add_own(i, self.handles[i], deltas_i)
-                with tf.device(dev_i):
-                    written, idle = tf.constant(True), tf.constant(False)
-                return self._take_fresh(written, idle, fresh, local)
-            # 1. Take i's lease and read x_i.
-            got, *x_i = locks.acquire_read(i, token_i, self.handles[i], dtypes)
-            # 2. On j: combine x_i and x_j, write x_j.
-            with tf.device(layout.server_device(j)):
-                go = tf.identity(got)
-                incoming = [tf.identity(a) for a in x_i]
-            ok, idle, *new_i = locks.combine_passive(
-                j, self.handles[j], dtypes, incoming, go, self.combine
-            )
-            # 3. On i: x_i <- new_i + delta if j answered; free i's lease.
-            with tf.device(dev_i):
-                ok = tf.identity(ok)
-                new_i = tf.cond(
-                    ok,
-                    lambda: [a + d for a, d in zip(new_i, deltas_i)],
-                    lambda: [tf.zeros([0], d) for d in dtypes],
-                )
-            written, *fresh = locks.write_release(
-                i, self.handles[i], new_i, token_i, ok
-            )
+            written, idle, fresh = self._remote_steps(j, token, deltas)
             return self._take_fresh(written, idle, fresh, local)
 
         return exchange
+
+    def _build_detached(self, j):
+        """Returns the exchange with `j` of a snapshot of the local model:
+        `f(token, *snapshot) -> (written, idle, *fresh)`, which reads and
+        writes no Keras variable (so it may run while the next step
+        trains); `apply_detached` then takes `fresh` in."""
+        specs = [
+            tf.TensorSpec([size], dtype)
+            for size, dtype in zip(self.sizes, self.dtypes)
+        ]
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.int64), *specs])
+        def exchange(token, *snapshot):
+            with tf.device(self.client_device):
+                deltas = [
+                    a - b.read_value() for a, b in zip(snapshot, self.base)
+                ]
+            written, idle, fresh = self._remote_steps(j, token, deltas)
+            with tf.device(self.client_device):
+                return (
+                    tf.identity(written),
+                    tf.identity(idle),
+                    *[tf.identity(f) for f in fresh],
+                )
+
+        return exchange
+
+    def _remote_steps(self, j, token, deltas):
+        """The server side of an exchange (see `_build`), inside a
+        `tf.function`: returns `(written, idle, fresh)`, `fresh` being
+        `x_i` read back."""
+        layout, locks = self.layout, self.locks
+        i = layout.node
+        dev_i = layout.server_device(i)
+        dtypes = self.dtypes
+        with tf.device(dev_i):
+            token_i = tf.identity(token)
+            deltas_i = [tf.identity(d) for d in deltas]
+        if j is None:
+            # Solo: x_i <- x_i + delta, one critical section, no lease.
+            fresh = locks.add_own(i, self.handles[i], deltas_i)
+            with tf.device(dev_i):
+                return tf.constant(True), tf.constant(False), fresh
+        # 1. Take i's lease and read x_i.
+        got, *x_i = locks.acquire_read(i, token_i, self.handles[i], dtypes)
+        # 2. On j: combine x_i and x_j, write x_j.
+        with tf.device(layout.server_device(j)):
+            go = tf.identity(got)
+            incoming = [tf.identity(a) for a in x_i]
+        ok, idle, *new_i = locks.combine_passive(
+            j, self.handles[j], dtypes, incoming, go, self.combine
+        )
+        # 3. On i: x_i <- new_i + delta if j answered; free i's lease.
+        with tf.device(dev_i):
+            ok = tf.identity(ok)
+            new_i = tf.cond(
+                ok,
+                lambda: [a + d for a, d in zip(new_i, deltas_i)],
+                lambda: [tf.zeros([0], d) for d in dtypes],
+            )
+        written, *fresh = locks.write_release(
+            i, self.handles[i], new_i, token_i, ok
+        )
+        return written, idle, fresh
 
     def _take_fresh(self, written, idle, fresh, local):
         """Sets the local model and `base` to `fresh` if `written`; returns
@@ -635,6 +667,45 @@ class SharedModel:
         if bool(written.numpy()):
             return "done"
         return "idle" if bool(idle.numpy()) else "busy"
+
+    def snapshot(self):
+        """Returns the local model packed (one tensor per group), a copy
+        that the next training step does not change."""
+        with tf.device(self.client_device):
+            return [tf.identity(b) for b in self._pack_local()]
+
+    def exchange_detached(self, j, token, snapshot):
+        """Runs one exchange of `snapshot` with peer `j` (None: solo)
+        without touching the local model; returns `(status, fresh)`, status
+        as `exchange`'s, `fresh` for `apply_detached` when `"done"`."""
+        key = ("detached", j)
+        if key not in self._functions:
+            self._functions[key] = self._build_detached(j)
+        written, idle, *fresh = self._functions[key](token, *snapshot)
+        if bool(written.numpy()):
+            return "done", fresh
+        return ("idle" if bool(idle.numpy()) else "busy"), None
+
+    def apply_detached(self, fresh, snapshot):
+        """Takes in a detached exchange of `snapshot`: `local <- fresh +
+        (local - snapshot)` (keeps the steps trained meanwhile) and `base
+        <- fresh`."""
+        if "apply" not in self._functions:
+
+            @tf.function
+            def apply(fresh, snapshot):
+                with tf.device(self.client_device):
+                    local = self._pack_local()
+                    new = [
+                        f + (a - s) for f, a, s in zip(fresh, local, snapshot)
+                    ]
+                    updates = self._unpack_assign(new)
+                    updates += [b.assign(f) for b, f in zip(self.base, fresh)]
+                    with tf.control_dependencies(updates):
+                        return tf.constant(True)
+
+            self._functions["apply"] = apply
+        self._functions["apply"](list(fresh), list(snapshot))
 
     def release(self, token):
         """Frees this node's lease if `token` owns it (after an error)."""

@@ -11,6 +11,7 @@ follows every train step with one exchange (`exchange`). The public
 
 import collections
 import contextlib
+import threading
 import time
 import weakref
 
@@ -23,20 +24,16 @@ from tf_decentral.strategies import _keras_hooks
 from tf_decentral.strategies._collective import PEER_STATE_LOST_ERRORS
 from tf_decentral.strategies.async_gossip import checkpoint as checkpoint_lib
 from tf_decentral.strategies.async_gossip import exchange as exchange_lib
+from tf_decentral.strategies.async_gossip import pacing
 
 STARTUP_TIMEOUT_SECONDS = 600.0
 """How long a worker waits for the others to connect and to start `fit`."""
 
-PASSIVE_LEAD_STEPS = 4
-"""How many steps a passive worker may run ahead of the exchanges its active
-neighbours start with it (see `AsyncGossipExtended.pace`)."""
-
-_PACE_POLL_SECONDS = 0.002
-_PACE_CHECK_SECONDS = 0.25
-
 
 class AsyncGossipExtended(
-    _tf_private.OneDeviceExtended, _keras_hooks.OptimizerHooks
+    _tf_private.OneDeviceExtended,
+    _keras_hooks.OptimizerHooks,
+    pacing.PacingMixin,
 ):
     """Implementation of `AsyncGossipStrategy` on one worker.
 
@@ -48,6 +45,8 @@ class AsyncGossipExtended(
         timeout: Seconds an exchange may hold a peer's lock, and a step may
             retry busy locks.
         cluster_resolver: The cluster resolver describing the workers.
+        overlap: Whether an active worker's exchange runs while its next
+            step trains (`start_exchange`).
         serve_shares: For a passive worker, active neighbour -> the
             exchanges it starts with this worker per step of its own
             (`1 / degree`; they sum to 1 on an even ring or torus); None:
@@ -72,9 +71,12 @@ class AsyncGossipExtended(
         timeout,
         cluster_resolver,
         serve_shares=None,
+        overlap=True,
     ):
         super().__init__(container, runtime.client_device)
         self.serve_shares = serve_shares
+        self.overlap = bool(overlap)
+        self._pending = None  # The exchange in flight (see start_exchange).
         self._steps = 0  # Exchanges (train function calls) in this fit.
         # Pacing of a passive worker: the neighbours it waits for, their
         # exchanges per step, and (served count, steps) when they changed.
@@ -136,7 +138,7 @@ class AsyncGossipExtended(
         def train_function_with_exchange(iterator):
             shared = self.shared_model(model)
             logs = train_function(iterator)
-            self.exchange(shared)
+            self.exchange_after_step(shared)
             return logs
 
         return train_function_with_exchange
@@ -175,12 +177,28 @@ class AsyncGossipExtended(
                 if self._pacing:
                     self._rebase_pace(set(self.serve_shares), 0)
             yield
-            if self._fits == 1 and self._pacing:
-                self.serve_until_neighbours_finish()
+            if self._fits == 1:
+                self.finish_exchange()
+                if self._pacing:
+                    self.serve_until_neighbours_finish()
         finally:
             self._fits -= 1
             if self._fits == 0:
+                self._finish_quietly()
                 self._stop_training(model)
+
+    def _finish_quietly(self):
+        """After a `fit` that raised: waits for the exchange in flight and
+        takes it in, without masking the `fit`'s error by its own."""
+        try:
+            self.finish_exchange()
+        except Exception as e:  # noqa: BLE001 - logged; fit's error wins
+            logging.warning(
+                "AsyncGossipStrategy: the exchange in flight when fit "
+                "stopped failed too: %s: %s",
+                type(e).__name__,
+                e,
+            )
 
     def _stop_training(self, model):
         me = self.layout.task(self.layout.node)
@@ -287,101 +305,83 @@ class AsyncGossipExtended(
         retries while locks are busy, for at most the timeout (then the
         delta waits for the next step). A peer found idle is skipped until
         its next check. A passive worker applies its update (solo), then
-        waits for its active neighbours (`pace`)."""
+        waits for its active neighbours (`pace`).
+
+        Synchronous; Keras' train function calls `exchange_after_step`.
+        """
         step = self._steps
         self._steps += 1
-        done = self._exchange(shared, step)
+        done = self._exchange(shared, step) is not None
         if self._pacing:
             self.pace(step + 1)
         return done
 
-    def pace(self, steps):
-        """Waits until this passive worker's active neighbours have started
-        about one exchange with it per step of its `fit`, at most
-        `PASSIVE_LEAD_STEPS` behind `steps`.
+    def exchange_after_step(self, shared):
+        """The exchange that follows a training step: with `overlap`, an
+        active worker's runs in the background while the next step trains
+        (`start_exchange`), after the previous one's result is taken in
+        (`finish_exchange`); else `exchange`."""
+        if not (self.overlap and self.schedule.active):
+            return self.exchange(shared)
+        step = self._steps
+        self._steps += 1
+        self.finish_exchange()
+        self.start_exchange(shared, step)
+        return True
 
-        So a passive worker is averaged about once per step, as in the
-        paper, instead of racing through its steps alone when its compute
-        is cheaper than its neighbours' exchanges. Every
-        `_PACE_CHECK_SECONDS` of waiting it reads which active neighbours
-        still train: when that changes (a `fit` ended, a neighbour was
-        dropped) it expects only the remaining ones' share from then on,
-        and with none left it stops pacing for the rest of the `fit`. It
-        waits at most the timeout per step.
-        """
-        start = time.monotonic()
-        next_check = start + _PACE_CHECK_SECONDS
-        waited = False
-        while True:
-            served_base, step_base = self._pace_base
-            target = self._pace_rate * (steps - step_base) - PASSIVE_LEAD_STEPS
-            served = self.locks.served_count() - served_base
-            if served >= target:
-                break
-            waited = True
-            now = time.monotonic()
-            if now - start >= self.timeout:
-                self.stats["pace_timeouts"] += 1
-                break
-            if now >= next_check:
-                next_check = now + _PACE_CHECK_SECONDS
-                training = self._training_neighbours()
-                if not training:
-                    self._pacing = False
-                    break
-                if training != self._pace_peers:
-                    self._rebase_pace(training, steps - 1)
-                    continue
-            time.sleep(_PACE_POLL_SECONDS)
-        self.stats["paced"] += int(waited)
+    def start_exchange(self, shared, step):
+        """Starts the exchange of a snapshot of the local model on a
+        background thread: the next training step computes its gradient on
+        the model before this average, as the paper's workers compute
+        while they average, so a worker runs at most one step ahead of its
+        last average."""
+        snapshot = shared.snapshot()
+        box = {}
 
-    def serve_until_neighbours_finish(self):
-        """At the end of a passive worker's `fit`: stays averageable until
-        its active neighbours' `fit`s have ended too.
-
-        So the actives' last steps still average (the passive worker's
-        copy keeps taking their exchanges) and the model this worker keeps
-        (its copy, read back after `fit`) has them. It gives up after the
-        timeout without a new exchange.
-        """
-        last = self.locks.served_count()
-        deadline = time.monotonic() + self.timeout
-        while self._training_neighbours():
-            time.sleep(_PACE_CHECK_SECONDS / 5)
-            served = self.locks.served_count()
-            if served > last:
-                last, deadline = served, time.monotonic() + self.timeout
-            elif time.monotonic() > deadline:
-                self.stats["pace_timeouts"] += 1
-                return
-        self.stats["waited_at_end"] += 1
-
-    def _rebase_pace(self, peers, steps):
-        self._pace_peers = frozenset(peers)
-        self._pace_rate = sum(self.serve_shares[j] for j in peers)
-        self._pace_base = (self.locks.served_count(), steps)
-
-    def _training_neighbours(self):
-        """The live neighbours that train; drops those that do not answer."""
-        training = set()
-        for j in self.schedule.peers:
-            if j in self.schedule.dropped:
-                continue
+        def run():
             try:
-                if self.locks.read_training([j])[0]:
-                    training.add(j)
-            except PEER_STATE_LOST_ERRORS as e:
-                self.drop(j, e)
-        return frozenset(training)
+                box["fresh"] = self._exchange(shared, step, snapshot)
+            except BaseException as e:  # noqa: BLE001 - re-raised by finish
+                box["error"] = e
 
-    def _exchange(self, shared, step):
+        thread = threading.Thread(
+            target=run, name="AsyncGossipStrategy-exchange", daemon=True
+        )
+        thread.start()
+        self._pending = (thread, box, shared, snapshot)
+
+    def finish_exchange(self):
+        """Waits for the exchange in flight, if any, and takes its result
+        into the local model (`SharedModel.apply_detached`); re-raises its
+        error."""
+        if self._pending is None:
+            return
+        thread, box, shared, snapshot = self._pending
+        thread.join()
+        self._pending = None
+        if "error" in box:
+            raise box["error"]
+        fresh = box["fresh"]
+        if fresh is not None and fresh is not True:
+            shared.apply_detached(fresh, snapshot)
+            self.hook_counts["overlapped"] += 1
+
+    def _exchange(self, shared, step, snapshot=None):
+        """Retries until an exchange is done; returns None if it was not
+        (the timeout passed), else True, or with `snapshot` (a detached
+        exchange) the fresh buffers to apply."""
         deadline = time.monotonic() + self.timeout
         pause = 0.001
         while True:
             peer = self.schedule.choose(step)
             token = self.locks.next_token()
             try:
-                status = shared.exchange(peer, token)
+                if snapshot is None:
+                    status, fresh = shared.exchange(peer, token), True
+                else:
+                    status, fresh = shared.exchange_detached(
+                        peer, token, snapshot
+                    )
             except PEER_STATE_LOST_ERRORS as e:
                 self._release(shared, token)
                 if peer is None:
@@ -391,7 +391,7 @@ class AsyncGossipExtended(
             if status == "done":
                 self.exchanges[peer if peer is not None else "solo"] += 1
                 self.schedule.readmit(peer)
-                return True
+                return fresh
             if status == "idle":
                 self.schedule.mark_idle(peer)
                 self.stats["idle"] += 1
@@ -399,7 +399,7 @@ class AsyncGossipExtended(
             self.stats["busy"] += 1
             if time.monotonic() >= deadline:
                 self.stats["skipped"] += 1
-                return False
+                return None
             time.sleep(self.schedule.jitter(pause))
             pause = min(2 * pause, 0.05)
 

@@ -20,7 +20,7 @@ the largest degree; the next colour's if that neighbour's `fit` has ended),
 so actives stepping together never pick the same passive worker and each
 passive worker is averaged about once per step; a passive worker waits
 until its active neighbours have averaged with it about once per step of
-its own, at most `extended.PASSIVE_LEAD_STEPS` steps ahead, so it does not
+its own, at most `pacing.PASSIVE_LEAD_STEPS` steps ahead, so it does not
 race through its steps alone when its compute is cheaper than an exchange.
 At the end of its `fit` a passive worker stays averageable until its
 active neighbours' `fit`s have ended, so every active step averages to
@@ -37,6 +37,7 @@ This module is the thin public class: it validates the arguments, resolves
 the topology and starts the runtime, then delegates to
 `extended.AsyncGossipExtended`, which holds the state. The rest of the
 package: `peers.py` (which peer next; idle and dropped peers),
+`pacing.py` (a passive worker keeping pace with its actives),
 `exchange.py` (the locks and the atomic exchange), `runtime.py` (the
 server and client of each worker and their start-up order),
 `checkpoint.py` (one checkpoint writer; the state a resumed job starts
@@ -112,6 +113,24 @@ def _resolve_topology(spec, num_nodes):
     adjacency = topology_lib.adjacency(topology)
     _check_connected(adjacency, spec)
     return topology, adjacency
+
+
+def _check_types(seed, active_passive, overlap):
+    if not isinstance(overlap, bool):
+        raise TypeError(
+            f"`overlap` must be True or False. Received: overlap={overlap!r}"
+        )
+    if active_passive not in (None, True, False):
+        raise TypeError(
+            "`active_passive` must be None, True or False. Received: "
+            f"active_passive={active_passive!r}"
+        )
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int)
+    ):
+        raise TypeError(
+            f"`seed` must be an integer or None. Received: seed={seed!r}"
+        )
 
 
 def _split_schedule(adjacency, node, active_passive):
@@ -227,6 +246,14 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             splits when the topology is bipartite (an even ring, a torus
             with even sides), with the chief or worker 0 active; `True`
             requires it; `False` lets every worker start exchanges.
+        overlap: Whether a worker's exchange runs while its next step
+            trains (default), as the paper's workers average while they
+            compute: step `t + 1`'s gradient is then computed on the model
+            before exchange `t`'s average (a worker is at most one step
+            ahead of its last average), and the step costs about the larger
+            of its compute and one exchange instead of their sum. An error
+            of the exchange is raised at the next step. `False`: each step
+            waits for its exchange.
 
     Raises:
         ValueError: For no cluster, fewer than 2 workers, a topology whose
@@ -234,10 +261,8 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             `active_passive=True` with a topology that is not bipartite.
 
     __Known issues__: a worker that was dropped (it crashed, or did not
-    answer) cannot rejoin, even restarted. An exchange does not overlap
-    the next step's compute: an active step costs its compute plus one
-    round trip between two servers. Keras' `gradient_accumulation_steps`
-    and EMA work on the local model only.
+    answer) cannot rejoin, even restarted. Keras'
+    `gradient_accumulation_steps` and EMA work on the local model only.
 
     References:
         Lian, Zhang, Zhang, Liu. "Asynchronous Decentralized Parallel
@@ -252,18 +277,9 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
         seed=None,
         communication_options=None,
         active_passive=None,
+        overlap=True,
     ):
-        if active_passive not in (None, True, False):
-            raise TypeError(
-                "`active_passive` must be None, True or False. Received: "
-                f"active_passive={active_passive!r}"
-            )
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int)
-        ):
-            raise TypeError(
-                f"`seed` must be an integer or None. Received: seed={seed!r}"
-            )
+        _check_types(seed, active_passive, overlap)
         # A finite default; 0 or a negative timeout is a ValueError.
         options = make_communication_options(
             communication_options, DEFAULT_TIMEOUT_SECONDS
@@ -316,6 +332,7 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
                 timeout,
                 cluster_resolver,
                 serve_shares=None if active else serve_shares,
+                overlap=overlap,
             )
         )
 
