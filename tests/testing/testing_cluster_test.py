@@ -156,6 +156,22 @@ class LocalClusterTest(parameterized.TestCase):
         )
 
     @pytest.mark.timeout(30)
+    def test_run_workers_collects_the_reports(self):
+        # Worker 1 reports and exits 3; worker 0 prints no RESULT line.
+        code = """
+            import os, sys
+            if os.environ["TF_DECENTRAL_TASK"] == "worker:1":
+                print('RESULT {"node": 1}', flush=True)
+                sys.exit(3)
+            print(os.environ["TF_NUM_INTEROP_THREADS"], os.environ["X"])
+        """
+        results, reports = cluster_testing.run_workers(
+            cluster_testing.python_command(code), 2, timeout=30, env={"X": "x"}
+        )
+        self.assertEqual(results["worker:0"].stdout, "2 x\n")
+        self.assertEqual(reports, {"worker:1": {"node": 1, "returncode": 3}})
+
+    @pytest.mark.timeout(30)
     def test_check_raises_with_the_failing_output(self):
         code = """
             import os, sys, time

@@ -587,6 +587,37 @@ def local_cluster(
             cluster._finish()
 
 
+def run_workers(
+    command: list[str],
+    num_workers: int,
+    timeout: float = 200.0,
+    env: Mapping[str, str] | None = None,
+) -> tuple[dict, dict]:
+    """Runs `command` on `num_workers` workers until they all exit.
+
+    Every worker gets `thread_env(intra_op=1, inter_op=2)` and `env`.
+
+    Returns:
+        `(results, reports)`: every task's `TaskResult` by task name, and
+        the `RESULT` dict of each task that printed one, by task name, with
+        its `"returncode"` added.
+    """
+    with local_cluster(
+        command,
+        num_workers=num_workers,
+        timeout=timeout,
+        env={**thread_env(intra_op=1, inter_op=2), **(env or {})},
+    ) as cluster:
+        results = cluster.wait(fail_fast=False)
+    reports = {}
+    for name, result in results.items():
+        report = result.report()
+        if report is not None:
+            report["returncode"] = result.returncode
+            reports[name] = report
+    return results, reports
+
+
 def _process_table() -> Iterator[tuple[int, str, int, int]]:
     """Yields `(pid, state, ppid, pgid)` of every process (Linux `/proc`)."""
     try:

@@ -32,21 +32,13 @@ def run_cluster(phase, step_logs="local", num_workers=NUM_WORKERS, env=None):
     """Runs `phase` on every worker; returns their RESULT dicts by node."""
     command = [sys.executable, WORKER, phase, step_logs]
     command.append(str(COLLECTIVE_TIMEOUT))
-    with cluster.local_cluster(
-        command,
-        num_workers=num_workers,
-        timeout=200,
-        env={**cluster.thread_env(intra_op=1, inter_op=2), **(env or {})},
-    ) as local:
-        results = local.wait(fail_fast=False)
-    reports = {}
+    results, reports = cluster.run_workers(command, num_workers, env=env)
     for name, result in results.items():
-        report = result.report()
-        if report is not None:
-            reports[report["node"]] = report
-        elif phase not in ("kill", "hang", "checkpoint") or name != "worker:1":
+        if name in reports:
+            continue
+        if phase not in ("kill", "hang", "checkpoint") or name != "worker:1":
             raise AssertionError(f"{name} reported nothing:\n{result}")
-    return reports
+    return {report["node"]: report for report in reports.values()}
 
 
 def mirrored_reference(num_workers=NUM_WORKERS, epochs=1):

@@ -43,19 +43,7 @@ def run_cluster(
     """
     command = [sys.executable, WORKER, phase, topology, update]
     command.append(str(COLLECTIVE_TIMEOUT))
-    with cluster.local_cluster(
-        command,
-        num_workers=num_workers,
-        timeout=200,
-        env={**cluster.thread_env(intra_op=1, inter_op=2), **(env or {})},
-    ) as local:
-        results = local.wait(fail_fast=False)
-    reports = {}
-    for name, result in results.items():
-        report = result.report()
-        if report is not None:
-            report["returncode"] = result.returncode
-            reports[name] = report
+    results, reports = cluster.run_workers(command, num_workers, env=env)
     missing = [name for name in results if name not in reports]
     if phase in ("kill", "hang"):  # The last worker dies or hangs.
         missing = [m for m in missing if m != f"worker:{num_workers - 1}"]
