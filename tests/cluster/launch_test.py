@@ -108,6 +108,31 @@ class _Run:
         ]
 
 
+class PickPortsTest(parameterized.TestCase):
+    def test_free_distinct_and_below_the_ephemeral_range(self):
+        import portpicker
+
+        from tf_decentral.cluster import local_launcher
+
+        ports = cluster.pick_unused_ports(20)
+        self.assertLen(set(ports), 20)
+        low, high = local_launcher._PICK_RANGE
+        ephemeral = local_launcher._ephemeral_ports()
+        if ephemeral is not None:
+            high = min(high, ephemeral[0])
+        for port in ports:
+            self.assertBetween(port, low, high - 1)
+            self.assertTrue(portpicker.is_port_free(port), port)
+
+    def test_a_crowded_range_falls_back_to_portpicker(self):
+        from tf_decentral.cluster import local_launcher
+
+        with mock.patch.object(local_launcher, "_PICK_RANGE", (30, 30)):
+            ports = cluster.pick_unused_ports(3)
+        self.assertLen(set(ports), 3)
+        self.assertTrue(all(p > 1024 for p in ports), ports)
+
+
 class LaunchTest(parameterized.TestCase):
     def setUp(self):
         super().setUp()
