@@ -281,7 +281,9 @@ class TrainingTest(tf.test.TestCase, parameterized.TestCase):
         # went solo.
         steps = 64  # 2 epochs of a quarter of 4000 digits: 32 batches
         reports, results = run_cluster(
-            "fit", {"data": mnist_npz(self), "epochs": 2}, num_workers=4
+            "fit",
+            {"data": mnist_npz(self), "epochs": 2, "overlap": True},
+            num_workers=4,
         )
         _require(reports, results, [0, 1, 2, 3])
         actives = [reports[0], reports[2]]
@@ -294,8 +296,8 @@ class TrainingTest(tf.test.TestCase, parameterized.TestCase):
             # At least 95 % of the steps averaged with a peer.
             self.assertGreaterEqual(paired, 0.95 * steps, exchanges)
             self.assertEqual(exchanges.get("busy", 0), 0, exchanges)
-            # Each exchange ran while the next step trained (overlap=True,
-            # the default), and was taken in after it.
+            # Each exchange ran while the next step trained (overlap=True),
+            # and was taken in after it.
             self.assertEqual(report["hook_counts"]["overlapped"], paired)
         for report in passives:
             self.assertFalse(report["active"])

@@ -58,7 +58,7 @@ def make_strategy(options):
         options.get("topology", "ring"),
         seed=options.get("seed", 0),
         active_passive=options.get("active_passive"),
-        overlap=options.get("overlap", True),
+        overlap=options.get("overlap", False),
         communication_options=tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=timeout
         ),
