@@ -36,6 +36,12 @@ Protocols:
   the ps applies their average once all have arrived, then the next round
   starts. One update consumes `num_workers * n_push` batches.
 
+Round trips per worker step, measured (bench/results/
+downpour_round_trips_s7/: step time over the emulated round-trip time, 4
+workers, 1 ps): S-PSGD 82-88, A-PSGD with n_fetch = n_push = 1 95-104. A
+step needs a handful (dispatch, fetch, push); the rest is the open work of
+issue 15.
+
 References:
     Dean, Corrado, Monga, Chen, Devin, Le, Mao, Ranzato, Senior, Tucker,
     Yang, Ng. "Large Scale Distributed Deep Networks." NIPS 2012.
