@@ -5,8 +5,9 @@ connected client), the `Locks`, one `SharedModel` per Keras model, and the
 `PeerSchedule` (which peer to exchange with next). Keras reaches it through
 the hooks of `tf_decentral.strategies._keras_hooks`: gradients stay local,
 the optimizer updates the local model, and `keras_wrap_train_function`
-follows every train step with one exchange (`exchange`). The public
-`AsyncGossipStrategy` only validates its arguments and delegates here.
+follows every train step with one exchange (`exchange_after_step`). The
+public `AsyncGossipStrategy` only validates its arguments and delegates
+here.
 """
 
 import collections
@@ -71,7 +72,7 @@ class AsyncGossipExtended(
         timeout,
         cluster_resolver,
         serve_shares=None,
-        overlap=True,
+        overlap=False,
     ):
         super().__init__(container, runtime.client_device)
         self.serve_shares = serve_shares
