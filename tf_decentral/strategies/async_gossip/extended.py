@@ -363,7 +363,7 @@ class AsyncGossipExtended(
         if "error" in box:
             raise box["error"]
         fresh = box["fresh"]
-        if fresh is not None and fresh is not True:
+        if fresh is not None:  # None: the exchange timed out, skipped
             shared.apply_detached(fresh, snapshot)
             self.hook_counts["overlapped"] += 1
 
