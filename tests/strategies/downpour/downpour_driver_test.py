@@ -153,7 +153,8 @@ class _Cluster:
         self.slow = set(slow)
         self.scheduled = []
         self.applied = []  # Records not drained yet: push ids.
-        self.blocking_drains = 0
+        self.drains = 0  # Round trips to ps task 0.
+        self.blocking_drains = 0  # Drains that had to wait for a push.
         self.running = True
 
     # ClusterCoordinator
@@ -180,10 +181,11 @@ class _Cluster:
         return blocking()
 
     def drain(self, block=False):
-        if block:
+        self.drains += 1
+        if block and not self.applied:
+            # A real drain would wait: finish one.
             self.blocking_drains += 1
-            if not self.applied:  # a real drain would wait: finish one
-                self.finish(min(self.slow))
+            self.finish(min(self.slow))
         ids, self.applied = self.applied, []
         return {
             "push_id": np.array(ids, np.int64),
@@ -223,7 +225,10 @@ class FlowControlTest(tf.test.TestCase):
 
     def test_a_slow_closure_holds_up_nothing_but_itself(self):
         # Closure 1 is slow; at most 4 pushes may be in flight. The chief
-        # schedules the other 9 as their pushes are applied, never waiting.
+        # schedules the other 9 as their pushes are applied, never waiting,
+        # and reads the applied pushes only when it reaches the limit (then
+        # down to half of it): 2 round trips to ps task 0 for 10 closures,
+        # not one per closure.
         fake = _Cluster(slow=[1])
         function = self._train_function(fake)
         for _ in range(10):
@@ -231,7 +236,13 @@ class FlowControlTest(tf.test.TestCase):
             function._dispatch(final=False)
         self.assertEqual(fake.scheduled, list(range(1, 11)))
         self.assertEqual(fake.blocking_drains, 0)
+        self.assertEqual(fake.drains, 2)
         self.assertLen(fake.slow, 1)
+        counted = [r.closure for r in function.extended.push_stats.records()]
+        self.assertEqual(counted, list(range(2, 10)))
+        # Closure 10's record waits for the next read (the logs' or the
+        # epoch's end).
+        function._collect()
         counted = [r.closure for r in function.extended.push_stats.records()]
         self.assertEqual(counted, list(range(2, 11)))
 
@@ -241,7 +252,8 @@ class FlowControlTest(tf.test.TestCase):
         for _ in range(6):
             function._pending_steps += 1
             function._dispatch(final=False)
-        # Limit 2 (1 per worker): the 3rd to 6th slow closures each had to
-        # wait for one push to be applied.
+        # Limit 2 (1 per worker): after the 3rd and the 5th slow closure
+        # the chief waited until half the limit, 1 push, was in flight:
+        # two pushes applied each time.
         self.assertEqual(fake.blocking_drains, 4)
         self.assertEqual(fake.scheduled, list(range(1, 7)))

@@ -25,8 +25,13 @@ race through its steps alone when its compute is cheaper than an exchange.
 At the end of its `fit` a passive worker stays averageable until its
 active neighbours' `fit`s have ended, so every active step averages to
 the end; each worker then keeps its own copy, averaged with its neighbours
-until their last steps (`average_weights` gives every worker the exact
-mean).
+until their last steps. Without the split (every worker active: an odd
+ring, `active_passive=False`) a worker's `fit` ends with its own steps, with
+no barrier, and its peers skip it from then on: the worker that finishes
+last trains the steps it runs after the others' ends alone, so the local
+models differ by that tail. For one converged model (the paper's output,
+the mean of the copies), call `average_weights` on every worker after
+`fit`: it gives every worker the exact mean.
 
 Vocabulary: a *node* is a worker (the chief first, then the workers, TF's
 order); its *shared copy* `x_i` lives on its own TF server; its *local

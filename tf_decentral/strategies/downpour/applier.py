@@ -415,13 +415,24 @@ class Applier:
                     first = queue.dequeue_many(1 if block else 0)
                     with tf.control_dependencies(first):
                         rest = queue.dequeue_many(queue.size())
-                    values = [tf.concat(v, 0) for v in zip(first, rest)]
-                return dict(zip(_RECORD_FIELDS, values))
+                    # One tensor, so that the chief copies it in one round
+                    # trip (four fields would be four).
+                    return tf.stack(
+                        [
+                            tf.cast(tf.concat(v, 0), tf.int64)
+                            for v in zip(first, rest)
+                        ],
+                        axis=1,
+                    )
 
             self._drain = {
                 b: tf.function(lambda b=b: drain(b)) for b in (False, True)
             }
-        values = {k: v.numpy() for k, v in self._drain[block]().items()}
+        packed = self._drain[block]().numpy()
+        values = {
+            name: packed[:, i].astype(bool if name == "fresh" else "int64")
+            for i, name in enumerate(_RECORD_FIELDS)
+        }
         real = values["push_id"] != _WAKE  # `wake`'s records are not pushes
         return {k: v[real] for k, v in values.items()}
 

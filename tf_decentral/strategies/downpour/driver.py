@@ -376,9 +376,11 @@ class TrainFunction:
     def _collect(self, block=False):
         """Records what the applier applied since the last call; with
         `block`, first waits for at least one push to be applied (or for
-        every closure to finish, or one to fail: then raises its error)."""
+        every closure to finish, or one to fail: then raises its error).
+        Without `block` it also reads the records left when the applier
+        stopped (the end of an epoch)."""
         applier = self.state.applier
-        if not applier.running:
+        if block and not applier.running:
             return
         coordinator = self.extended.coordinator
         records = applier.wait(
@@ -391,20 +393,32 @@ class TrainFunction:
         self._applied_pushes += fresh
 
     def _wait_for_pushes(self, limit):
-        """Waits until at most `limit` scheduled pushes are not applied."""
-        self._collect()
-        while self._scheduled_pushes - self._applied_pushes > limit:
+        """If more than `limit` scheduled pushes may be unapplied, waits
+        until at most `limit // 2` are.
+
+        Costs no round trip while under the limit: the count of applied
+        pushes is only refreshed (one drain of the applier's records, one
+        round trip to ps task 0) when the limit is reached, and the wait
+        goes down to half of it, so that one wait serves several closures
+        (the workers still have the other half queued meanwhile).
+        """
+        if self._scheduled_pushes - self._applied_pushes <= limit:
+            return
+        while self._scheduled_pushes - self._applied_pushes > limit // 2:
             if self.extended.coordinator.done():  # raises a closure's error
                 self._collect()
                 return
             self._collect(block=True)
 
-    def _wait_all(self):
+    def _wait_all(self, collect=True):
+        """Waits for every scheduled closure; with `collect`, then records
+        the pushes applied so far (one round trip to ps task 0)."""
         if not self._results:
             return
         self.state.applier.wait(self.extended.coordinator.join)
         self._results.clear()
-        self._collect()
+        if collect:
+            self._collect()
 
     def _dispatch(self, final):
         extended = self.extended
@@ -418,7 +432,8 @@ class TrainFunction:
             ):
                 for _ in range(num_workers):
                     self._schedule(length)
-                self._wait_all()
+                # The round's barrier; its records are read with the logs.
+                self._wait_all(collect=False)
                 self._pending_steps = max(self._pending_steps - unit, 0)
             return
         while self._pending_steps > 0:
