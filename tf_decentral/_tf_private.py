@@ -189,7 +189,10 @@ PRIVATE_NAMES.update({
     ),
     "tensorflow.python.eager.context": (
         "device_policy(DEVICE_PLACEMENT_SILENT) around each copy's creation, "
-        "as in TF's MirroredExtended._create_variable"
+        "as in TF's MirroredExtended._create_variable; for "
+        "AsyncGossipStrategy's rejoin, check_alive / get_server_def / "
+        "update_server_def, as TF's ClusterCoordinator uses them to take a "
+        "restarted worker back (see reattach_restarted_task)"
     ),
     "tensorflow.python.eager.record": (
         "stop_recording() around each copy's creation, as in TF's "
@@ -497,6 +500,29 @@ def disable_async_executor_globally() -> None:
     `PRIVATE_NAMES["TF_PS_DISABLE_ASYNC_EXECUTOR_GLOBALLY"]`).
     """
     os.environ["TF_PS_DISABLE_ASYNC_EXECUTOR_GLOBALLY"] = "True"
+
+
+def task_is_alive(task: str) -> bool:
+    """Whether `task` ("/job:worker/replica:0/task:1") answers, at once.
+
+    TF's `context.check_alive` (what ClusterCoordinator's failure handler
+    probes with): True as soon as the task's server listens, even a
+    restarted one whose client has not connected yet.
+    """
+    return bool(context.check_alive(task))
+
+
+def reattach_restarted_task() -> None:
+    """Re-creates this client's remote contexts on restarted tasks.
+
+    TF's `update_server_def` with the current cluster, as ClusterCoordinator
+    does when a preempted worker comes back: TF finds the tasks whose
+    incarnation changed and creates a new context on each. Handles and
+    functions that captured the old task's resources are invalid afterwards
+    (TF: "some remote workers have been restarted"): re-create them.
+    """
+    context.context().update_server_def(context.get_server_def())
+
 
 # (end of the AsyncGossipStrategy section)
 

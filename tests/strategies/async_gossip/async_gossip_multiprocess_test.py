@@ -11,8 +11,11 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 import unittest
 from unittest import mock
 
@@ -545,6 +548,101 @@ class FailureTest(tf.test.TestCase):
         self.assertEqual(by_0, reports[0]["exchanges_before_kill"] + 20)
         served = sum(reports[k]["exchanges"]["served"] for k in (1, 3))
         self.assertGreaterEqual(served - by_0, 5)
+
+
+def _wait_for_file(path, local, timeout):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        finished = {
+            n: r for n, r in local.poll().items() if r.returncode is not None
+        }
+        if finished or time.monotonic() > deadline:
+            details = "\n".join(r.describe() for r in local.poll().values())
+            raise AssertionError(f"No {path} within {timeout} s:\n{details}")
+        time.sleep(0.05)
+
+
+class RejoinTest(tf.test.TestCase):
+    @pytest.mark.timeout(300)
+    def test_a_restarted_worker_is_taken_back_from_a_peers_copy(self):
+        # A ring of 3 (every worker active) trains MNIST; worker 2 is
+        # SIGKILLed after 20 steps, its peers drop it and train on; it is
+        # restarted at the same address (same TF_CONFIG, same script),
+        # starts from a peer's copy, trains 60 steps, then tells the others
+        # to stop. Before rejoin existed, the restarted worker waited for
+        # ever for its start-up turn and its peers never exchanged with it
+        # again.
+        tmp = tempfile.mkdtemp(prefix="rejoin")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        options = {
+            "data": mnist_npz(self),
+            "dir": tmp,
+            "victim": 2,
+            "kill_after": 20,
+            "step_sleep": 0.02,
+            "steps": 60,
+            "max_epochs": 100,
+        }
+        command = [sys.executable, WORKER, "rejoin", json.dumps(options)]
+        env = cluster.thread_env(intra_op=1, inter_op=2)
+        with cluster.local_cluster(
+            command, num_workers=3, timeout=240, env=env
+        ) as local:
+            _wait_for_file(os.path.join(tmp, "victim_ready"), local, 150)
+            index = [c.task_name for c in local.configs].index("worker:2")
+            os.killpg(local.pids[index], signal.SIGKILL)
+            time.sleep(1.0)  # Its peers find it gone and drop it.
+            restarted = subprocess.run(
+                [
+                    sys.executable,
+                    WORKER,
+                    "rejoin",
+                    json.dumps({**options, "restarted": True}),
+                ],
+                env={
+                    **os.environ,
+                    **env,
+                    "TF_CONFIG": local.configs[index].to_json(),
+                },
+                capture_output=True,
+                text=True,
+                timeout=200,
+                check=False,
+            )
+            results = local.wait(fail_fast=False)
+        lines = [
+            line
+            for line in restarted.stdout.splitlines()
+            if line.startswith("RESULT ")
+        ]
+        self.assertTrue(
+            lines, f"{restarted.returncode}\n{restarted.stderr[-5000:]}"
+        )
+        back = json.loads(lines[-1][len("RESULT ") :])
+        reports = {
+            r.report()["node"]: r.report()
+            for r in results.values()
+            if r.report() is not None
+        }
+        _require(reports, results, [0, 1])
+        self.assertEqual(results["worker:2"].returncode, -9)
+        # It started from a peer's copy (a fresh model is at ~10 %).
+        self.assertGreater(back["accuracy_after_first_step"], 0.6, back)
+        self.assertEqual(back["steps"], 60)
+        # It exchanged with both peers, and they with it, after its restart.
+        for peer in ("0", "1"):
+            self.assertGreater(back["exchanges"].get(peer, 0), 0, back)
+        self.assertGreater(back["exchanges"]["served"], 0, back)
+        self.assertEmpty(back["dropped"])
+        for node in (0, 1):
+            report = reports[node]
+            exchanges = report["exchanges"]
+            self.assertEqual(exchanges.get("rejoined"), 1, exchanges)
+            self.assertEmpty(report["dropped"])
+        # The job's models converge.
+        accuracies = [reports[0]["accuracy"], reports[1]["accuracy"]]
+        accuracies.append(back["accuracy"])
+        self.assertGreater(min(accuracies), 0.8, accuracies)
 
 
 def _weights_file(path, like):

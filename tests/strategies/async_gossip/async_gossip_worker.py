@@ -19,6 +19,8 @@ Phases:
     guard: checks that resources made by `shared_name` on one server are
         shared by every worker's client (TF behaviour the strategy needs).
     startup: creates the strategy, waits for all workers, then exits.
+    rejoin: trains until told to stop; worker `victim` waits to be
+        SIGKILLed mid-training, and its restarted process trains again.
     checkpoint: trains with BackupAndRestore and ModelCheckpoint in one
         folder shared by every worker; with `kill_epoch`, node 0 (the
         checkpoint writer) SIGKILLs itself in the middle of that epoch.
@@ -707,6 +709,72 @@ def phase_checkpoint(options):
         time.sleep(0.3)  # The peer may still be polling this barrier.
 
 
+def _numpy_accuracy(weights, x, y):
+    """Accuracy of `classifier`'s weights (no batch norm), in NumPy: no TF
+    function is traced (which would register on every server)."""
+    w1, b1, w2, b2 = weights
+    hidden = np.maximum(x @ w1 + b1, 0.0)
+    return float(np.mean(np.argmax(hidden @ w2 + b2, axis=1) == y))
+
+
+def phase_rejoin(options):
+    """Trains, pausing `step_sleep` per step, until `dir/stop` exists.
+
+    Worker `victim` writes `dir/victim_ready` after `kill_after` steps and
+    waits there (the test SIGKILLs it). Its restarted process
+    (`restarted`) reports its model's test accuracy after its first step
+    (it starts from a peer's copy), trains `steps` steps, writes
+    `dir/stop` and reports.
+    """
+    strategy = make_strategy(options)
+    node, n = strategy.node, strategy.num_workers
+    restarted = options.get("restarted", False)
+    data = np.load(options["data"])
+    x, y = data["x_train"][node::n], data["y_train"][node::n]
+    x_test, y_test = data["x_test"], data["y_test"]
+    keras.utils.set_random_seed(node + (100 if restarted else 0))
+    with strategy.scope():
+        model = classifier(10, x.shape[1], 0.05)
+    stop = os.path.join(options["dir"], "stop")
+    result = {"node": node, "restarted": restarted}
+    steps = []
+
+    class Pace(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            steps.append(time.time())
+            if len(steps) == 1:
+                result["accuracy_after_first_step"] = _numpy_accuracy(
+                    self.model.get_weights(), x_test, y_test
+                )
+            time.sleep(options["step_sleep"])
+            if not restarted and node == options["victim"]:
+                if len(steps) == options["kill_after"]:
+                    open(os.path.join(options["dir"], "victim_ready"), "w")
+                    time.sleep(600)  # SIGKILLed here
+            if os.path.exists(stop) or (
+                restarted and len(steps) >= options["steps"]
+            ):
+                self.model.stop_training = True
+
+    model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=options["max_epochs"],
+        callbacks=[Pace()],
+        verbose=0,
+    )
+    if restarted:
+        open(stop, "w").close()
+    result["steps"] = len(steps)
+    result["exchanges"] = {
+        str(k): v for k, v in strategy.exchange_counts.items()
+    }
+    result["dropped"] = {str(k): v for k, v in strategy.dropped_peers.items()}
+    result["accuracy"] = _numpy_accuracy(model.get_weights(), x_test, y_test)
+    report(result)
+
+
 def main(phase, options):
     phases = {
         "fit": phase_fit,
@@ -718,6 +786,7 @@ def main(phase, options):
         "exactly_once": phase_exactly_once,
         "startup": phase_startup,
         "checkpoint": phase_checkpoint,
+        "rejoin": phase_rejoin,
     }
     phases[phase](options)
     if options.get("normal_exit"):

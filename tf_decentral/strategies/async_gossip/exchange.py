@@ -119,29 +119,11 @@ class Locks:
     def __init__(self, layout, lease_seconds: float):
         self.layout = layout
         self.lease_seconds = float(lease_seconds)
-        self.owner, self.expiry, self.mutex, self.counter = [], [], [], []
-        self.training, self.served = [], []
+        for name in ("training", "served", "owner", "expiry", "counter"):
+            setattr(self, name, [None] * layout.num_nodes)
+        self.mutex = [None] * layout.num_nodes
         for k in range(layout.num_nodes):
-            device = layout.server_device(k)
-            self.training.append(
-                _handle(device, tf.int64, [], f"{_PREFIX}/training")
-            )
-            self.served.append(
-                _handle(device, tf.int64, [], f"{_PREFIX}/served")
-            )
-            self.owner.append(
-                _handle(device, tf.int64, [], f"{_PREFIX}/lock_owner")
-            )
-            self.expiry.append(
-                _handle(device, tf.float64, [], f"{_PREFIX}/lock_expiry")
-            )
-            self.counter.append(
-                _handle(device, tf.int64, [], f"{_PREFIX}/barrier")
-            )
-            with tf.device(device):
-                self.mutex.append(
-                    tf.CriticalSection(shared_name=f"{_PREFIX}/lock_mutex")
-                )
+            self.reattach(k)
         i = layout.node
         with tf.device(layout.server_device(i)):
             if not bool(_is_initialized(self.owner[i]).numpy()):
@@ -152,6 +134,22 @@ class Locks:
                 _assign(self.owner[i], tf.constant(0, tf.int64))
         self._generation = self._read_counter(i)
         self._token = 0
+
+    def reattach(self, k):
+        """(Re)creates the handles to node `k`'s lock state on its server:
+        at start-up, and after `k` restarted (see `rejoin.py`)."""
+        device = self.layout.server_device(k)
+        self.training[k] = _handle(device, tf.int64, [], f"{_PREFIX}/training")
+        self.served[k] = _handle(device, tf.int64, [], f"{_PREFIX}/served")
+        self.owner[k] = _handle(device, tf.int64, [], f"{_PREFIX}/lock_owner")
+        self.expiry[k] = _handle(
+            device, tf.float64, [], f"{_PREFIX}/lock_expiry"
+        )
+        self.counter[k] = _handle(device, tf.int64, [], f"{_PREFIX}/barrier")
+        with tf.device(device):
+            self.mutex[k] = tf.CriticalSection(
+                shared_name=f"{_PREFIX}/lock_mutex"
+            )
 
     def next_token(self) -> tf.Tensor:
         """Returns a token no other lock acquisition uses (never 0)."""
@@ -400,27 +398,11 @@ class SharedModel:
         self.sizes = [
             sum(int(np.prod(v.shape)) for v in group) for group in self.groups
         ]
-        self.handles = [
-            [
-                _handle(
-                    self.layout.server_device(k),
-                    dtype,
-                    [size],
-                    f"{_PREFIX}/{name}/x{g}",
-                )
-                for g, (dtype, size) in enumerate(zip(self.dtypes, self.sizes))
-            ]
-            for k in range(self.layout.num_nodes)
-        ]
-        self.ready = [
-            _handle(
-                self.layout.server_device(k),
-                tf.int64,
-                [],
-                f"{_PREFIX}/{name}/ok",
-            )
-            for k in range(self.layout.num_nodes)
-        ]
+        self.handles = [None] * self.layout.num_nodes
+        self.ready = [None] * self.layout.num_nodes
+        self._functions = {}
+        for k in range(self.layout.num_nodes):
+            self.reattach(k)
         with tf.device(client_device):
             self.base = [
                 tf.Variable(
@@ -428,7 +410,25 @@ class SharedModel:
                 )
                 for g, (dtype, size) in enumerate(zip(self.dtypes, self.sizes))
             ]
-        self._functions = {}
+
+    def reattach(self, k):
+        """(Re)creates the handles to node `k`'s shared copy, and forgets
+        the exchange functions that captured the old ones: at start-up, and
+        after `k` restarted (see `rejoin.py`)."""
+        device = self.layout.server_device(k)
+        self.handles[k] = [
+            _handle(device, dtype, [size], f"{_PREFIX}/{self.name}/x{g}")
+            for g, (dtype, size) in enumerate(zip(self.dtypes, self.sizes))
+        ]
+        self.ready[k] = _handle(device, tf.int64, [], self.ready_name)
+        for key in (k, ("detached", k)):
+            self._functions.pop(key, None)
+
+    @property
+    def ready_name(self) -> str:
+        """The `shared_name` of the flag each node sets on its server once
+        its shared copy of this model is initialized."""
+        return f"{_PREFIX}/{self.name}/ok"
 
     @property
     def trainable_groups(self):
@@ -510,19 +510,35 @@ class SharedModel:
             if waiting:
                 time.sleep(_POLL_SECONDS)
 
+    def _restarted_source(self):
+        """For node 0: the first peer whose copy is ready already (node 0
+        was restarted and rejoins a running job: it starts from that
+        peer's copy), else None (a fresh start: peers wait for node 0)."""
+        for k in range(1, self.layout.num_nodes):
+            try:
+                if self._is_ready(k):
+                    return k
+            except tf.errors.OpError:
+                continue  # Gone too: not a source.
+        return None
+
     def initialize(self, timeout: float):
         """Starts every worker from node 0's model; waits for all workers.
+
+        A worker restarted into a running job starts from a peer's current
+        copy: node 0's, or for node 0 the first ready peer's.
 
         Raises:
             ValueError: If node 0's model has a different size.
             RuntimeError: If a worker does not get ready within `timeout`.
         """
         i = self.layout.node
-        if i == 0:
+        source = 0 if i != 0 else self._restarted_source()
+        if source is None:
             buffers = self.local_buffers()
         else:
-            self._wait([0], timeout, "the initial model")
-            buffers = self.read_copy(0)
+            self._wait([source], timeout, "the initial model")
+            buffers = self.read_copy(source)
             ours = [int(s) for s in self.sizes]
             theirs = [int(b.size) for b in buffers]
             if ours != theirs:

@@ -26,6 +26,7 @@ from tf_decentral.strategies._collective import PEER_STATE_LOST_ERRORS
 from tf_decentral.strategies.async_gossip import checkpoint as checkpoint_lib
 from tf_decentral.strategies.async_gossip import exchange as exchange_lib
 from tf_decentral.strategies.async_gossip import pacing
+from tf_decentral.strategies.async_gossip import rejoin
 
 STARTUP_TIMEOUT_SECONDS = 600.0
 """How long a worker waits for the others to connect and to start `fit`."""
@@ -35,6 +36,7 @@ class AsyncGossipExtended(
     _tf_private.OneDeviceExtended,
     _keras_hooks.OptimizerHooks,
     pacing.PacingMixin,
+    rejoin.RejoinMixin,
 ):
     """Implementation of `AsyncGossipStrategy` on one worker.
 
@@ -323,10 +325,12 @@ class AsyncGossipExtended(
         (`start_exchange`), after the previous one's result is taken in
         (`finish_exchange`); else `exchange`."""
         if not (self.overlap and self.schedule.active):
+            self.readmit_restarted_peers()
             return self.exchange(shared)
         step = self._steps
         self._steps += 1
         self.finish_exchange()
+        self.readmit_restarted_peers()
         self.start_exchange(shared, step)
         return True
 

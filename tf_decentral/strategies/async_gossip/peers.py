@@ -135,8 +135,14 @@ class PeerSchedule:
         self.idle.pop(peer, None)
 
     def drop(self, peer, reason: str) -> None:
-        """Never chooses `peer` again; `reason` says why."""
+        """Never chooses `peer` again (until `readmit_dropped`); `reason`
+        says why."""
         self.dropped[peer] = reason
+
+    def readmit_dropped(self, peer) -> None:
+        """Chooses `peer` again: it was restarted (see `rejoin.py`)."""
+        self.dropped.pop(peer, None)
+        self.idle.pop(peer, None)
 
     def live_nodes(self, num_nodes: int) -> list:
         """Returns the nodes `0 .. num_nodes - 1` that are not dropped."""

@@ -251,6 +251,46 @@ class Runtime:
         except tf.errors.OpError:
             return True  # Exited (or crashed): its server is gone.
 
+    def task_name(self, k: int) -> str:
+        """Node `k`'s server as TF names a task,
+        `"/job:worker/replica:0/task:1"`."""
+        return self.layout.server_device(k).rpartition("/device:")[0]
+
+    def flag_via_server(self, k, shared_name=_GO_FLAG, set_it=False) -> bool:
+        """Reads (or, with `set_it`, sets) an int64 flag variable on node
+        `k`'s server through this worker's own server: a TF1 graph session
+        on `server.target`, as at start-up (`_wait_for_turn`), which creates
+        no eager context on `k`'s server. So it may run while `k`'s client
+        has not connected yet: a restarted server's first eager context
+        must be its own client's (see the module docstring). Returns
+        whether the flag is set (True after setting it).
+
+        Blocks while `k`'s server is down: check `task_is_alive` first.
+        """
+        layout = self.layout
+        graph = tf.Graph()
+        with graph.as_default(), tf.device(layout.server_device(k)):
+            handle = tf.raw_ops.VarHandleOp(
+                dtype=tf.int64, shape=[], container="", shared_name=shared_name
+            )
+            if set_it:
+                op = tf.raw_ops.AssignVariableOp(
+                    resource=handle, value=tf.constant(1, tf.int64)
+                )
+            else:
+                op = tf.raw_ops.VarIsInitializedOp(resource=handle)
+        config = tf.compat.v1.ConfigProto(
+            device_filters=[
+                "/job:{}/task:{}".format(*layout.nodes[n])
+                for n in (layout.node, k)
+            ]
+        )
+        with tf.compat.v1.Session(
+            self.server.target, graph=graph, config=config
+        ) as session:
+            result = session.run(op)
+        return True if set_it else bool(result)
+
     def _let_others_connect(self):
         for k in range(1, self.layout.num_nodes):
             with tf.device(self.layout.server_device(k)):

@@ -172,8 +172,10 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
     There is no global barrier: a slow worker slows nobody; a worker whose
     `fit` has ended is skipped by its peers (they check it
     again from time to time and take it back when it trains again), and one
-    that crashed or became unreachable is dropped for good. Either way its
-    peers keep training.
+    that crashed or became unreachable is dropped. Either way its peers
+    keep training; a dropped worker restarted at the same address (same
+    `TF_CONFIG`, same program) is taken back by its neighbours and starts
+    from a peer's copy (`rejoin.py`).
 
     ```python
     strategy = tfd.AsyncGossipStrategy("ring")   # reads TF_CONFIG
@@ -270,9 +272,10 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             size is not the number of workers, a disconnected topology, or
             `active_passive=True` with a topology that is not bipartite.
 
-    __Known issues__: a worker that was dropped (it crashed, or did not
-    answer) cannot rejoin, even restarted. Keras'
-    `gradient_accumulation_steps` and EMA work on the local model only.
+    __Known issues__: only a dropped worker's neighbours take it back when
+    it restarts, so `average_weights` fails on a worker that saw a peer
+    dropped. Keras' `gradient_accumulation_steps` and EMA work on the local
+    model only.
 
     References:
         Lian, Zhang, Zhang, Liu. "Asynchronous Decentralized Parallel
@@ -398,7 +401,8 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
         passive worker `"paced"` (steps after which it waited for its
         active neighbours), `"waited_at_end"` (`fit`s at whose end it
         waited for them to finish) and `"pace_timeouts"` (waits cut at the
-        timeout)."""
+        timeout), and `"rejoined"` (dropped peers taken back after their
+        restart)."""
         return self.extended.exchange_counts()
 
     def consensus_distance(self, model) -> float:
