@@ -47,11 +47,13 @@ def worker_batches(x, y, worker, num_workers):
     return list(zip(xb, yb))
 
 
-def linear_model(strategy, make_optimizer):
+def linear_model(strategy, make_optimizer, steps_per_execution=1):
     with strategy.scope():
         keras.utils.set_random_seed(1)
         model = keras.Sequential([keras.Input((DIM,)), keras.layers.Dense(1)])
-        model.compile(make_optimizer(), "mse")
+        model.compile(
+            make_optimizer(), "mse", steps_per_execution=steps_per_execution
+        )
     return model
 
 
@@ -285,12 +287,19 @@ def sync(resolver, tmp):
 
 
 def exact(resolver, tmp):
-    """One worker, n_fetch=2, staleness_lr, momentum: a NumPy reference."""
+    """One worker, n_fetch=2, staleness_lr, momentum: a NumPy reference.
+
+    The whole epoch is a warm start: each closure starts once the previous
+    one's pushes are applied, so its first fetch sees them (otherwise its
+    last push is applied while the next closure runs, and the next fetch
+    may or may not see it).
+    """
     del tmp
     strategy = tfd.DownpourParameterServerStrategy(
         resolver,
         n_fetch=2,
         n_push=1,
+        warm_start_steps=10,
         staleness_lr=True,
         options=downpour.DownpourOptions(max_shard_bytes=8),
     )
@@ -319,8 +328,10 @@ def exact(resolver, tmp):
     )
     applier.start()  # fit stopped it
     strategy.coordinator.join()
-    records = applier.drain()  # fit drained the records of its pushes
+    # The closure's last push need not be applied when it ends: stopping
+    # the applier applies every push sent. (fit drained its own records.)
     applier.stop()
+    records = applier.drain()
     result["rerun"] = {
         "push_ids": records["push_id"].tolist(),
         "fresh": records["fresh"].tolist(),
@@ -443,17 +454,24 @@ def faults(resolver, tmp):
     """Long async training: the test kills a worker or a ps meanwhile."""
     del tmp
     protocol = os.environ.get("DOWNPOUR_TEST_PROTOCOL", "async")
+    # The test kills worker 1 while one of its pushes is held between its
+    # claim and its apply (`push_gate`), then creates this file. Closures
+    # of 2 steps (steps_per_execution=2, n_fetch=1): the held push is a
+    # closure's first, which its worker waits for (it fetches again after
+    # it), so the kill cuts the closure and the coordinator re-runs it.
+    release_file = os.environ.get("DOWNPOUR_TEST_GATE_RELEASE")
     strategy = tfd.DownpourParameterServerStrategy(
         resolver,
         protocol=protocol,
         softsync_n=2 if protocol == "softsync" else None,
     )
-    # The test kills worker 1 while one of its pushes is held between its
-    # claim and its apply (`push_gate`), then creates this file.
-    release_file = os.environ.get("DOWNPOUR_TEST_GATE_RELEASE")
-    gate = push_gate.install(release_file) if release_file else None
+    gate = push_gate.install(release_file, every=2) if release_file else None
     x, y = data(32)
-    model = linear_model(strategy, lambda: keras.optimizers.SGD(0.01))
+    model = linear_model(
+        strategy,
+        lambda: keras.optimizers.SGD(0.01),
+        steps_per_execution=2 if release_file else 1,
+    )
     callbacks = [_Progress(strategy)]
     if gate is not None:
         callbacks.append(_ArmGate(gate))

@@ -1,11 +1,14 @@
 """A test-only gate that holds one push between its claim and its apply.
 
-`install(strategy)` wraps two methods of `ParameterServerState` (in this
-process only, before the model traces its closures): `push` records which
-worker sends each push id, and `_claim` (after recording the claim) holds
-the first push of worker 1 claimed once the gate is armed, spinning on ps
-task 0 until the chief releases it. The production code has no test branch:
-the gate lives in the traced graph of this test's chief.
+`install(release_file, every)` wraps two methods of `ParameterServerState`
+(in this process only, before the model traces its closures): `push`
+records which worker sends each push id, and `_claim` (after recording the
+claim) holds the first push of worker 1 claimed once the gate is armed whose
+id is a multiple of `every` (with closures of `every` pushes, a closure's
+first push: one its worker waits for, when the closure fetches again after
+it), spinning on ps task 0 until the chief releases it. The production
+code has no test branch: the gate lives in the traced graph of this test's
+chief.
 
 The chief arms the gate (`arm()`, e.g. at the end of the first epoch); a
 thread prints `HELD {"push": id}` once a push is held, waits until the test
@@ -38,8 +41,9 @@ _AFTER_KILL_SECONDS = 1.0
 class Gate:
     """The gate's variables on ps task 0 and its chief-side thread."""
 
-    def __init__(self, release_file):
+    def __init__(self, release_file, every=1):
         self.release_file = release_file
+        self.every = every
         with tf.device(placement.ps_device(0)):
             self.state = tf.Variable(OPEN, dtype=tf.int64, name="gate_state")
             self.held = tf.Variable(-1, dtype=tf.int64, name="gate_held")
@@ -78,8 +82,11 @@ class Gate:
         with tf.device(placement.ps_device(0)):
             slot = tf.math.floormod(push_id, _RING)
             takes = tf.logical_and(
-                tf.equal(self.state.read_value(), ARMED),
-                tf.equal(self.pushers.sparse_read(slot), HELD_WORKER),
+                tf.logical_and(
+                    tf.equal(self.state.read_value(), ARMED),
+                    tf.equal(self.pushers.sparse_read(slot), HELD_WORKER),
+                ),
+                tf.equal(tf.math.floormod(push_id, self.every), 0),
             )
 
             def spin():
@@ -94,16 +101,16 @@ class Gate:
             return tf.cond(takes, spin, lambda: tf.identity(fresh))
 
 
-def install(release_file):
+def install(release_file, every=1):
     """Wraps `push` and `_claim`; returns the `Gate` (call `arm()`)."""
-    gate = Gate(release_file)
+    gate = Gate(release_file, every)
     push = ps_lib.ParameterServerState.push
     claim = ps_lib.ParameterServerState._claim
 
-    def noting_push(self, grads, fetched_clock, push_id):
+    def noting_push(self, grads, fetched_clock, push_id, *args):
         with tf.control_dependencies([gate.note_pusher(push_id)]):
             grads = [None if g is None else tf.identity(g) for g in grads]
-        return push(self, grads, fetched_clock, push_id)
+        return push(self, grads, fetched_clock, push_id, *args)
 
     def holding_claim(self, push_id):
         return gate.hold(push_id, claim(self, push_id))

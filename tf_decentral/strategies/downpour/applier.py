@@ -17,23 +17,29 @@ apply:
 1. **stage**: for each ps task holding parts with gradients, the worker puts
    the task's gradient pieces in the task's staging area (a `MapStage`
    keyed by a random **attempt** id, drawn afresh by every run of a
-   closure; one operation per ps task, on that task);
+   closure; one operation per ps task, on that task), and the push's
+   **extras** (the metric updates and changed model state of its steps)
+   in a staging area on ps task 0;
 2. **send**: it enqueues the push's manifest `(attempt, push id, fetched
-   clock)` in the **inbox** on ps task 0 (one `QueueEnqueue`: all or
-   nothing). From here on the push is committed: it is applied exactly once
-   even if its worker dies at once;
+   clock, worker, reply wanted)` in the **inbox** on ps task 0 (one
+   `QueueEnqueue`: all or nothing). From here on the push is committed: it
+   is applied exactly once even if its worker dies at once;
 3. **apply**: the **applier**, a loop that the chief runs on the ps tasks
    (a function the chief calls, so no worker's death cancels it), takes the
    manifests in order, unstages their pieces, claims the push id and applies
-   the push (or counts a duplicate), then enqueues `(attempt, staleness,
-   fresh)` in the reply queue of the push's worker, and `(push id, worker,
-   staleness, fresh)` in the **records** queue that the chief drains in
-   bulk for its statistics (`drain`; both queues on ps task 0);
-4. **reply**: the worker dequeues replies until it gets its attempt's
-   (replies left by a dead closure on the same worker are skipped) and goes
-   on, so that its next fetch sees its own update. A queue's dequeue waits
-   without holding a thread of ps task 0 (a blocking `MapUnstage` does:
-   workers waiting for replies took every thread, and the applier starved).
+   the push (or counts a duplicate), commits its extras if it is not a
+   duplicate, enqueues `(push id, worker, staleness, fresh)` in the
+   **records** queue that the chief drains in bulk for its statistics
+   (`drain`), and, if the manifest asks, `(attempt, staleness, fresh)` in
+   the reply queue of the push's worker (all queues on ps task 0);
+4. **reply** (only when asked: a fetch that must see the push follows in
+   the closure, or S-PSGD's round): the worker dequeues replies until it
+   gets its attempt's (replies left by a dead closure on the same worker
+   are skipped) and goes on. A queue's dequeue waits without holding a
+   thread of ps task 0 (a blocking `MapUnstage` does: workers waiting for
+   replies took every thread, and the applier starved). Otherwise the
+   worker goes on as soon as its manifest is sent: no round trip to the
+   applier.
 
 A worker that dies before step 2 leaves no claim (only staged pieces, freed
 at the end of the epoch): the re-run's push is applied. A worker that dies
@@ -45,6 +51,11 @@ end of each epoch, after every closure has finished. If the applier fails
 (a ps task was lost), workers waiting for their reply would wait forever:
 the chief's waits for closures go through `wait`, which raises the
 applier's error instead.
+
+Longer than 500 lines because the push protocol is checked as one: the
+worker's side (stage, send, reply), the applier loop and the chief's side
+(start, drain, wait, stop) share its queues and staging areas, and a change
+to one needs the others in view.
 """
 
 import dataclasses
@@ -115,15 +126,19 @@ class Applier:
         self.targets = targets
         self.process = process
         self.stages = None  # Set when the first push is traced.
+        # `(variable, mode)` of the values every push also carries (the
+        # metric deltas and the model state since its last push), set when
+        # the first push is traced; the applier commits them with the push.
+        self.extras = None
         self._function = None
         self._thread = None
         self._error = None
         with tf.init_scope(), tf.device(device):
-            # Manifests: (attempt, push id, fetched clock, worker).
+            # Manifests: (attempt, push id, fetched clock, worker, reply?).
             self.inbox = tf.queue.FIFOQueue(
                 -1,
-                [tf.int64] * 4,
-                shapes=[[]] * 4,
+                [tf.int64] * 5,
+                shapes=[[]] * 5,
                 shared_name=f"{prefix}/inbox",
                 name="downpour_inbox",
             )
@@ -150,11 +165,37 @@ class Applier:
 
     # -- worker side (traced inside a closure) ------------------------------
 
-    def send(self, grads, fetched_clock, push_id):
-        """Stages `grads` (one per target, or None), sends the manifest and
-        waits for the reply; returns `(staleness, fresh)`."""
+    def send(self, grads, fetched_clock, push_id, extras=(), wait=True):
+        """Stages `grads` (one per target, or None) and `extras`, sends the
+        manifest; with `wait`, waits for the reply.
+
+        Args:
+            grads: One gradient per target, or None.
+            fetched_clock: The clock of the parameters they were computed on.
+            push_id: The push's id.
+            extras: `(variable, value, mode)` triples, `mode` `"add"` (a
+                metric variable's delta) or `"set"` (a non-trainable
+                variable's new value), committed by the applier if and only
+                if the push is fresh (a duplicate commits nothing).
+            wait: Whether to wait until the push is applied (a fetch that
+                must see it follows; S-PSGD's round). Without it a push
+                costs the worker no round trip to the applier.
+
+        Returns:
+            `(staleness, fresh)` with `wait`; else a tensor that exists once
+            the push is sent (from then on it is applied exactly once).
+        """
         pieces = self._split(grads)
         stages = self._stages_of(pieces)
+        layout = tuple((variable, mode) for variable, _, mode in extras)
+        if self.extras is None:
+            self.extras = layout
+        elif layout != self.extras:
+            raise RuntimeError(
+                "Every push of a model must carry the same metric and state "
+                f"variables. Received: {[v.path for v, _ in layout]}, after "
+                f"{[v.path for v, _ in self.extras]}."
+            )
         attempt = tf.raw_ops.RandomUniformInt(
             shape=tf.constant([], tf.int32),
             minval=tf.constant(0, tf.int64),
@@ -175,6 +216,21 @@ class Applier:
                         shared_name=stage.name,
                     )
                 )
+        if extras:
+            values = [
+                tf.cast(value, tf.as_dtype(variable.dtype))
+                for variable, value, _ in extras
+            ]
+            with tf.device(self.device):
+                staged.append(
+                    tf.raw_ops.MapStage(
+                        key=attempt,
+                        indices=_indices(len(values)),
+                        values=values,
+                        dtypes=[v.dtype for v in values],
+                        shared_name=self._extras_name,
+                    )
+                )
         worker = tf.cast(
             tf.distribute.coordinator.experimental_get_current_worker_index(),
             tf.int64,
@@ -187,10 +243,46 @@ class Applier:
                         tf.cast(push_id, tf.int64),
                         tf.cast(fetched_clock, tf.int64),
                         worker,
+                        tf.constant(int(wait), tf.int64),
                     ]
                 )
+            if not wait:
+                with tf.control_dependencies([sent]):
+                    return tf.constant(True)
             with tf.control_dependencies([sent]):
                 return self._receive(worker, attempt)
+
+    @property
+    def _extras_name(self):
+        return f"{self.prefix}/extras"
+
+    @property
+    def _extras_dtypes(self):
+        return [tf.as_dtype(variable.dtype) for variable, _ in self.extras]
+
+    def _commit_extras(self, attempt, fresh):
+        """Unstages a push's extras; commits them if `fresh`. Returns an op."""
+        dtypes = self._extras_dtypes
+        with tf.device(self.device):
+            values = tf.raw_ops.MapUnstage(
+                key=attempt,
+                indices=_indices(len(dtypes)),
+                dtypes=dtypes,
+                shared_name=self._extras_name,
+            )
+
+        def commit():
+            writes = []
+            for (variable, mode), value in zip(self.extras, values):
+                value = tf.ensure_shape(value, variable.shape)
+                if mode == "add":
+                    writes.append(variable.value.assign_add(value))
+                else:
+                    writes.append(variable.value.assign(value))
+            with tf.control_dependencies(writes):
+                return tf.constant(True)
+
+        return tf.cond(fresh, commit, lambda: tf.constant(False))
 
     def _receive(self, worker, attempt):
         """Dequeues `worker`'s replies until `attempt`'s; returns it."""
@@ -258,7 +350,7 @@ class Applier:
 
     # -- the applier (a function the chief runs) ----------------------------
 
-    def _apply_one(self, attempt, push_id, fetched_clock, worker):
+    def _apply_one(self, attempt, push_id, fetched_clock, worker, reply):
         """Unstages, processes and answers one push; returns an op."""
         graph = tf.compat.v1.get_default_graph()
         first = len(graph.get_operations())
@@ -278,20 +370,27 @@ class Applier:
                         pieces[t] = [None] * len(self.targets[t].parts)
                     pieces[t][p] = tf.ensure_shape(value, shape)
         staleness, fresh = self.process(pieces, fetched_clock, push_id)
+        if self.extras:
+            self._commit_extras(attempt, fresh)
         with tf.control_dependencies(_written_ops(graph, first)):
             recorded = self.records.enqueue(
                 [push_id, worker, tf.cast(staleness, tf.int64), fresh]
             )
-        with tf.control_dependencies([recorded]):
-            reply = [attempt, staleness, fresh]
-            replied = tf.switch_case(
+        answer = [attempt, staleness, fresh]
+
+        def send_reply():
+            return tf.switch_case(
                 tf.cast(worker, tf.int32),
                 [
-                    lambda queue=queue: _enqueued(queue, reply)
+                    lambda queue=queue: _enqueued(queue, answer)
                     for queue in self.replies
                 ],
             )
-        return replied
+
+        with tf.control_dependencies([recorded]):
+            return tf.cond(
+                tf.not_equal(reply, 0), send_reply, lambda: tf.constant(True)
+            )
 
     def _loop(self):
         """Applies the inbox's pushes until it takes the stop manifest."""
@@ -454,11 +553,17 @@ class Applier:
         if self._error is None:
             stop = tf.constant(_STOP, tf.int64)
             with tf.device(self.device):
-                self.inbox.enqueue([stop] * 4)
+                self.inbox.enqueue([stop] * 5)
         thread.join()
         self.check()
         for stage in self.stages:
             with tf.device(stage.device):
                 tf.raw_ops.MapClear(
                     dtypes=list(stage.dtypes), shared_name=stage.name
+                )
+        if self.extras:
+            with tf.device(self.device):
+                tf.raw_ops.MapClear(
+                    dtypes=self._extras_dtypes,
+                    shared_name=self._extras_name,
                 )

@@ -375,19 +375,23 @@ class TrainFunction:
 
     def _collect(self, block=False):
         """Records what the applier applied since the last call; with
-        `block`, first waits for at least one push to be applied (or for
-        every closure to finish, or one to fail: then raises its error).
-        Without `block` it also reads the records left when the applier
-        stopped (the end of an epoch)."""
+        `block`, first waits for at least one push to be applied (or for a
+        closure to fail: then raises its error). A closure that has
+        finished has sent its pushes, which the applier applies whether or
+        not the closure waited for them. Without `block` it also reads the
+        records left when the applier stopped (the end of an epoch)."""
         applier = self.state.applier
         if block and not applier.running:
             return
         coordinator = self.extended.coordinator
+
+        def raise_failed_closure():
+            coordinator.done()  # raises a failed closure's error
+            return False  # pushes sent are applied: keep waiting
+
         records = applier.wait(
             lambda: applier.drain(block=block),
-            # Raises a failed closure's error; True once every closure has
-            # finished (then no push will come).
-            stop_waiting=coordinator.done if block else None,
+            stop_waiting=raise_failed_closure if block else None,
         )
         fresh = self.extended.push_stats.record(records, self.max_pushes)
         self._applied_pushes += fresh
@@ -405,9 +409,6 @@ class TrainFunction:
         if self._scheduled_pushes - self._applied_pushes <= limit:
             return
         while self._scheduled_pushes - self._applied_pushes > limit // 2:
-            if self.extended.coordinator.done():  # raises a closure's error
-                self._collect()
-                return
             self._collect(block=True)
 
     def _wait_all(self, collect=True):
@@ -444,7 +445,10 @@ class TrainFunction:
             self._schedule(steps)
             self._pending_steps -= steps
             if warm:
+                # One closure at a time, each fetching after every earlier
+                # push is applied.
                 self._wait_all()
+                self._wait_for_pushes(0)
                 extended.count_warm_steps(steps)
             self._wait_for_pushes(config.max_inflight * self.max_pushes)
 

@@ -28,10 +28,13 @@ one locked function, then replies (`applier.py` has the protocol). A push
 sent is applied once and its closure's re-run is a duplicate; a push not
 yet sent when its worker died leaves no claim, and the re-run's is applied.
 So the pushes of every closure scheduled are applied exactly once: `pushes`
-counts them, `duplicates` the re-runs' repeats. The metric updates and
-non-trainable state a closure commits (`worker.py`) remain at most once: a
-closure that died after its last push was applied commits nothing, and its
-re-run's push is a duplicate.
+counts them, `duplicates` the re-runs' repeats. Each push also carries the
+metric updates and the non-trainable state (e.g. batch-normalization
+statistics) of its steps, which the applier commits with it, so they too
+count exactly once (a duplicate commits nothing). A worker waits for its
+push's reply only when a fetch that must see the push follows in the same
+closure (`n_fetch`), and with `"sync"` (the next round must see the
+update); otherwise it goes on as soon as its push is sent.
 
 Protocols: `"async"` applies every push when the applier takes it
 (Downpour, A-PSGD; pushes are applied one at a time, in the order they
@@ -204,16 +207,18 @@ class ParameterServerState:
             tf.convert_to_tensor(self.optimizer.learning_rate), tf.float32
         )
 
-    def push(self, grads, fetched_clock, push_id):
-        """Pushes `grads` (one per target, or None); returns `(tau, fresh)`.
+    def push(self, grads, fetched_clock, push_id, extras=(), wait=True):
+        """Pushes `grads` (one per target, or None) and `extras` (see
+        `applier.Applier.send`), handed to the applier: applied exactly
+        once, even if this worker dies meanwhile.
 
-        `tau` is the push's staleness (0 for a duplicate), `fresh` whether
-        it was accepted. The push is handed to the applier
-        (`applier.Applier.send`) and applied exactly once, even if this
-        worker dies meanwhile.
+        Returns what `Applier.send` returns: with `wait`, `(tau, fresh)`
+        once the push is applied (`tau` its staleness, 0 for a duplicate;
+        `fresh` whether it was accepted); otherwise a tensor that exists
+        once it is sent.
         """
         self._mask = [g is not None for g in grads]
-        return self.applier.send(grads, fetched_clock, push_id)
+        return self.applier.send(grads, fetched_clock, push_id, extras, wait)
 
     # -- the applier's side (traced in `applier.Applier`'s loop) ------------
 

@@ -9,12 +9,18 @@ that worker's data shard:
    accumulated gradient, update the local copy with a plain SGD step at the
    optimizer's learning rate (DistBelief's local step; skipped when the next
    step re-fetches anyway);
-3. push the accumulated gradient every `n_push` steps and at its end;
-4. re-fetch every `n_fetch` steps;
-5. at its end, add its metric updates to the model's metric variables on the
-   ps tasks and write back the non-trainable state it changed (e.g. batch
-   normalization statistics; the last writer wins) -- only if its last push
-   was accepted, so a re-run closure does not count twice.
+3. push the accumulated gradient every `n_push` steps and at its end, with
+   the metric updates of those steps and the non-trainable state they
+   changed (e.g. batch-normalization statistics; the last push applied
+   wins): the applier commits them with the push, if it is not a
+   duplicate, so a re-run closure does not count twice (`ps.py`);
+4. re-fetch every `n_fetch` steps, once its last push is applied (so the
+   fetch sees it).
+
+A push costs the worker no wait for its apply unless such a fetch follows,
+or with `"sync"`, whose next round must see the update
+(`applier.Applier.send`). So with `n_fetch = n_push = 1` and one step per
+closure (the defaults), a step waits for nothing of the applier.
 
 Keras internals used (Keras 3.15, the same the JAX trainer uses), through
 the Downpour section of `tf_decentral/_keras_private.py`: whether `call`
@@ -133,25 +139,32 @@ class ClosureBuilder:
         fetched_state = values[len(trainable) :]
         state = list(fetched_state)
         rate = ps.learning_rate()
-        metrics = [tf.zeros(v.shape, v.dtype) for v in model.metrics_variables]
+        zeros = [tf.zeros(v.shape, v.dtype) for v in model.metrics_variables]
+        metrics = zeros
         accumulated = [None] * len(params)
-        stalenesses, freshes = [], []
+        pushed = []  # What each push returned (see `ps.push`).
         for step in range(num_steps):
             data = next(iterator)
             grads, state, metrics = self._step(params, state, metrics, data)
             accumulated = _add(accumulated, grads)
             last = step == num_steps - 1
             if (step + 1) % self.n_push == 0 or last:
-                push_id = closure_id * self.max_pushes + len(stalenesses)
-                staleness, fresh = ps.push(accumulated, clock, push_id)
-                stalenesses.append(staleness)
-                freshes.append(fresh)
+                push_id = closure_id * self.max_pushes + len(pushed)
+                extras = self._extras(metrics, fetched_state, state)
+                # Wait for the apply only if a fetch follows, which must
+                # see it, or for S-PSGD's round.
+                wait = ps.protocol == "sync" or (
+                    not last and (step + 1) % self.n_fetch == 0
+                )
+                pushed.append(
+                    ps.push(accumulated, clock, push_id, extras, wait)
+                )
                 accumulated = [None] * len(params)
+                metrics = zeros
             if last:
                 break
             if (step + 1) % self.n_fetch == 0:
-                after = stalenesses[-1:]
-                with tf.control_dependencies(after):
+                with tf.control_dependencies(tf.nest.flatten(pushed[-1:])):
                     params, clock = ps.fetch(trainable)
                     rate = ps.learning_rate()
             else:
@@ -159,33 +172,33 @@ class ClosureBuilder:
                     p if g is None else p - tf.cast(rate, p.dtype) * g
                     for p, g in zip(params, grads)
                 ]
-
-        def commit():
-            writes = [
-                variable.value.assign_add(tf.cast(delta, variable.dtype))
-                for variable, delta in zip(model.metrics_variables, metrics)
-            ]
-            for variable, before, after in zip(
-                non_trainable, fetched_state, state
-            ):
-                if after is not before:
-                    writes.append(variable.value.assign(after))
-            with tf.control_dependencies(writes):
-                return tf.constant(True)
-
-        with tf.control_dependencies(stalenesses):
-            committed = tf.cond(
-                freshes[-1], commit, lambda: tf.constant(False)
-            )
-        # One scalar out. The coordinator copies a closure's output to the
-        # chief before it counts the closure finished, and only that copy
-        # waits for the remote function to end: with no output a closure
-        # counts as finished once sent, and a worker killed while running
-        # it is seen too late (its closure is not re-run; measured: the
-        # chief's `fit` failed in 1 of 3 killed-worker runs). The chief
-        # itself reads the pushes' records from the applier, in bulk.
-        with tf.control_dependencies([committed]):
+        # One scalar out, once every push is sent (or applied, "sync"). The
+        # coordinator copies a closure's output to the chief before it
+        # counts the closure finished, and only that copy waits for the
+        # remote function to end: with no output a closure counts as
+        # finished once sent, and a worker killed while running it is seen
+        # too late (its closure is not re-run; measured: the chief's `fit`
+        # failed in 1 of 3 killed-worker runs). The chief itself reads the
+        # pushes' records from the applier, in bulk.
+        with tf.control_dependencies(tf.nest.flatten(pushed)):
             return tf.identity(closure_id)
+
+    def _extras(self, metrics, fetched_state, state):
+        """What a push carries besides its gradient (`Applier.send`): the
+        metric updates of its steps, and the non-trainable state its steps
+        changed (e.g. batch-normalization statistics; the last push applied
+        wins)."""
+        model = self.model
+        extras = [
+            (variable, delta, "add")
+            for variable, delta in zip(model.metrics_variables, metrics)
+        ]
+        for variable, before, after in zip(
+            model.non_trainable_variables, fetched_state, state
+        ):
+            if after is not before:
+                extras.append((variable, after, "set"))
+        return extras
 
 
 def check_model(model, extended) -> None:
