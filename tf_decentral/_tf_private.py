@@ -446,6 +446,13 @@ PRIVATE_NAMES.update({
         "the hook behind Strategy.distribute_datasets_from_function; "
         "overridden to give `dataset_fn` this worker's InputContext"
     ),
+    "_experimental_distribute_dataset": (
+        "the hook behind Strategy.experimental_distribute_dataset; "
+        "overridden so that by default the worker's iterator is a plain "
+        "tf.data iterator, not TF's MultiDeviceIterator, whose destructor "
+        "frees its source dataset while its prefetch thread still reads it "
+        "(SIGSEGV at Keras' EpochIterator.reset)"
+    ),
     "_input_workers_with_options": (
         "OneDeviceExtended's input workers (its one client device), which "
         "get_distributed_datasets_from_function needs"
@@ -464,6 +471,26 @@ PRIVATE_NAMES.update({
 })
 
 
+def _without_multi_device_iterator(options):
+    """Default input options: a plain iterator on the one input device.
+
+    TF's default (`options=None`) iterates through a `MultiDeviceIterator`,
+    whose destructor (TF 2.21) releases its source dataset before it stops
+    its background prefetch thread: when Keras drops a partly consumed
+    iterator (`EpochIterator.reset`, at the start of `fit`/`evaluate`), that
+    thread can still be inside `GetNext` on the freed dataset (SIGSEGV).
+    One replica on one device needs no multi-device iterator.
+    """
+    if options is not None:
+        return options
+    return tf.distribute.InputOptions(
+        experimental_fetch_to_device=False,
+        experimental_replication_mode=(
+            tf.distribute.InputReplicationMode.PER_REPLICA
+        ),
+    )
+
+
 class OneDeviceExtended(one_device_strategy.OneDeviceExtended):
     """TF's `OneDeviceExtended` with a public-named input hook.
 
@@ -473,12 +500,24 @@ class OneDeviceExtended(one_device_strategy.OneDeviceExtended):
     `_distribute_datasets_from_function`.
     """
 
+    def _experimental_distribute_dataset(self, dataset, options):
+        # No MultiDeviceIterator (see `_without_multi_device_iterator`).
+        options = _without_multi_device_iterator(options)
+        return input_util.get_distributed_dataset(
+            dataset,
+            self._input_workers_with_options(options),
+            self._container_strategy(),
+            options=options,
+        )
+
     def _distribute_datasets_from_function(self, dataset_fn, options):
         contexts = self.dataset_input_contexts()
         if contexts is None:
             return super()._distribute_datasets_from_function(
                 dataset_fn, options
             )
+        # No MultiDeviceIterator (see `_without_multi_device_iterator`).
+        options = _without_multi_device_iterator(options)
         return input_util.get_distributed_datasets_from_function(
             dataset_fn,
             self._input_workers_with_options(options),
