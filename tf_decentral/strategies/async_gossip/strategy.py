@@ -260,12 +260,11 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
             its last average), and the step costs about the larger of its
             compute and one exchange instead of their sum; an error of the
             exchange is raised at the next step. `False` (default): each
-            step waits for its exchange. Not the default: with it, a
-            worker crashed (a TF SIGSEGV while `evaluate` registered its
-            functions on the cluster's servers) in 2 of 8 runs of the
-            multi-process test file with it on for every test, and in 2 of
-            20 runs of the one test that uses it; never without it in 40
-            runs (issue 15).
+            step waits for its exchange, Algorithm 1's sequential form.
+            (The worker crashes once blamed on `overlap` were TF's
+            MultiDeviceIterator teardown race at Keras' iterator reset,
+            which hit runs without it too; this strategy no longer uses
+            that iterator, see `_tf_private.OneDeviceExtended`.)
 
     Raises:
         ValueError: For no cluster, fewer than 2 workers, a topology whose
