@@ -36,11 +36,18 @@ Protocols:
   the ps applies their average once all have arrived, then the next round
   starts. One update consumes `num_workers * n_push` batches.
 
-Round trips per worker step, measured (bench/results/
-downpour_round_trips_s7/: step time over the emulated round-trip time, 4
-workers, 1 ps): S-PSGD 82-88, A-PSGD with n_fetch = n_push = 1 95-104. A
-step needs a handful (dispatch, fetch, push); the rest is the open work of
-issue 15.
+Round trips per worker step, measured (bench/results/speed_s8/, one worker,
+20 ms one way on one host at a time; step time over the 40 ms round trip):
+A-PSGD / Downpour with n_fetch = n_push = 1: 4.4 involve the chief, 8.9 the
+worker, 7.0 the ps; S-PSGD: 6.8, 15.2 and 16.5. With 8 workers at 20 ms
+everywhere a step is 12.5 round trips (A-PSGD) and 24 (S-PSGD). Of a
+closure's, about 4 are TF's dispatch (`ClusterCoordinator` makes three
+synchronous calls to the worker before the closure starts, and copies its
+result back), which `steps_per_execution` amortizes; the chief's own
+bookkeeping costs one drain per half of its in-flight limit; a push costs
+no wait for its apply unless a fetch in the same closure follows (or with
+`"sync"`). Session 7 measured 95-104 (A-PSGD) and 82-88 (S-PSGD) round
+trips per step with 4 workers (bench/results/downpour_round_trips_s7/).
 
 References:
     Dean, Corrado, Monga, Chen, Devin, Le, Mao, Ranzato, Senior, Tucker,
