@@ -102,6 +102,18 @@ def _enqueued(queue, values):
         return tf.constant(True)
 
 
+def _stage(device, name, key, values):
+    """Puts `values` under `key` in the staging area `name` on `device`."""
+    with tf.device(device):
+        return tf.raw_ops.MapStage(
+            key=key,
+            indices=_indices(len(values)),
+            values=values,
+            dtypes=[v.dtype for v in values],
+            shared_name=name,
+        )
+
+
 def _written_ops(graph, first):
     """Returns the ops created in `graph` since it had `first` ops."""
     return graph.get_operations()[first:]
@@ -203,34 +215,23 @@ class Applier:
             seed=0,
             seed2=0,
         )
-        staged = []
-        for stage in stages:
-            values = [pieces[t][p] for t, p in stage.slots]
-            with tf.device(stage.device):
-                staged.append(
-                    tf.raw_ops.MapStage(
-                        key=attempt,
-                        indices=_indices(len(values)),
-                        values=values,
-                        dtypes=list(stage.dtypes),
-                        shared_name=stage.name,
-                    )
-                )
+        staged = [
+            _stage(
+                stage.device,
+                stage.name,
+                attempt,
+                [pieces[t][p] for t, p in stage.slots],
+            )
+            for stage in stages
+        ]
         if extras:
             values = [
                 tf.cast(value, tf.as_dtype(variable.dtype))
                 for variable, value, _ in extras
             ]
-            with tf.device(self.device):
-                staged.append(
-                    tf.raw_ops.MapStage(
-                        key=attempt,
-                        indices=_indices(len(values)),
-                        values=values,
-                        dtypes=[v.dtype for v in values],
-                        shared_name=self._extras_name,
-                    )
-                )
+            staged.append(
+                _stage(self.device, self._extras_name, attempt, values)
+            )
         worker = tf.cast(
             tf.distribute.coordinator.experimental_get_current_worker_index(),
             tf.int64,
