@@ -175,6 +175,7 @@ class Run:
     failed_tests: list[str] = dataclasses.field(default_factory=list)
     startup_retries: int = 0  # StartupCrashRetry warnings in the output
     tail: str = ""
+    output: str = ""  # All of a run's output, kept when it did not behave.
 
 
 def descendants(pid: int) -> list[int]:
@@ -223,11 +224,12 @@ def run_once(node: str, time_limit: float) -> Run:
     retries = out.count("StartupCrashRetry: ")
     run = Run("", time.monotonic() - start, failed, retries)
     if returncode is None:
-        run.outcome, run.tail = "hung", out[-3000:]
+        run.outcome, run.tail, run.output = "hung", out[-3000:], out
         return run
     if returncode == 0 and " passed" in out:
         run.outcome = "behaved"
         return run
+    run.output = out
     # The assertion (pytest's first "E " lines) first: the end of a failed
     # run's output is often only TF's shutdown noise.
     first_errors = [line for line in out.splitlines() if line.startswith("E ")]
@@ -374,6 +376,12 @@ def main(argv=None) -> int:
                 failed_tests=" ".join(result.failed_tests),
                 tail=result.tail,
             )
+            if result.output:  # every worker's output, for the diagnosis
+                name = re.sub(r"\W+", "_", f"{s.strategy}_{s.name}")
+                path = os.path.join(out, "failed", f"{name}_r{repeat}.txt")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as log:
+                    log.write(result.output)
             with lock:
                 rows.append(row)
                 writer.writerow(row)
