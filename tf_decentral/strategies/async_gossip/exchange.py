@@ -71,6 +71,9 @@ import tensorflow as tf
 from tf_decentral.ops import packing
 
 _PREFIX = "tf_decentral/async_gossip"
+SERVING = 2
+"""A node's state after its steps, while peers may still average with it
+(0: idle, skipped by peers; 1: training)."""
 _POLL_SECONDS = 0.02
 
 
@@ -159,9 +162,18 @@ class Locks:
     def set_training(self, training: bool):
         """Marks this node as training (peers exchange with it) or idle
         (peers skip it: its `fit` ended). A node starts as training."""
+        self._set_state(int(training))
+
+    def set_serving(self):
+        """Marks this node as serving: its steps are done, peers still
+        exchange with it, but it no longer counts as training for the
+        neighbours that wait for it (`read_training`)."""
+        self._set_state(SERVING)
+
+    def _set_state(self, state):
         i = self.layout.node
         with tf.device(self.layout.server_device(i)):
-            _assign(self.training[i], tf.constant(int(training), tf.int64))
+            _assign(self.training[i], tf.constant(state, tf.int64))
 
     def served_count(self) -> int:
         """Exchanges that peers started with this node and completed."""
@@ -307,12 +319,12 @@ class Locks:
 
     def read_training(self, nodes):
         """Returns whether each of `nodes` is training (see
-        `set_training`), read from their servers."""
+        `set_training`; a serving node is not), read from their servers."""
         flags = []
         for k in nodes:
             with tf.device(self.layout.server_device(k)):
                 flags.append(_read(self.training[k], tf.int64))
-        return [bool(f.numpy()) for f in flags]
+        return [int(f.numpy()) == 1 for f in flags]
 
     def _read_counter(self, k):
         """Returns node `k`'s barrier count (0 before `k` has started)."""

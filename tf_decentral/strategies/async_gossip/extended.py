@@ -176,14 +176,14 @@ class AsyncGossipExtended(
             if self._fits == 1:
                 self.locks.set_training(True)
                 self._steps = 0
+                self.start_step_clock()
                 self._pacing = self.serve_shares is not None
                 if self._pacing:
                     self._rebase_pace(set(self.serve_shares), 0)
             yield
             if self._fits == 1:
                 self.finish_exchange()
-                if self._pacing:
-                    self.serve_until_neighbours_finish()
+                self.serve_at_end()
         finally:
             self._fits -= 1
             if self._fits == 0:
@@ -324,6 +324,7 @@ class AsyncGossipExtended(
         active worker's runs in the background while the next step trains
         (`start_exchange`), after the previous one's result is taken in
         (`finish_exchange`); else `exchange`."""
+        self.note_step()
         if not (self.overlap and self.schedule.active):
             self.readmit_restarted_peers()
             return self.exchange(shared)

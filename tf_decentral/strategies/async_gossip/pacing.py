@@ -9,6 +9,8 @@ step (`PacingMixin.pace`), and at the end of its `fit` stays averageable
 until they have finished (`serve_until_neighbours_finish`).
 """
 
+import collections
+import statistics
 import time
 
 from tf_decentral.strategies._collective import PEER_STATE_LOST_ERRORS
@@ -16,6 +18,11 @@ from tf_decentral.strategies._collective import PEER_STATE_LOST_ERRORS
 PASSIVE_LEAD_STEPS = 4
 """How many steps a passive worker may run ahead of the exchanges its active
 neighbours start with it (see `PacingMixin.pace`)."""
+
+ALL_ACTIVE_SERVE_STEPS = 8
+"""Without the split, how long (in this worker's mean steps of the `fit`) a
+worker whose steps are done stays averageable for neighbours that still
+train (see `PacingMixin.serve_at_end`)."""
 
 _PACE_POLL_SECONDS = 0.002
 _PACE_CHECK_SECONDS = 0.25
@@ -69,24 +76,59 @@ class PacingMixin:
             time.sleep(_PACE_POLL_SECONDS)
         self.stats["paced"] += int(waited)
 
-    def serve_until_neighbours_finish(self):
-        """At the end of a passive worker's `fit`: stays averageable until
-        its active neighbours' `fit`s have ended too.
+    def start_step_clock(self):
+        """At the start of a `fit`: forgets the previous `fit`'s steps."""
+        self._step_ends = collections.deque(maxlen=ALL_ACTIVE_SERVE_STEPS + 1)
 
-        So the actives' last steps still average (the passive worker's
-        copy keeps taking their exchanges) and the model this worker keeps
-        (its copy, read back after `fit`) has them. It gives up after the
-        timeout without a new exchange.
+    def note_step(self):
+        """Records the end of a training step (see `serve_at_end`), in a
+        `fit` (a step outside one, e.g. `train_on_batch`, is not timed)."""
+        ends = getattr(self, "_step_ends", None)
+        if ends is not None:
+            ends.append(time.monotonic())
+
+    def serve_at_end(self):
+        """At the end of a `fit`, its steps done: a passive worker stays
+        averageable until its active neighbours have finished; without the
+        split, a worker stays averageable while a neighbour still trains,
+        for at most `ALL_ACTIVE_SERVE_STEPS` of its recent steps (the lower
+        median of their durations: a `fit`'s first steps, which trace and
+        wait for the others to start, do not count; a bound: a worker that
+        finishes early does not wait for a much slower one, whose steps
+        beyond that train alone). So the last steps of the workers that
+        finish last still average, and the model each worker keeps (its
+        copy, read back after `fit`) has them.
         """
+        if self._pacing:
+            self.serve_until_neighbours_finish()
+            return
+        ends = self._step_ends
+        if self.schedule.rounds is None and len(ends) >= 2:
+            step = statistics.median_low(
+                b - a for a, b in zip(list(ends), list(ends)[1:])
+            )
+            self.serve_until_neighbours_finish(ALL_ACTIVE_SERVE_STEPS * step)
+
+    def serve_until_neighbours_finish(self, max_seconds=None):
+        """Stays averageable (serving) until no neighbour trains, at most
+        `max_seconds` (None: no bound), and at most the timeout without a
+        new exchange."""
+        self.locks.set_serving()
         last = self.locks.served_count()
-        deadline = time.monotonic() + self.timeout
+        now = time.monotonic()
+        deadline = now + self.timeout
+        end = None if max_seconds is None else now + max_seconds
         while self._training_neighbours():
             time.sleep(_PACE_CHECK_SECONDS / 5)
             served = self.locks.served_count()
+            now = time.monotonic()
             if served > last:
-                last, deadline = served, time.monotonic() + self.timeout
-            elif time.monotonic() > deadline:
+                last, deadline = served, now + self.timeout
+            elif now > deadline:
                 self.stats["pace_timeouts"] += 1
+                return
+            if end is not None and now > end:
+                self.stats["served_until_bound"] += 1
                 return
         self.stats["waited_at_end"] += 1
 

@@ -26,12 +26,14 @@ At the end of its `fit` a passive worker stays averageable until its
 active neighbours' `fit`s have ended, so every active step averages to
 the end; each worker then keeps its own copy, averaged with its neighbours
 until their last steps. Without the split (every worker active: an odd
-ring, `active_passive=False`) a worker's `fit` ends with its own steps, with
-no barrier, and its peers skip it from then on: the worker that finishes
-last trains the steps it runs after the others' ends alone, so the local
-models differ by that tail. For one converged model (the paper's output,
-the mean of the copies), call `average_weights` on every worker after
-`fit`: it gives every worker the exact mean.
+ring, `active_passive=False`) a worker whose steps are done stays
+averageable while a neighbour still trains, for at most
+`pacing.ALL_ACTIVE_SERVE_STEPS` (8) of its own mean steps, so the last
+steps of the workers that finish last still average; a worker more than
+that behind trains the rest alone (no barrier: a fast worker does not wait
+for a straggler). For one converged model (the paper's output, the mean of
+the copies), call `average_weights` on every worker after `fit`: it gives
+every worker the exact mean.
 
 Vocabulary: a *node* is a worker (the chief first, then the workers, TF's
 order); its *shared copy* `x_i` lives on its own TF server; its *local
@@ -399,9 +401,10 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
         peers started with this worker, read from its server), and for a
         passive worker `"paced"` (steps after which it waited for its
         active neighbours), `"waited_at_end"` (`fit`s at whose end it
-        waited for them to finish) and `"pace_timeouts"` (waits cut at the
-        timeout), and `"rejoined"` (dropped peers taken back after their
-        restart)."""
+        waited for its neighbours to finish; without the split, also
+        `"served_until_bound"`, when it stopped waiting at the bound) and
+        `"pace_timeouts"` (waits cut at the timeout), and `"rejoined"`
+        (dropped peers taken back after their restart)."""
         return self.extended.exchange_counts()
 
     def consensus_distance(self, model) -> float:
