@@ -6,7 +6,9 @@ alone and finish long before its active neighbours, which would then train
 their last steps with nobody to average with. So a passive worker waits,
 after each step, until its actives have averaged with it about once per
 step (`PacingMixin.pace`), and at the end of its `fit` stays averageable
-until they have finished (`serve_until_neighbours_finish`).
+until they have finished (`serve_until_neighbours_finish`). Without the
+split every worker starts exchanges; at the end of its `fit` a worker stays
+averageable for a bounded time while a neighbour trains (`serve_at_end`).
 """
 
 import collections
@@ -20,9 +22,9 @@ PASSIVE_LEAD_STEPS = 4
 neighbours start with it (see `PacingMixin.pace`)."""
 
 ALL_ACTIVE_SERVE_STEPS = 8
-"""Without the split, how long (in this worker's mean steps of the `fit`) a
-worker whose steps are done stays averageable for neighbours that still
-train (see `PacingMixin.serve_at_end`)."""
+"""Without the split, how long (in this worker's recent steps) a worker
+whose steps are done stays averageable for neighbours that still train (see
+`PacingMixin.serve_at_end`)."""
 
 _PACE_POLL_SECONDS = 0.002
 _PACE_CHECK_SECONDS = 0.25
