@@ -11,11 +11,13 @@ function.
 batches and expects the logs back. Here a call only counts the batches as
 pending and schedules closures on the `ClusterCoordinator` (one closure =
 `lcm(n_fetch, n_push)` steps of one worker, `worker.py`): it returns at
-once, while at most `max_inflight` closures' pushes are not yet applied. The
-chief never waits for a closure's result (TF's coordinator copies it, one
-scalar, on the worker's own thread); it learns what was applied from the
-applier's records, drained in bulk from ps task 0 (`stats.py`), so a slow
-closure holds up nothing but itself. At the end of each epoch (`end_epoch`,
+once while at most `max_inflight` closures' pushes may be unapplied; past
+that it waits until half of them are applied. The chief never waits for a
+closure's result (TF's coordinator copies it, one scalar, on the worker's
+own thread); it learns what was applied from the applier's records, drained
+in bulk from ps task 0 (`stats.py`) only when it reaches that limit, for
+the logs (every 0.5 s) and at the end of an epoch, so a slow closure holds
+up nothing but itself. At the end of each epoch (`end_epoch`,
 called by the Keras hook before the epoch's callbacks) the remaining batches
 are scheduled and every closure is waited for, so that epoch logs,
 `ModelCheckpoint` and `BackupAndRestore` see every committed update.
