@@ -88,8 +88,9 @@ class DownpourOptions:
             most one per ps task); None never splits. At least 1.
         max_inflight_per_worker: Closures per worker whose pushes may be
             scheduled but not yet applied before a call of the train
-            function waits (for any of them, not the oldest); at least 1.
-            More hides latency and raises staleness.
+            function waits (for any of them, not the oldest, until half of
+            them are applied); at least 1. More hides latency and raises
+            staleness.
 
     Example:
         >>> from tf_decentral.strategies import downpour
