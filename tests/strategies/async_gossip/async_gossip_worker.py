@@ -438,6 +438,18 @@ def hold_and_die(strategy, held):
     time.sleep(60)  # Not reached: SIGKILL comes first.
 
 
+def fit_until_stopped(model, x, y, options, callback):
+    """Trains at most `max_epochs` epochs of batch 32; `callback` stops it."""
+    model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=options["max_epochs"],
+        callbacks=[callback],
+        verbose=0,
+    )
+
+
 def phase_finish(options):
     """Worker `early` stops training and pauses, then trains again.
 
@@ -468,14 +480,7 @@ def phase_finish(options):
                 if done():
                     self.model.stop_training = True
 
-        model.fit(
-            x,
-            y,
-            batch_size=32,
-            epochs=options["max_epochs"],
-            callbacks=[Until()],
-            verbose=0,
-        )
+        fit_until_stopped(model, x, y, options, Until())
 
     if node == early:
         model.fit(x, y, batch_size=32, steps_per_epoch=10, verbose=0)
@@ -756,14 +761,7 @@ def phase_rejoin(options):
             ):
                 self.model.stop_training = True
 
-    model.fit(
-        x,
-        y,
-        batch_size=32,
-        epochs=options["max_epochs"],
-        callbacks=[Pace()],
-        verbose=0,
-    )
+    fit_until_stopped(model, x, y, options, Pace())
     if restarted:
         open(stop, "w").close()
     result["steps"] = len(steps)

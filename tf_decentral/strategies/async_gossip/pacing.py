@@ -104,11 +104,9 @@ class PacingMixin:
         if self._pacing:
             self.serve_until_neighbours_finish()
             return
-        ends = self._step_ends
+        ends = list(self._step_ends)
         if self.schedule.rounds is None and len(ends) >= 2:
-            step = statistics.median_low(
-                b - a for a, b in zip(list(ends), list(ends)[1:])
-            )
+            step = statistics.median_low(b - a for a, b in zip(ends, ends[1:]))
             self.serve_until_neighbours_finish(ALL_ACTIVE_SERVE_STEPS * step)
 
     def serve_until_neighbours_finish(self, max_seconds=None):

@@ -35,6 +35,7 @@ every peer has reached its own exit, or cannot be reached
 """
 
 import atexit
+import contextlib
 import dataclasses
 import os
 import threading
@@ -258,15 +259,24 @@ class Runtime:
 
     def flag_via_server(self, k, shared_name=_GO_FLAG, set_it=False) -> bool:
         """Reads (or, with `set_it`, sets) an int64 flag variable on node
-        `k`'s server through this worker's own server: a TF1 graph session
-        on `server.target`, as at start-up (`_wait_for_turn`), which creates
-        no eager context on `k`'s server. So it may run while `k`'s client
-        has not connected yet: a restarted server's first eager context
-        must be its own client's (see the module docstring). Returns
-        whether the flag is set (True after setting it).
+        `k`'s server through this worker's own server (`_flag_session`),
+        which creates no eager context on `k`'s server. So it may run while
+        `k`'s client has not connected yet: a restarted server's first
+        eager context must be its own client's (see the module docstring).
+        Returns whether the flag is set (True after setting it).
 
         Blocks while `k`'s server is down: check `task_is_alive` first.
         """
+        with self._flag_session(k, shared_name, set_it) as (session, op):
+            result = session.run(op)
+        return True if set_it else bool(result)
+
+    @contextlib.contextmanager
+    def _flag_session(self, k, shared_name, set_it=False):
+        """Yields `(session, op)`: a TF1 graph session on this worker's own
+        server (`server.target`, the master/worker services) and the op
+        that reads whether the flag `shared_name` on node `k`'s server is
+        set (or, with `set_it`, sets it)."""
         layout = self.layout
         graph = tf.Graph()
         with graph.as_default(), tf.device(layout.server_device(k)):
@@ -279,17 +289,15 @@ class Runtime:
                 )
             else:
                 op = tf.raw_ops.VarIsInitializedOp(resource=handle)
-        config = tf.compat.v1.ConfigProto(
-            device_filters=[
-                "/job:{}/task:{}".format(*layout.nodes[n])
-                for n in (layout.node, k)
-            ]
-        )
+        tasks = {
+            "/job:{}/task:{}".format(*layout.nodes[n]): None
+            for n in (layout.node, k)
+        }
+        config = tf.compat.v1.ConfigProto(device_filters=list(tasks))
         with tf.compat.v1.Session(
             self.server.target, graph=graph, config=config
         ) as session:
-            result = session.run(op)
-        return True if set_it else bool(result)
+            yield session, op
 
     def _let_others_connect(self):
         for k in range(1, self.layout.num_nodes):
@@ -302,20 +310,8 @@ class Runtime:
     def _wait_for_turn(self, timeout):
         """Waits until node 0 has connected (its flag on our own server)."""
         layout = self.layout
-        graph = tf.Graph()
-        with graph.as_default(), tf.device(layout.server_device(layout.node)):
-            handle = tf.raw_ops.VarHandleOp(
-                dtype=tf.int64, shape=[], container="", shared_name=_GO_FLAG
-            )
-            is_set = tf.raw_ops.VarIsInitializedOp(resource=handle)
-        job, task_id = layout.nodes[layout.node]
-        config = tf.compat.v1.ConfigProto(
-            device_filters=[f"/job:{job}/task:{task_id}"]
-        )
         deadline = time.monotonic() + timeout
-        with tf.compat.v1.Session(
-            self.server.target, graph=graph, config=config
-        ) as session:
+        with self._flag_session(layout.node, _GO_FLAG) as (session, is_set):
             while not session.run(is_set):
                 if time.monotonic() > deadline:
                     raise RuntimeError(
