@@ -59,8 +59,11 @@ _MNIST = {}
 
 
 def tearDownModule():  # noqa: N802 - unittest's name
+    # pytest-xdist may tear the module down and later run more of its tests
+    # in the same process: forget the removed file, or they load nothing.
     if "dir" in _MNIST:
         shutil.rmtree(_MNIST["dir"], ignore_errors=True)
+    _MNIST.clear()
 
 
 def _prepare_mnist_5k(data_dir):
