@@ -253,17 +253,8 @@ class TrainingTest(tf.test.TestCase, parameterized.TestCase):
                 1,
                 exchanges,
             )
-            # ConsensusMonitor logged the consensus distance every epoch;
-            # after the first, while every worker trains, the copies are
-            # close.
-            # Measured (session 4): 0.001-0.03 on an idle machine, up to
-            # 0.18 under load (each worker measures at its own epoch end
-            # while the others run on); 8.0 with the pairwise step made a
-            # no-op. 0.5 tells averaging from no averaging under any load
-            # CI sees (0.1 failed 1 CI run in 2).
-            distances = report["history"]["consensus_distance"]
-            self.assertLen(distances, 2)
-            self.assertBetween(distances[0], 1e-12, 0.5)
+            self.assertLen(report["history"]["consensus_distance"], 2)
+        self._check_first_epoch_consensus(reports, steps_per_epoch=42)
         # average_weights is the exact mean of the workers' shared copies
         # (two buffers: trainable weights, and batch-norm statistics),
         # identical on every worker, in its local model and its shared copy.
@@ -280,6 +271,37 @@ class TrainingTest(tf.test.TestCase, parameterized.TestCase):
         averaged = {r["averaged_accuracy"] for r in reports.values()}
         self.assertLen(averaged, 1)
         self.assertGreater(averaged.pop(), 0.8)
+
+    def _check_first_epoch_consensus(self, reports, steps_per_epoch):
+        # ConsensusMonitor logged the consensus distance at each epoch's
+        # end; after the first, while every worker trains, the copies are
+        # close. Each worker measures at its own epoch end while the others
+        # run on, so the value depends on how far apart they are: the lag
+        # of a measurement is how many steps the furthest other worker was
+        # from this one's then (from the workers' step clocks, one host).
+        # Measured: 0.001-0.03 on an idle machine, up to 0.18 under load
+        # (session 4), 0.72 once at load 4-10 (session 8); 8.0 with the
+        # pairwise step made a no-op. So: the measurement taken with the
+        # workers closest together below 0.5 (averaging), and every one
+        # below 4.0 (half of no averaging's).
+        measured = []
+        for k, report in reports.items():
+            when = report["step_times"][steps_per_epoch - 1]
+            lag = max(
+                abs(steps_per_epoch - sum(t <= when for t in r["step_times"]))
+                for j, r in reports.items()
+                if j != k
+            )
+            distance = report["history"]["consensus_distance"][0]
+            measured.append((lag, distance, k))
+        measured.sort()
+        summary = [
+            f"worker {k}: distance {d:.3g} with a lag of {lag} steps"
+            for lag, d, k in measured
+        ]
+        self.assertBetween(measured[0][1], 1e-12, 0.5, summary)
+        for _, distance, _ in measured:
+            self.assertBetween(distance, 1e-12, 4.0, summary)
 
     @parameterized.named_parameters(("", False), ("_overlap", True))
     @pytest.mark.timeout(200)
