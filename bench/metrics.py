@@ -91,6 +91,13 @@ def summarize(results, batch_size, target):
     if tx and results[0].get("keras_steps_per_step", 1) == 1:
         out["tx_bytes_per_step"] = sum(tx) / len(tx)
         out["rx_bytes_per_step"] = sum(rx) / len(rx)
+    pushes = results[0].get("pushes_by_worker")
+    if pushes and len(pushes) > 1:
+        # PS schemes: applied steps per worker; the slowest's slowdown.
+        counts = sorted(pushes.values())
+        out["slowest_worker_slowdown"] = statistics.median(counts) / max(
+            1, counts[0]
+        )
     accs = [r["final_accuracy"] for r in results if "final_accuracy" in r]
     if accs:
         out["final_accuracy"] = sum(accs) / len(accs)

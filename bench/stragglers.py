@@ -13,9 +13,11 @@ processes (and by neighbours), so real compute time is noisy:
   compute that nothing overlaps). The multipliers reach the workers as
   `--stragglers` or the environment variable `STRAGGLERS_ENV`.
   Parameter-server schemes run their steps on the workers' TF servers,
-  driven by the chief: there the sleep goes into the input pipeline
-  (`delayed_dataset`), the same for every worker, so a *sleep* straggler
-  cannot single one worker out (use `cpu_quota`).
+  driven by the chief: there the sleep goes into the input pipeline the
+  chief builds and every worker runs (`process_delayed_dataset`), and each
+  worker's process reads its own sleep from its environment
+  (`PIPELINE_SLEEP_ENV`, set per task by the runner), so a sleep straggler
+  is one worker of a PS scheme too.
 * **Real CPU cap (`mode="cpu_quota"`).** The runner puts the straggler's
   process into a CPU-quota cgroup (`bench/netsim/cgroups.py`): cgroup v2
   `cpu.max` where the `cpu` controller is enabled, else cgroup v1
@@ -35,6 +37,10 @@ STRAGGLERS_ENV = "TFD_BENCH_STRAGGLERS"
 """`"3:4"` or `"3:4,5:2"`: worker index `:` compute multiplier."""
 
 MODES = ("sleep", "cpu_quota")
+
+PIPELINE_SLEEP_ENV = "TFD_BENCH_PIPELINE_SLEEP_US"
+"""Microseconds a PS worker's input pipeline sleeps per element read (see
+`process_delayed_dataset`); set in the worker process's environment."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +185,45 @@ def delayed_dataset(dataset, seconds: float):
     return dataset.apply(testing.sleep(int(seconds * 1e6))).with_options(
         options
     )
+
+
+def pipeline_sleep_microseconds(environ_path="/proc/self/environ"):
+    """Returns (as an int64 tensor) `PIPELINE_SLEEP_ENV` of the environment
+    file `environ_path` (NUL-separated `NAME=value`), 0 if it is absent."""
+    import tensorflow as tf
+
+    pattern = f"(?s)(?:.*\\x00)?{PIPELINE_SLEEP_ENV}=([0-9]+)(?:\\x00.*)?"
+    environ = tf.io.read_file(environ_path)
+    found = tf.strings.regex_full_match(environ, pattern)
+    digits = tf.strings.regex_replace(environ, pattern, "\\1")
+    digits = tf.where(found, digits, "0")
+    return tf.strings.to_number(digits, tf.int64)
+
+
+def process_delayed_dataset(dataset):
+    """Returns `dataset` whose elements each take a sleep of this process's
+    `PIPELINE_SLEEP_ENV` microseconds (0 if unset) to produce.
+
+    For parameter-server schemes: the chief builds one pipeline, serializes
+    it and every worker's TF server runs it, so the duration cannot be a
+    constant of the graph. It is read when an element is produced, by the
+    process that produces it, from `/proc/self/environ` (that process's
+    environment at its start: the runner sets the variable per task). No
+    prefetch may follow it, as for `delayed_dataset`.
+    """
+    import tensorflow as tf
+    from tensorflow.python.data.experimental.ops import testing  # see above
+
+    def one_element(*element):
+        single = tf.data.Dataset.from_tensors(
+            element[0] if len(element) == 1 else element
+        )
+        return single.apply(testing.sleep(pipeline_sleep_microseconds()))
+
+    options = tf.data.Options()
+    options.experimental_optimization.inject_prefetch = False
+    options.autotune.enabled = False
+    return dataset.flat_map(one_element).with_options(options)
 
 
 def step_delay_callback(seconds: float):

@@ -28,6 +28,7 @@ The last two are hooks for strategies that have not landed yet: they fail
 with "not available yet" until `tf_decentral` exports them.
 """
 
+import collections
 import json
 import os
 import sys
@@ -65,6 +66,13 @@ _PS_PROTOCOL = flags.DEFINE_enum(
 )
 _N_FETCH = flags.DEFINE_integer("n_fetch", 1, "Downpour only.", lower_bound=1)
 _N_PUSH = flags.DEFINE_integer("n_push", 1, "Downpour only.", lower_bound=1)
+_SPE = flags.DEFINE_integer(
+    "steps_per_execution",
+    1,
+    "Keras' steps_per_execution (Downpour: local steps per closure, "
+    "rounded up to a multiple of lcm(n_fetch, n_push)).",
+    lower_bound=1,
+)
 _HIDDEN = flags.DEFINE_list(
     "hidden",
     ["128"],
@@ -133,6 +141,7 @@ _FINAL_AVERAGE = flags.DEFINE_bool(
     "workers' models (a collective).",
 )
 
+
 def load_data():
     """Returns `(x_train, y_train, x_test, y_test)` as float32 / int32."""
     import numpy as np
@@ -168,7 +177,7 @@ def build_model(compute_s):
     return keras.Sequential(layers, name="mlp")
 
 
-def compile_model(model):
+def compile_model(model, steps_per_execution=1):
     import keras
 
     model.compile(
@@ -177,6 +186,7 @@ def compile_model(model):
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
     )
 
 
@@ -302,7 +312,13 @@ class _Timer:
         self.timed_start = None
 
     def step_end(self, batch):
+        # Keras calls back once per `steps_per_execution` steps, with the
+        # last one's index: each of them ends now.
         now = time.time()
+        for _ in range(max(1, batch + 1 - len(self.step_end_times))):
+            self._one_step_end(now)
+
+    def _one_step_end(self, now):
         self.step_end_times.append(now)
         done = len(self.step_end_times)
         if done == self.warmup:
@@ -489,18 +505,19 @@ def main(argv):
 
     with strategy.scope():
         model = build_model(compute_s)
-        compile_model(model)
+        compile_model(model, _SPE.value)
     result["params"] = int(model.count_params())
     result["model_bytes"] = int(
         sum(int(np.prod(w.shape)) * 4 for w in model.trainable_weights)
     )
     if _STRATEGY.value == "downpour":
         # fit sends the pipeline to every worker; the slept compute runs in
-        # it, on the worker (stragglers.delayed_dataset).
-        # Worker i of n reads batches i, i + n, ... of this pipeline, so a
-        # worker's step waits for n elements: sleep 1/n of c per element.
-        data = stragglers_lib.delayed_dataset(
-            local_dataset(0, 1, prefetch=False), compute_s / max(1, num_nodes)
+        # it, on the worker, for as long as that worker's process says
+        # (stragglers.process_delayed_dataset: the runner sets each worker
+        # task's sleep per element, 1/n of its compute, since worker i of n
+        # reads batches i, i + n, ... and its step waits for n elements).
+        data = stragglers_lib.process_delayed_dataset(
+            local_dataset(0, 1, prefetch=False)
         )
     else:
         data = strategy.distribute_datasets_from_function(dataset_fn)
@@ -552,6 +569,13 @@ def main(argv):
         result["exchange_counts"] = {
             str(k): int(v) for k, v in strategy.exchange_counts.items()
         }
+    if _STRATEGY.value == "downpour":
+        # Which worker computed each applied step (a straggler's achieved
+        # slowdown: the others' median count over its count).
+        pushes = collections.Counter(
+            r.worker for r in strategy.push_records() if r.fresh
+        )
+        result["pushes_by_worker"] = {str(k): v for k, v in pushes.items()}
     if timer.counters_start and timer.counters_end:
         (tx0, rx0), (tx1, rx1) = timer.counters_start, timer.counters_end
         if tx0 is not None and tx1 is not None:

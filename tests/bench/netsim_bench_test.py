@@ -86,6 +86,46 @@ def test_stragglers():
         stragglers.Stragglers({0: 0.5})
 
 
+@pytest.mark.parametrize(
+    "environ, expected",
+    [
+        (b"A=1\x00TFD_BENCH_PIPELINE_SLEEP_US=2500\x00B=2\x00", 2500),
+        (b"TFD_BENCH_PIPELINE_SLEEP_US=7\x00", 7),
+        (b"X=1\x00TFD_BENCH_PIPELINE_SLEEP_US=9", 9),
+        (b"XTFD_BENCH_PIPELINE_SLEEP_US=5\x00", 0),  # another variable
+        (b"B=TFD_BENCH_PIPELINE_SLEEP_US=5\x00", 0),  # in another's value
+        (b"TFD_BENCH_PIPELINE_SLEEP_US=\x00", 0),
+        (b"", 0),
+    ],
+)
+def test_pipeline_sleep_is_read_from_the_process_environment(
+    tmp_path, environ, expected
+):
+    path = tmp_path / "environ"
+    path.write_bytes(environ)
+    assert stragglers.PIPELINE_SLEEP_ENV == "TFD_BENCH_PIPELINE_SLEEP_US"
+    value = stragglers.pipeline_sleep_microseconds(str(path))
+    assert int(value) == expected
+
+
+def test_process_delayed_dataset_sleeps_in_the_graph_it_ships():
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(
+        (tf.range(6), 2 * tf.range(6))
+    ).batch(2)
+    delayed = stragglers.process_delayed_dataset(data)
+    # Elements (tuples) pass through unchanged.
+    got = [(a.tolist(), b.tolist()) for a, b in delayed.as_numpy_iterator()]
+    assert got == [([0, 1], [0, 2]), ([2, 3], [4, 6]), ([4, 5], [8, 10])]
+    # The serialized graph (what a PS worker runs) reads the environment and
+    # sleeps, per element: the duration is no constant of the chief's.
+    graph = tf.raw_ops.DatasetToGraphV2(input_dataset=delayed._variant_tensor)
+    text = graph.numpy().decode("latin-1")
+    for op in ("ReadFile", "SleepDataset", "FlatMapDataset"):
+        assert op in text
+
+
 def test_runner_metrics_and_schemes():
     import metrics
     import schemes
@@ -143,6 +183,15 @@ def test_runner_metrics_and_schemes():
     out = metrics.summarize([result(0, 0.1, []), late], 32, 0.8)
     assert out["window_s"] < 0
     assert math.isnan(out["samples_per_s"])
+    # A PS scheme's chief counts each worker's applied steps: the slowest
+    # worker's slowdown is the median count over its count.
+    chief = result(0, 0.1, [])
+    chief["pushes_by_worker"] = {"0": 28, "1": 27, "2": 8, "3": 26}
+    out = metrics.summarize([chief], 32, 0.8)
+    assert out["slowest_worker_slowdown"] == pytest.approx(26.5 / 8)
+    assert "slowest_worker_slowdown" not in metrics.summarize(
+        [result(0, 0.1, [])], 32, 0.8
+    )
     scheme = schemes.SCHEMES["spsgd"]
     tasks = scheme.tasks(3)
     assert [t.name for t in tasks] == [
