@@ -36,6 +36,7 @@ strategies land, and run unchanged afterwards.
 import csv
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 import os
@@ -181,12 +182,11 @@ _TARGET = flags.DEFINE_float(
     "target_accuracy", 0.80, "Test accuracy for time-to-accuracy."
 )
 _REPEATS = flags.DEFINE_integer("repeats", 1, "Repeats of every run.")
-_SPE = flags.DEFINE_integer(
+_SPE = flags.DEFINE_list(
     "steps_per_execution",
-    1,
-    "Keras' steps_per_execution for every scheme (Downpour: local steps "
-    "per closure).",
-    lower_bound=1,
+    ["1"],
+    "Keras' steps_per_execution values to run every scheme with (Downpour: "
+    "local steps per closure); a grid dimension.",
 )
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Per worker.")
 _LR = flags.DEFINE_float("learning_rate", 0.05, "Learning rate.")
@@ -233,15 +233,18 @@ class RunSpec:
     eval_every: int
     dataset: str
     repeat: int
+    steps_per_execution: int = 1
 
     @property
     def run_id(self) -> str:
         rate = self.rate or "unshaped"
         strag = self.stragglers.replace(":", "x").replace(",", "+")
+        k = self.steps_per_execution
+        spe = f"-k{k}" if k != 1 else ""
         return (
             f"{self.experiment}-{self.scheme}-w{self.workers}-{rate}-"
             f"{self.latency_ms:g}ms-h{self.hidden.replace(',', '_')}-"
-            f"s{strag}-r{self.repeat}"
+            f"s{strag}{spe}-r{self.repeat}"
         )
 
     @property
@@ -288,30 +291,48 @@ def expand(experiments) -> list[RunSpec]:
             raise app.UsageError(
                 f"Unknown schemes {unknown}; known: {ALL_SCHEMES}"
             )
-        for repeat in range(_REPEATS.value):
-            for rate, latency in grid["networks"]:
-                for workers in grid["workers"]:
-                    for strag in grid["stragglers"]:
-                        for scheme in grid["schemes"]:
-                            specs.append(
-                                RunSpec(
-                                    experiment=name,
-                                    scheme=scheme,
-                                    workers=workers,
-                                    rate=rate,
-                                    latency_ms=latency,
-                                    hidden=grid["hidden"],
-                                    steps=grid["steps"],
-                                    warmup_steps=grid["warmup_steps"],
-                                    stragglers=strag,
-                                    straggler_mode=_STRAGGLER_MODE.value,
-                                    compute_ms=grid["compute_ms"],
-                                    eval_every=grid["eval_every"],
-                                    dataset=grid["dataset"],
-                                    repeat=repeat,
-                                )
-                            )
+        grid_product = itertools.product(
+            range(_REPEATS.value),
+            grid["networks"],
+            grid["workers"],
+            grid["stragglers"],
+            _steps_per_execution(),
+            grid["schemes"],
+        )
+        for repeat, network, workers, strag, spe, scheme in grid_product:
+            rate, latency = network
+            specs.append(
+                RunSpec(
+                    experiment=name,
+                    scheme=scheme,
+                    workers=workers,
+                    rate=rate,
+                    latency_ms=latency,
+                    hidden=grid["hidden"],
+                    steps=grid["steps"],
+                    warmup_steps=grid["warmup_steps"],
+                    stragglers=strag,
+                    straggler_mode=_STRAGGLER_MODE.value,
+                    compute_ms=grid["compute_ms"],
+                    eval_every=grid["eval_every"],
+                    dataset=grid["dataset"],
+                    repeat=repeat,
+                    steps_per_execution=spe,
+                )
+            )
     return specs
+
+
+def _steps_per_execution():
+    values = []
+    for text in _SPE.value:
+        if not text.strip().isdigit() or int(text) < 1:
+            raise app.UsageError(
+                "--steps_per_execution must be integers >= 1. Received: "
+                f"{_SPE.value}"
+            )
+        values.append(int(text))
+    return values
 
 
 _AVAILABLE = {}
@@ -478,7 +499,7 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
         f"--hidden={spec.hidden}",
         f"--dataset={spec.dataset}",
         f"--batch_size={_BATCH.value}",
-        f"--steps_per_execution={_SPE.value}",
+        f"--steps_per_execution={spec.steps_per_execution}",
         f"--learning_rate={_LR.value}",
         f"--warmup_steps={spec.warmup_steps}",
         f"--steps={spec.steps}",
@@ -762,7 +783,7 @@ def run_all(specs, out_dir):
                 "rate": spec.rate or "unshaped",
                 "rate_mbit": spec.rate_mbit,
                 "batch_size": _BATCH.value,
-                "steps_per_execution": _SPE.value,
+                "steps_per_execution": spec.steps_per_execution,
                 "target_accuracy": _TARGET.value,
             }
             ok, why = availability(scheme.requires)
