@@ -27,6 +27,7 @@ import os
 import tensorflow as tf
 from tensorflow.python.distribute import collective_all_reduce_strategy  # noqa: F401
 from tensorflow.python.distribute import cross_device_ops  # noqa: F401
+from tensorflow.python.distribute import cross_device_utils
 from tensorflow.python.distribute import distribute_lib  # noqa: F401
 from tensorflow.python.distribute import distribute_utils  # noqa: F401
 from tensorflow.python.distribute import input_util
@@ -77,6 +78,24 @@ PRIVATE_NAMES.update({
         "skipped for collective aborts (see "
         "skip_error_interpolation_on_collective_aborts)"
     ),
+    "tensorflow.python.distribute.cross_device_utils": (
+        "CollectiveReplicaLauncher._next_instance_key, which defers a "
+        "collective's instance key to call time in the innermost function "
+        "graph; Keras' steps_per_execution loop calls its step function "
+        "(a nested tf.function) inside tf.while_loop and tf.cond, where "
+        "that deferred capture is never fed (multi-worker `fit` with "
+        "steps_per_execution > 1 fails: 'You must feed a value for "
+        "placeholder tensor'), so it is taken in the function that holds "
+        "the loop (see defer_instance_keys_past_nested_functions)"
+    ),
+    "_next_instance_key": (
+        "the launcher method that defer_instance_keys_past_nested_functions "
+        "wraps (why: see tensorflow.python.distribute.cross_device_utils)"
+    ),
+    "_use_unique_instance_key": (
+        "whether a launcher defers instance keys at all (TF1 graph mode "
+        "does not); the patch above keeps TF's keys when it does not"
+    ),
 })
 
 
@@ -120,6 +139,67 @@ def skip_error_interpolation_on_collective_aborts() -> None:
     _interpolation_patched.append(original)
 
 
+_instance_keys_patched = []
+
+
+def _function_holding_control_flow(graph):
+    """Returns the function graph to defer an instance key to at `graph`
+    (the default graph while a collective is traced), or None when TF's
+    own choice is right.
+
+    TF climbs from `graph` past control-flow graphs to the first function
+    graph F and defers the key there. That fails when F is a nested
+    function called inside control flow of an outer function (Keras'
+    `one_step_on_data` in its `steps_per_execution` while loop): here the
+    climb goes on to the function graph that holds that control flow.
+    """
+    while getattr(graph, "is_control_flow_graph", False):
+        graph = graph.outer_graph
+    graph = getattr(graph, "outer_graph", None)  # past TF's choice
+    crossed_control_flow = False
+    while getattr(graph, "building_function", False):
+        if getattr(graph, "is_control_flow_graph", False):
+            crossed_control_flow = True
+        elif crossed_control_flow:
+            return graph
+        graph = graph.outer_graph
+    return None
+
+
+def defer_instance_keys_past_nested_functions() -> None:
+    """Makes TF's collective launchers defer an instance key to the function
+    that holds the control flow a nested function is called in (idempotent,
+    process-wide; everywhere else TF's choice is kept).
+
+    TF 2.21 defers each collective's instance key to call time with a
+    capture of the innermost function graph; inside a nested tf.function
+    called in a `tf.while_loop`/`tf.cond` that capture is never fed. Keras'
+    `steps_per_execution > 1` does exactly that, so a multi-worker `fit`
+    of MultiWorkerMirroredStrategy (and AllReduceStrategy) failed with "You
+    must feed a value for placeholder tensor 'while/cond/Placeholder'".
+    Deferred to the outer function, one key serves every iteration of the
+    loop, as TF's keys do for a collective in a loop of one function.
+    """
+    if _instance_keys_patched:
+        return
+    cls = cross_device_utils.CollectiveReplicaLauncher
+    original = cls._next_instance_key
+
+    def next_instance_key(self):
+        if not self._use_unique_instance_key() or context.executing_eagerly():
+            return original(self)
+        outer = _function_holding_control_flow(ops.get_default_graph())
+        if outer is None:
+            return original(self)
+        with outer.as_default():
+            return outer.capture_call_time_value(
+                lambda: original(self), tf.TensorSpec([], tf.int32)
+            )
+
+    cls._next_instance_key = next_instance_key
+    _instance_keys_patched.append(original)
+
+
 def set_collective_key_base(strategy, base: int) -> None:
     """Makes `strategy`'s collective groups start at `base + 1`.
 
@@ -137,11 +217,13 @@ class CollectiveAllReduceExtended(
     Subclasses override `reduce_values` instead of TF's private `_reduce_to`
     (not the public `reduce_to`: TF's `reduce_to` validates its arguments,
     fills in `options` and then calls `_reduce_to`). Creating one installs
-    `skip_error_interpolation_on_collective_aborts`.
+    `skip_error_interpolation_on_collective_aborts` and
+    `defer_instance_keys_past_nested_functions`.
     """
 
     def __init__(self, *args, **kwargs):
         skip_error_interpolation_on_collective_aborts()
+        defer_instance_keys_past_nested_functions()
         super().__init__(*args, **kwargs)
 
     def _reduce_to(self, reduce_op, value, destinations, options):

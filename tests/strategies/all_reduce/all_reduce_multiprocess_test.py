@@ -93,6 +93,26 @@ class AllReduceMultiWorkerTest(tf.test.TestCase, parameterized.TestCase):
             rtol=1e-5,
         )
 
+    @parameterized.parameters("local", "global")
+    @pytest.mark.timeout(300)
+    def test_steps_per_execution(self, step_logs):
+        # Keras runs the steps of one call in a tf.while_loop, each in a
+        # tf.cond calling its step function (a nested tf.function): TF's
+        # deferred instance keys failed there ("You must feed a value for
+        # placeholder tensor"); see
+        # _tf_private.defer_instance_keys_past_nested_functions.
+        reports = run_cluster("fit_spe", step_logs)
+        weights, history, _ = mirrored_reference()
+        self.assertEqual(sorted(reports), list(range(NUM_WORKERS)))
+        for report in reports.values():
+            self.assertNotIn("error", report)
+            for got, want in zip(report["weights"], weights):
+                self.assertAllClose(got, want, atol=1e-5)
+            for key in ("loss", "mae"):
+                self.assertAllClose(report["history"][key], history[key])
+            # Keras calls back once per execution: 4 steps, 2 calls.
+            self.assertLen(report["batch_logs"], 2)
+
     @pytest.mark.timeout(300)
     def test_global_step_logs_cost_one_packed_collective(self):
         reports = run_cluster("fit", "global")

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 import tf_decentral as tfd
+from tf_decentral import _tf_private
 
 
 def _model():
@@ -100,3 +101,45 @@ class AllReduceStrategyTest(tf.test.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+    def test_instance_keys_defer_past_a_nested_function_in_control_flow(
+        self,
+    ):
+        # Where a collective traced in the current graph has its instance
+        # key deferred to: TF's choice (None) except in a nested function
+        # called inside control flow, which Keras' steps_per_execution
+        # loop is (see _tf_private.defer_instance_keys_past_nested_functions).
+        seen = {}
+
+        def record(where):
+            graph = tf.compat.v1.get_default_graph()
+            seen[where] = _tf_private._function_holding_control_flow(graph)
+
+        @tf.function
+        def inner(x, where):
+            record(where)
+            return x + 1
+
+        @tf.function
+        def outer(x):
+            record("outer")
+            y = inner(x, "called directly")
+
+            def in_cond():
+                record("outer's own cond")
+                return inner(y, "called in a cond")
+
+            y = tf.cond(x > 0, in_cond, lambda: y)
+            return tf.while_loop(
+                lambda i, v: i < 2,
+                lambda i, v: (i + 1, inner(v, "called in a loop")),
+                (0, y),
+            )[1]
+
+        outer(tf.constant(1.0))
+        self.assertIsNone(seen["outer"])
+        self.assertIsNone(seen["called directly"])
+        self.assertIsNone(seen["outer's own cond"])
+        for where in ("called in a cond", "called in a loop"):
+            self.assertIsNotNone(seen[where], where)
+            self.assertStartsWith(seen[where].name, "outer")
