@@ -655,6 +655,8 @@ def predict(spec, scheme, results, overhead_ms):
         num_shards=max(1, scheme.parameter_servers),
         overlap=scheme.overlap,
         extra_reductions=scheme.extra_reductions,
+        n_fetch=scheme.n_fetch,
+        n_push=scheme.n_push,
     )
     times = cost_model.worker_step_times(scheme.cost, **kwargs)
     textbook = cost_model.worker_step_times(

@@ -45,6 +45,8 @@ class Scheme:
         extra_reductions: All-reduces per step besides the gradients'
             (stock MWMS under Keras `fit` reduces the loss and the
             accuracy; AllReduceStrategy keeps them local).
+        n_fetch: Downpour: steps between fetches (cost model and flags).
+        n_push: Downpour: steps between pushes.
     """
 
     name: str
@@ -57,6 +59,8 @@ class Scheme:
     parameter_servers: int = 0
     overlap: bool = False
     extra_reductions: int = 0
+    n_fetch: int = 1
+    n_push: int = 1
 
     @property
     def synchronous(self) -> bool:
@@ -174,6 +178,17 @@ SCHEMES = {
             cost="downpour",
             requires="DownpourParameterServerStrategy",
             parameter_servers=1,
+        ),
+        Scheme(
+            "downpour_n4",
+            "Downpour, fetch/push every 4 steps (1 PS)",
+            "downpour",
+            ("--ps_protocol=async", "--n_fetch=4", "--n_push=4"),
+            cost="downpour",
+            requires="DownpourParameterServerStrategy",
+            parameter_servers=1,
+            n_fetch=4,
+            n_push=4,
         ),
     )
 }
