@@ -329,18 +329,35 @@ def bytes_table(runs):
     return lines
 
 
-def _by_repeat(runs, experiment, scheme, **match):
-    """`{repeat: step_time_s}` of the runs that completed."""
+def _column(r, key):
+    """`r[key]`; runs.csv written before the column existed: its default."""
+    value = r.get(key)
+    if value in (None, "") and key == "steps_per_execution":
+        return "1"
+    return value if value is not None else ""
+
+
+def _matches(r, match):
+    return all(
+        _column(r, k) == v if isinstance(v, str) else _f(_column(r, k)) == v
+        for k, v in match.items()
+    )
+
+
+def _by_repeat(runs, experiment, scheme, column="step_time_s", **match):
+    """`{repeat: column}` of the runs that completed (Keras'
+    `steps_per_execution` 1 unless `match` names it)."""
+    match.setdefault("steps_per_execution", 1)
     out = {}
     for r in runs:
         if (
             r["status"] == "ok"
             and r["experiment"] == experiment
             and r["scheme"] == scheme
-            and all(_f(r[k]) == v for k, v in match.items())
+            and _matches(r, match)
         ):
             repeat = r.get("repeat") or r["run_id"].rsplit("-r", 1)[-1]
-            out[int(repeat)] = _f(r["step_time_s"])
+            out[int(repeat)] = _f(r[column])
     return out
 
 
@@ -433,6 +450,118 @@ def sync_goals(runs):
     return lines
 
 
+def straggler_goals(runs):
+    """Issue 15's straggler goal: the throughput a scheme keeps with a
+    straggler, as samples/s with it over samples/s without, per repeat
+    (interleaved runs), and the slowdown the straggler achieved."""
+    rows = [
+        r
+        for r in runs
+        if r["experiment"] == "straggler"
+        and r["status"] == "ok"
+        and r["stragglers"] != "none"
+    ]
+    cells = dict.fromkeys(
+        (r["scheme"], r["stragglers"], r["straggler_mode"], _column(r, k))
+        for r in rows
+        for k in ("steps_per_execution",)
+    )
+    if not cells:
+        return []
+    lines = [
+        "## Throughput kept with a straggler (issue 15)",
+        "",
+        "samples/s with the straggler over samples/s without it, runs of "
+        "the same repeat paired; median [min-max] over repeats. The "
+        "achieved slowdown: PS schemes, each worker's applied steps "
+        "(median over the slowest's); others, the straggler's compute "
+        "measured alone over the median worker's.",
+        "",
+        "| scheme | straggler | mode | steps/execution | kept | "
+        "achieved slowdown |",
+        "|---|---|---|---|---|---|",
+    ]
+    for scheme, strag, mode, spe in cells:
+        match = dict(straggler_mode=mode, steps_per_execution=spe)
+        slow = _by_repeat(
+            runs, "straggler", scheme, "samples_per_s", stragglers=strag,
+            **match,
+        )  # fmt: skip
+        base = _by_repeat(
+            runs, "straggler", scheme, "samples_per_s", stragglers="none",
+            **match,
+        )  # fmt: skip
+        kept = _paired(slow, base, lambda a, b: a / b)
+        achieved = [
+            _f(r["slowest_worker_slowdown"])
+            if _column(r, "slowest_worker_slowdown")
+            else _f(r["compute_max_s"]) / _f(r["compute_s"])
+            for r in rows
+            if (r["scheme"], r["stragglers"], r["straggler_mode"])
+            == (scheme, strag, mode)
+            and _column(r, "steps_per_execution") == spe
+        ]
+        lines.append(
+            f"| {scheme} | {strag} | {mode} | {spe} | "
+            f"{_spread(kept, 100, 1)} % | {_spread(achieved)} |"
+        )
+    return lines
+
+
+def ps_latency_goals(runs):
+    """Issue 15's step-time goal at 20 ms: each PS scheme's step over
+    AllReduceStrategy's, at the same `steps_per_execution` and against the
+    fastest AllReduceStrategy of the repeat (its best available)."""
+    lat = [
+        r
+        for r in runs
+        if r["experiment"] in ("sync_latency", "latency")
+        and _f(r["latency_ms"]) == 20.0
+        and r["status"] == "ok"
+    ]
+    spes = sorted({int(_column(r, "steps_per_execution")) for r in lat})
+    ps = dict.fromkeys(r["scheme"] for r in lat if r["scheme"] != "allreduce")
+    ps = [s for s in ps if s in ("downpour", "downpour_n4", "spsgd")]
+    if not ps or not any(r["scheme"] == "allreduce" for r in lat):
+        return []
+    experiment = lat[0]["experiment"]
+
+    def steps(scheme, spe):
+        return _by_repeat(
+            runs, experiment, scheme, latency_ms=20.0, steps_per_execution=spe
+        )
+
+    allreduce = {spe: steps("allreduce", spe) for spe in spes}
+    best = {}
+    for by_repeat in allreduce.values():
+        for repeat, step in by_repeat.items():
+            best[repeat] = min(step, best.get(repeat, math.inf))
+    ratio = lambda a, b: a / b  # noqa: E731
+    lines = [
+        "## PS schemes vs AllReduceStrategy at 20 ms (issue 15)",
+        "",
+        "Step time (a Downpour step: one batch from every worker) over "
+        "AllReduceStrategy's, runs of the same repeat paired; median "
+        "[min-max] over repeats. 'best' is the faster AllReduceStrategy "
+        "of the repeat over the steps_per_execution values run.",
+        "",
+        "| scheme | steps/execution | step ms | / AllReduce, same "
+        "steps/execution | / best AllReduce |",
+        "|---|---|---|---|---|",
+    ]
+    for scheme in ["allreduce", *ps]:
+        for spe in spes:
+            own = steps(scheme, spe)
+            if not own:
+                continue
+            lines.append(
+                f"| {scheme} | {spe} | {_spread(own.values(), 1e3, 0)} | "
+                f"{_spread(_paired(own, allreduce[spe], ratio))} | "
+                f"{_spread(_paired(own, best, ratio))} |"
+            )
+    return lines
+
+
 def summary(out_dir):
     runs = calibrate(plots.read_runs(out_dir))
     if runs:
@@ -445,6 +574,8 @@ def summary(out_dir):
     lines = [f"# Summary of {os.path.basename(os.path.abspath(out_dir))}", ""]
     lines += goals(runs) + [""]
     lines += sync_goals(runs) + [""]
+    lines += straggler_goals(runs) + [""]
+    lines += ps_latency_goals(runs) + [""]
     lines += ["## Step time vs latency (8 workers)", ""]
     lines += step_table(runs, "latency", "latency_ms", "ms") + [""]
     lines += ["## Step time vs bandwidth", ""]

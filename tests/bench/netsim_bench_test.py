@@ -235,6 +235,70 @@ def test_sync_goals_pair_runs_of_one_repeat():
     assert report.sync_goals([]) == []
 
 
+def test_async_goals_pair_runs_of_one_repeat_and_execution_size():
+    import report
+
+    def run(scheme, repeat, spe=None, **columns):
+        row = {
+            "experiment": "straggler",
+            "scheme": scheme,
+            "status": "ok",
+            "latency_ms": "1.0",
+            "repeat": str(repeat),
+            "run_id": f"x-r{repeat}",
+            "stragglers": "none",
+            "straggler_mode": "sleep",
+            **columns,
+        }
+        if spe is not None:  # runs.csv before the column: no key at all
+            row["steps_per_execution"] = str(spe)
+        return row
+
+    slow = dict(stragglers="3:4", slowest_worker_slowdown="3.5")
+    runs = [
+        run("downpour", 0, samples_per_s="400"),
+        run("downpour", 0, samples_per_s="360", **slow),
+        run("downpour", 1, spe=1, samples_per_s="500"),  # loaded repeat
+        run("downpour", 1, spe=1, samples_per_s="400", **slow),
+        run("downpour", 0, spe=4, samples_per_s="440"),
+        run("downpour", 0, spe=4, samples_per_s="418", **slow),
+        run("downpour", 2, samples_per_s="350", **slow),  # no partner
+    ]
+    text = "\n".join(report.straggler_goals(runs))
+    assert "| downpour | 3:4 | sleep | 1 | 85.0 [80.0-90.0] (n=2) % | " in text
+    assert "| downpour | 3:4 | sleep | 4 | 95.0 [95.0-95.0] (n=1) % | " in text
+    assert "3.50 [3.50-3.50] (n=3) |" in text
+
+    def step(scheme, repeat, spe, seconds):
+        return run(
+            scheme,
+            repeat,
+            spe,
+            experiment="sync_latency",
+            latency_ms="20.0",
+            step_time_s=str(seconds),
+        )
+
+    runs = [
+        step("allreduce", 0, 1, 0.400),
+        step("allreduce", 0, 4, 0.300),  # the best AllReduce of repeat 0
+        step("downpour", 0, 1, 0.600),
+        step("downpour", 0, 4, 0.450),
+        step("downpour", 1, 4, 0.450),  # no AllReduce in repeat 1
+    ]
+    text = "\n".join(report.ps_latency_goals(runs))
+    assert (
+        "| downpour | 1 | 600 [600-600] (n=1) | 1.50 [1.50-1.50] (n=1) | "
+        "2.00 [2.00-2.00] (n=1) |"
+    ) in text
+    assert (
+        "| downpour | 4 | 450 [450-450] (n=2) | 1.50 [1.50-1.50] (n=1) | "
+        "1.50 [1.50-1.50] (n=1) |"
+    ) in text
+    assert report.ps_latency_goals(runs[:2]) == []  # no PS scheme
+    assert report.straggler_goals([]) == []
+
+
 def _can_emulate():
     return (
         os.geteuid() == 0
