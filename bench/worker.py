@@ -447,6 +447,15 @@ def main(argv):
         y_test = y_test[: _EVAL_EXAMPLES.value]
     batch = _BATCH.value
     total_steps = (_WARMUP.value + _STEPS.value) * keras_steps_per_step
+    for name, steps in (("warmup_steps", _WARMUP), ("steps", _STEPS)):
+        if steps.value * keras_steps_per_step % _SPE.value:
+            raise app.UsageError(
+                f"--{name} must be whole executions of "
+                f"--steps_per_execution={_SPE.value} Keras steps (a PS "
+                f"scheme's worker step is {keras_steps_per_step} of them): "
+                "Keras times one callback per execution. Received: "
+                f"--{name}={steps.value}"
+            )
 
     def local_dataset(pipeline, pipelines, prefetch=True):
         xs, ys = x_train[pipeline::pipelines], y_train[pipeline::pipelines]
