@@ -174,25 +174,31 @@ class SplitScheduleTest(tf.test.TestCase):
 
 class _FakeLocks:
     """`served_count` grows by one every `every` reads (the actives'
-    exchanges); `read_training` answers from `training` (an exception
-    instance is raised)."""
+    exchanges); `read_training(j)` answers `(training[j], steps[j])` (an
+    exception instance is raised), and a training peer takes one more step
+    per read of it."""
 
-    def __init__(self, training, every=1):
+    def __init__(self, training, every=1, steps=None):
         self.training = training
         self.every = every
         self.reads = 0
+        self.steps = dict(steps or {})
+        self.serving = False
 
     def served_count(self):
         self.reads += 1
         return self.reads // self.every
 
-    def read_training(self, nodes):
-        flags = []
-        for j in nodes:
-            if isinstance(self.training[j], Exception):
-                raise self.training[j]
-            flags.append(self.training[j])
-        return flags
+    def set_serving(self):
+        self.serving = True
+
+    def read_training(self, k):
+        if isinstance(self.training[k], Exception):
+            raise self.training[k]
+        steps = self.steps.get(k, 0)
+        if self.training[k]:
+            self.steps[k] = steps + 1
+        return self.training[k], steps
 
 
 class _Pacer(pacing_lib.PacingMixin):
@@ -209,6 +215,47 @@ class _Pacer(pacing_lib.PacingMixin):
 
     def drop(self, peer, error):
         self.schedule.drop(peer, str(error))
+
+
+class _Finisher(pacing_lib.PacingMixin):
+    """The end of an all-active worker's fit, on fake locks."""
+
+    def __init__(self, locks, steps_in_all):
+        self.locks = locks
+        self.schedule = peers_lib.PeerSchedule((0, 2))
+        self.stats = collections.Counter()
+        self.timeout = 30.0
+        self._pacing = False
+        self._steps_in_all = steps_in_all
+
+    def drop(self, peer, error):
+        self.schedule.drop(peer, str(error))
+
+
+@mock.patch.object(pacing_lib, "_PACE_CHECK_SECONDS", 0.0)
+class ServeAtEndTest(tf.test.TestCase):
+    def test_serves_while_a_training_neighbour_has_fewer_steps(self):
+        # Worker 0 trains, 4 steps behind; worker 2 trains, ahead.
+        locks = _FakeLocks({0: True, 2: True}, steps={0: 6, 2: 12})
+        finisher = _Finisher(locks, steps_in_all=10)
+        finisher.serve_at_end()
+        self.assertTrue(locks.serving)
+        self.assertEqual(locks.steps[0], 11)  # read at 6, 7, 8, 9 and 10
+        self.assertEqual(finisher.stats["waited_at_end"], 1)
+
+    def test_no_wait_for_a_neighbour_ahead_or_not_training(self):
+        locks = _FakeLocks({0: False, 2: True}, steps={0: 3, 2: 10})
+        finisher = _Finisher(locks, steps_in_all=10)
+        finisher.serve_at_end()
+        self.assertEqual(locks.steps, {0: 3, 2: 11})  # each read once
+        self.assertEqual(finisher.stats["waited_at_end"], 1)
+
+    def test_a_neighbour_that_does_not_answer_is_dropped(self):
+        gone = tf.errors.UnavailableError(None, None, "connection refused")
+        locks = _FakeLocks({0: gone, 2: False})
+        finisher = _Finisher(locks, steps_in_all=10)
+        finisher.serve_at_end()
+        self.assertEqual(list(finisher.schedule.dropped), [0])
 
 
 @mock.patch.object(pacing_lib, "_PACE_POLL_SECONDS", 0.0)

@@ -122,7 +122,14 @@ class Locks:
     def __init__(self, layout, lease_seconds: float):
         self.layout = layout
         self.lease_seconds = float(lease_seconds)
-        for name in ("training", "served", "owner", "expiry", "counter"):
+        for name in (
+            "training",
+            "served",
+            "owner",
+            "expiry",
+            "counter",
+            "steps",
+        ):
             setattr(self, name, [None] * layout.num_nodes)
         self.mutex = [None] * layout.num_nodes
         for k in range(layout.num_nodes):
@@ -134,6 +141,7 @@ class Locks:
                 _assign(self.counter[i], tf.constant(0, tf.int64))
                 _assign(self.training[i], tf.constant(1, tf.int64))
                 _assign(self.served[i], tf.constant(0, tf.int64))
+                _assign(self.steps[i], tf.constant(0, tf.int64))
                 _assign(self.owner[i], tf.constant(0, tf.int64))
         self._generation = self._read_counter(i)
         self._token = 0
@@ -149,6 +157,7 @@ class Locks:
             device, tf.float64, [], f"{_PREFIX}/lock_expiry"
         )
         self.counter[k] = _handle(device, tf.int64, [], f"{_PREFIX}/barrier")
+        self.steps[k] = _handle(device, tf.int64, [], f"{_PREFIX}/steps")
         with tf.device(device):
             self.mutex[k] = tf.CriticalSection(
                 shared_name=f"{_PREFIX}/lock_mutex"
@@ -174,6 +183,13 @@ class Locks:
         i = self.layout.node
         with tf.device(self.layout.server_device(i)):
             _assign(self.training[i], tf.constant(state, tf.int64))
+
+    def set_steps(self, steps: int):
+        """Publishes how many training steps this node has taken in all
+        (on its own server: no network)."""
+        i = self.layout.node
+        with tf.device(self.layout.server_device(i)):
+            _assign(self.steps[i], tf.constant(steps, tf.int64))
 
     def served_count(self) -> int:
         """Exchanges that peers started with this node and completed."""
@@ -317,14 +333,14 @@ class Locks:
 
         return self.mutex[k].execute(body, exclusive_resource_access=False)
 
-    def read_training(self, nodes):
-        """Returns whether each of `nodes` is training (see
-        `set_training`; a serving node is not), read from their servers."""
-        flags = []
-        for k in nodes:
-            with tf.device(self.layout.server_device(k)):
-                flags.append(_read(self.training[k], tf.int64))
-        return [int(f.numpy()) == 1 for f in flags]
+    def read_training(self, k):
+        """Returns `(training, steps)` of node `k`, read from its server:
+        whether it trains (see `set_training`; a serving node does not) and
+        its steps in all (`set_steps`)."""
+        with tf.device(self.layout.server_device(k)):
+            state = _read(self.training[k], tf.int64)
+            steps = _read(self.steps[k], tf.int64)
+        return int(state.numpy()) == 1, int(steps.numpy())
 
     def _read_counter(self, k):
         """Returns node `k`'s barrier count (0 before `k` has started)."""

@@ -81,6 +81,7 @@ class AsyncGossipExtended(
         self.overlap = bool(overlap)
         self._pending = None  # The exchange in flight (see start_exchange).
         self._steps = 0  # Exchanges (train function calls) in this fit.
+        self._steps_in_all = 0  # Training steps in all fits (`note_step`).
         # Pacing of a passive worker: the neighbours it waits for, their
         # exchanges per step, and (served count, steps) when they changed.
         self._pacing = False
@@ -176,7 +177,6 @@ class AsyncGossipExtended(
             if self._fits == 1:
                 self.locks.set_training(True)
                 self._steps = 0
-                self.start_step_clock()
                 self._pacing = self.serve_shares is not None
                 if self._pacing:
                     self._rebase_pace(set(self.serve_shares), 0)

@@ -8,11 +8,10 @@ after each step, until its actives have averaged with it about once per
 step (`PacingMixin.pace`), and at the end of its `fit` stays averageable
 until they have finished (`serve_until_neighbours_finish`). Without the
 split every worker starts exchanges; at the end of its `fit` a worker stays
-averageable for a bounded time while a neighbour trains (`serve_at_end`).
+averageable while a neighbour that trains has taken fewer steps in all than
+it has (`serve_at_end`).
 """
 
-import collections
-import statistics
 import time
 
 from tf_decentral.strategies._collective import PEER_STATE_LOST_ERRORS
@@ -21,21 +20,17 @@ PASSIVE_LEAD_STEPS = 4
 """How many steps a passive worker may run ahead of the exchanges its active
 neighbours start with it (see `PacingMixin.pace`)."""
 
-ALL_ACTIVE_SERVE_STEPS = 8
-"""Without the split, how long (in this worker's recent steps) a worker
-whose steps are done stays averageable for neighbours that still train (see
-`PacingMixin.serve_at_end`)."""
-
 _PACE_POLL_SECONDS = 0.002
 _PACE_CHECK_SECONDS = 0.25
 
 
 class PacingMixin:
-    """The pacing of a passive worker, for `AsyncGossipExtended`.
+    """The pacing of a passive worker and the end of a `fit`, for
+    `AsyncGossipExtended`.
 
     Uses the extended's `locks`, `schedule`, `serve_shares`, `stats`,
     `timeout` and `drop`, and keeps its state in `_pacing`, `_pace_peers`,
-    `_pace_rate` and `_pace_base`.
+    `_pace_rate`, `_pace_base` and `_steps_in_all`.
     """
 
     def pace(self, steps):
@@ -78,47 +73,38 @@ class PacingMixin:
             time.sleep(_PACE_POLL_SECONDS)
         self.stats["paced"] += int(waited)
 
-    def start_step_clock(self):
-        """At the start of a `fit`: forgets the previous `fit`'s steps."""
-        self._step_ends = collections.deque(maxlen=ALL_ACTIVE_SERVE_STEPS + 1)
-
     def note_step(self):
-        """Records the end of a training step (see `serve_at_end`), in a
-        `fit` (a step outside one, e.g. `train_on_batch`, is not timed)."""
-        ends = getattr(self, "_step_ends", None)
-        if ends is not None:
-            ends.append(time.monotonic())
+        """Publishes this worker's steps in all, at the end of a training
+        step (peers that finished read it, see `serve_at_end`)."""
+        self._steps_in_all += 1
+        self.locks.set_steps(self._steps_in_all)
 
     def serve_at_end(self):
         """At the end of a `fit`, its steps done: a passive worker stays
         averageable until its active neighbours have finished; without the
-        split, a worker stays averageable while a neighbour still trains,
-        for at most `ALL_ACTIVE_SERVE_STEPS` of its recent steps (the lower
-        median of their durations: a `fit`'s first steps, which trace and
-        wait for the others to start, do not count; a bound: a worker that
-        finishes early does not wait for a much slower one, whose steps
-        beyond that train alone). So the last steps of the workers that
-        finish last still average, and the model each worker keeps (its
-        copy, read back after `fit`) has them.
+        split, a worker stays averageable while a neighbour that still
+        trains has taken fewer steps in all than this worker. So a worker
+        that fell behind (under load, or served more exchanges than it
+        started) still averages its last steps instead of training them
+        alone, and the model each worker keeps (its copy, read back after
+        `fit`) has them. It is no barrier: a neighbour whose `fit` ends, or
+        that is ahead, is not waited for (a worker whose `fit` is shorter
+        than its neighbours', e.g. one that pauses to evaluate, returns at
+        once); a worker waits at most the timeout without an exchange.
         """
         if self._pacing:
             self.serve_until_neighbours_finish()
-            return
-        ends = list(self._step_ends)
-        if self.schedule.rounds is None and len(ends) >= 2:
-            step = statistics.median_low(b - a for a, b in zip(ends, ends[1:]))
-            self.serve_until_neighbours_finish(ALL_ACTIVE_SERVE_STEPS * step)
+        elif self.schedule.rounds is None:
+            self.serve_until_neighbours_finish(behind=self._steps_in_all)
 
-    def serve_until_neighbours_finish(self, max_seconds=None):
-        """Stays averageable (serving) until no neighbour trains, at most
-        `max_seconds` (None: no bound), and at most the timeout without a
-        new exchange."""
+    def serve_until_neighbours_finish(self, behind=None):
+        """Stays averageable (serving) while a neighbour trains (with
+        `behind`: one that has taken fewer steps in all), at most the
+        timeout without a new exchange."""
         self.locks.set_serving()
         last = self.locks.served_count()
-        now = time.monotonic()
-        deadline = now + self.timeout
-        end = None if max_seconds is None else now + max_seconds
-        while self._training_neighbours():
+        deadline = time.monotonic() + self.timeout
+        while self._training_neighbours(behind):
             time.sleep(_PACE_CHECK_SECONDS / 5)
             served = self.locks.served_count()
             now = time.monotonic()
@@ -127,9 +113,6 @@ class PacingMixin:
             elif now > deadline:
                 self.stats["pace_timeouts"] += 1
                 return
-            if end is not None and now > end:
-                self.stats["served_until_bound"] += 1
-                return
         self.stats["waited_at_end"] += 1
 
     def _rebase_pace(self, peers, steps):
@@ -137,15 +120,18 @@ class PacingMixin:
         self._pace_rate = sum(self.serve_shares[j] for j in peers)
         self._pace_base = (self.locks.served_count(), steps)
 
-    def _training_neighbours(self):
-        """The live neighbours that train; drops those that do not answer."""
+    def _training_neighbours(self, behind=None):
+        """The live neighbours that train (with `behind`: and have taken
+        fewer steps in all); drops those that do not answer."""
         training = set()
         for j in self.schedule.peers:
             if j in self.schedule.dropped:
                 continue
             try:
-                if self.locks.read_training([j])[0]:
-                    training.add(j)
+                trains, steps = self.locks.read_training(j)
             except PEER_STATE_LOST_ERRORS as e:
                 self.drop(j, e)
+                continue
+            if trains and (behind is None or steps < behind):
+                training.add(j)
         return frozenset(training)

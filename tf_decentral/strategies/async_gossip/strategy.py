@@ -27,13 +27,13 @@ active neighbours' `fit`s have ended, so every active step averages to
 the end; each worker then keeps its own copy, averaged with its neighbours
 until their last steps. Without the split (every worker active: an odd
 ring, `active_passive=False`) a worker whose steps are done stays
-averageable while a neighbour still trains, for at most
-`pacing.ALL_ACTIVE_SERVE_STEPS` (8) of its own mean steps, so the last
-steps of the workers that finish last still average; a worker more than
-that behind trains the rest alone (no barrier: a fast worker does not wait
-for a straggler). For one converged model (the paper's output, the mean of
-the copies), call `average_weights` on every worker after `fit`: it gives
-every worker the exact mean.
+averageable while a neighbour that still trains has taken fewer steps in
+all than it has, so a worker that fell behind still averages its last
+steps instead of training them alone; this is no barrier (a neighbour that
+is ahead, or whose `fit` has ended, is not waited for), and a finished
+worker's process waits at exit for its peers anyway. For one converged
+model (the paper's output, the mean of the copies), call `average_weights`
+on every worker after `fit`: it gives every worker the exact mean.
 
 Vocabulary: a *node* is a worker (the chief first, then the workers, TF's
 order); its *shared copy* `x_i` lives on its own TF server; its *local
@@ -401,8 +401,8 @@ class AsyncGossipStrategy(tf.distribute.Strategy):
         peers started with this worker, read from its server), and for a
         passive worker `"paced"` (steps after which it waited for its
         active neighbours), `"waited_at_end"` (`fit`s at whose end it
-        waited for its neighbours to finish; without the split, also
-        `"served_until_bound"`, when it stopped waiting at the bound) and
+        waited for its neighbours to finish; without the split, for those
+        that had taken fewer steps) and
         `"pace_timeouts"` (waits cut at the timeout), and `"rejoined"`
         (dropped peers taken back after their restart)."""
         return self.extended.exchange_counts()
