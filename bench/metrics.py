@@ -8,11 +8,16 @@ the active and the passive workers apart (they are two kinds of step).
 
 Throughput is the sum over workers of the steps each finished inside the
 common window (from the last worker's first timed step to the first
-worker's last step), divided by its length. A run in which the workers'
-timed steps do not overlap has no throughput (NaN, `window_s` <= 0): it
-is not replaced by anything else.
+worker's last step), divided by its length. A worker's steps finished by a
+time inside its run are interpolated between its step end times (a step in
+progress at the window's edge counts in part): counting whole steps lost up
+to one step per worker, and with `steps_per_execution` k, whose k steps end
+together, a whole execution (20 % of 20 steps at k = 4). A run in which
+the workers' timed steps do not overlap has no throughput (NaN,
+`window_s` <= 0): it is not replaced by anything else.
 """
 
+import bisect
 import math
 import statistics
 
@@ -27,6 +32,27 @@ def step_durations(result):
         # A pause taken at the end of step i delays the end of step i + 1.
         durations.append(times[i] - times[i - 1] - pauses.get(i, 0.0))
     return durations
+
+
+def _steps_done_by(result, t):
+    """Timed steps `result`'s worker finished by time `t`, interpolated
+    between its step end times (several steps ending at one time, as with
+    `steps_per_execution`, end together there)."""
+    times = result["step_end_times"][result["warmup_steps"] - 1 :]
+    ends, done = [], []
+    for count, end in enumerate(times):
+        if ends and end == ends[-1]:
+            done[-1] = count
+        else:
+            ends.append(end)
+            done.append(count)
+    i = bisect.bisect_right(ends, t)
+    if i == 0:
+        return 0.0
+    if i == len(ends):
+        return float(done[-1])
+    fraction = (t - ends[i - 1]) / (ends[i] - ends[i - 1])
+    return done[i - 1] + fraction * (done[i] - done[i - 1])
 
 
 def summarize(results, batch_size, target):
@@ -64,9 +90,10 @@ def summarize(results, batch_size, target):
     # The fewest steps any worker (a straggler, say) took in the window.
     out["window_min_worker_steps"] = min(in_window)
     if t1 > t0 and sum(in_window):
-        out["samples_per_s"] = (
-            sum(in_window) * batch_size / max(1e-9, t1 - t0 - pauses)
+        steps = sum(
+            _steps_done_by(r, t1) - _steps_done_by(r, t0) for r in results
         )
+        out["samples_per_s"] = steps * batch_size / max(1e-9, t1 - t0 - pauses)
     else:
         out["samples_per_s"] = math.nan  # no window in which all trained
     out.update(_by_role(results, per_worker))
