@@ -210,8 +210,16 @@ class ConservationTest(tf.test.TestCase, parameterized.TestCase):
             exchanges = reports[node]["exchanges"]
             self.assertEqual(exchanges.get(str(1 - node)), rounds, exchanges)
         if locked:
+            # On failure: every round's copies and both workers' counts.
+            seen = {
+                "round_copies": report["round_copies"],
+                "workers": [
+                    (reports[k]["exchanges"], reports[k]["dropped"])
+                    for k in (0, 1)
+                ],
+            }
             for sums in report["round_sums"]:
-                self.assertEqual(sums, [expected] * 64)
+                self.assertEqual(sums, [expected] * 64, seen)
         else:
             # The forced interleaving breaks conservation in most rounds
             # (the first round kept 10 in about 1 run of 4 in session 4's

@@ -220,6 +220,7 @@ def phase_conserve(options):
         return np.stack([shared.read_copy(k)[0] for k in nodes]).sum(axis=0)
 
     round_sums = []
+    round_copies = []  # every node's first value after each round
     begin = time.monotonic()
     for _ in range(options.get("exchanges", 50)):
         extended.exchange(shared)
@@ -227,6 +228,9 @@ def phase_conserve(options):
             barrier(nodes, 120, "exchanged")
             if node == 0:
                 round_sums.append(total().tolist())
+                round_copies.append(
+                    [float(shared.read_copy(k)[0][0]) for k in nodes]
+                )
             barrier(nodes, 120, "summed")
     seconds = time.monotonic() - begin
     barrier(nodes, 120, "end")
@@ -238,10 +242,12 @@ def phase_conserve(options):
             str(k): v - warm.get(k, 0)
             for k, v in strategy.exchange_counts.items()
         },
+        "dropped": {str(k): v for k, v in strategy.dropped_peers.items()},
     }
     if node == 0:
         result["sums"] = total().tolist()
         result["round_sums"] = round_sums
+        result["round_copies"] = round_copies
         result["expected"] = float(10.0 * sum(nodes))
     barrier(nodes, 120, "read")
     report(result)
