@@ -507,6 +507,7 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
     strag = stragglers_lib.Stragglers.parse(
         spec.stragglers, spec.straggler_mode
     )
+    no_straggler = stragglers_lib.Stragglers({}, spec.straggler_mode)
     common = [
         f"--strategy={scheme.strategy}",
         *scheme.worker_flags,
@@ -533,9 +534,15 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
             extra = {"TF_CONFIG": _tf_config(net, tasks, port, task)}
             if spec.straggler_mode == "sleep" and strag.factors:
                 extra[stragglers_lib.STRAGGLERS_ENV] = str(strag)
-            if scheme.parameter_servers and task.job == "worker":
+            if scheme.parameter_servers and task.job in ("worker", "chief"):
+                # The chief's is an ordinary worker's: its calibration
+                # times a worker's pipeline with it.
                 extra[stragglers_lib.PIPELINE_SLEEP_ENV] = str(
-                    _pipeline_sleep_us(spec, strag, task.index)
+                    _pipeline_sleep_us(
+                        spec,
+                        strag if task.job == "worker" else no_straggler,
+                        task.index,
+                    )
                 )
             preexec = None
             for worker in strag.factors:

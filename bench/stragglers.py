@@ -206,24 +206,27 @@ def process_delayed_dataset(dataset):
 
     For parameter-server schemes: the chief builds one pipeline, serializes
     it and every worker's TF server runs it, so the duration cannot be a
-    constant of the graph. It is read when an element is produced, by the
-    process that produces it, from `/proc/self/environ` (that process's
-    environment at its start: the runner sets the variable per task). No
-    prefetch may follow it, as for `delayed_dataset`.
+    constant of the graph. It is read when the pipeline starts, by the
+    process that runs it, from `/proc/self/environ` (that process's
+    environment at its start: the runner sets the variable per task), and
+    slept by an endless sleeping dataset zipped with `dataset` (one sleep
+    per element; a sleeping dataset of one element per element would sleep
+    twice, once more to find its end). No prefetch may follow it, as for
+    `delayed_dataset`.
     """
     import tensorflow as tf
     from tensorflow.python.data.experimental.ops import testing  # see above
 
-    def one_element(*element):
-        single = tf.data.Dataset.from_tensors(
-            element[0] if len(element) == 1 else element
-        )
-        return single.apply(testing.sleep(pipeline_sleep_microseconds()))
+    def endless_sleeper(_):
+        ticks = tf.data.Dataset.from_tensors(0).repeat()
+        return ticks.apply(testing.sleep(pipeline_sleep_microseconds()))
 
+    sleeper = tf.data.Dataset.from_tensors(0).flat_map(endless_sleeper)
     options = tf.data.Options()
     options.experimental_optimization.inject_prefetch = False
     options.autotune.enabled = False
-    return dataset.flat_map(one_element).with_options(options)
+    delayed = tf.data.Dataset.zip((dataset, sleeper))
+    return delayed.map(lambda element, _: element).with_options(options)
 
 
 def step_delay_callback(seconds: float):

@@ -488,10 +488,12 @@ def main(argv):
 
         twin_data = local_dataset(node, max(num_nodes, 1))
         if _STRATEGY.value == "downpour":
-            twin_data = stragglers_lib.delayed_dataset(
-                local_dataset(node, max(num_nodes, 1), prefetch=False),
-                compute_s,
-            )
+            # A worker's pipeline, slept as the runner set this process's
+            # (the chief's: an ordinary worker's): the calibration measures
+            # the slept compute the workers' steps get.
+            twin_data = stragglers_lib.process_delayed_dataset(
+                local_dataset(0, 1, prefetch=False)
+            ).shard(max(num_nodes, 1), 0)
         twin.fit(
             twin_data,
             epochs=1,

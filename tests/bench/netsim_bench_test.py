@@ -122,7 +122,7 @@ def test_process_delayed_dataset_sleeps_in_the_graph_it_ships():
     # sleeps, per element: the duration is no constant of the chief's.
     graph = tf.raw_ops.DatasetToGraphV2(input_dataset=delayed._variant_tensor)
     text = graph.numpy().decode("latin-1")
-    for op in ("ReadFile", "SleepDataset", "FlatMapDataset"):
+    for op in ("ReadFile", "SleepDataset", "ZipDataset"):
         assert op in text
 
 
