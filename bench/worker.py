@@ -289,7 +289,7 @@ def _loadavg():
 class _Timer:
     """Step end times, evaluation pauses, byte counters (a Keras callback)."""
 
-    def __init__(self, warmup, eval_every, evaluate, per_step=1):
+    def __init__(self, warmup, eval_every, evaluate, per_step=1, drain=None):
         import keras
 
         timer = self
@@ -301,6 +301,10 @@ class _Timer:
         self.callback = Callback()
         self.warmup = warmup
         self.per_step = per_step  # Keras steps per worker step
+        # PS schemes: a Keras step returns once its closure is dispatched;
+        # `drain()` waits for every dispatched one, so the timed steps
+        # start with none of the warm-up's in flight.
+        self.drain = drain
         self.eval_every = eval_every
         self.evaluate = evaluate
         self.step_end_times = []
@@ -322,6 +326,9 @@ class _Timer:
         self.step_end_times.append(now)
         done = len(self.step_end_times)
         if done == self.warmup:
+            if self.drain is not None:
+                self.drain()
+                now = self.step_end_times[-1] = time.time()
             self.timed_start = now
             self.counters_start = (
                 _read_counter("tx_bytes"),
@@ -533,11 +540,13 @@ def main(argv):
     else:
         data = strategy.distribute_datasets_from_function(dataset_fn)
 
+    ps_scheme = _STRATEGY.value == "downpour"
     timer = _Timer(
         _WARMUP.value * keras_steps_per_step,
         _EVAL_EVERY.value * keras_steps_per_step,
         evaluate,
         keras_steps_per_step,
+        drain=strategy.coordinator.join if ps_scheme else None,
     )
     result["initial_accuracy"] = evaluate()  # also traces the twin's predict
     custom_loop = (
@@ -563,6 +572,10 @@ def main(argv):
         write()
         raise
     fit_end = time.time()
+    if _STRATEGY.value == "downpour":
+        # The chief's last Keras step ended when its closure was dispatched;
+        # the timed steps end when `fit` has waited for every closure.
+        timer.step_end_times[-1] = fit_end
     result.update(
         fit_start=fit_start,
         fit_end=fit_end,
