@@ -303,7 +303,7 @@ def expand(experiments) -> list[RunSpec]:
             rate, latency = network
             # Keras calls back once per execution: the warm-up and the timed
             # steps must be whole executions, or the timed window is off.
-            unit = _execution_unit(spe, SCHEMES[scheme], workers)
+            unit = SCHEMES[scheme].execution_unit(spe, workers)
             specs.append(
                 RunSpec(
                     experiment=name,
@@ -312,8 +312,8 @@ def expand(experiments) -> list[RunSpec]:
                     rate=rate,
                     latency_ms=latency,
                     hidden=grid["hidden"],
-                    steps=_round_up(grid["steps"], unit),
-                    warmup_steps=_round_up(grid["warmup_steps"], unit),
+                    steps=-(-grid["steps"] // unit) * unit,
+                    warmup_steps=-(-grid["warmup_steps"] // unit) * unit,
                     stragglers=strag,
                     straggler_mode=_STRAGGLER_MODE.value,
                     compute_ms=grid["compute_ms"],
@@ -324,17 +324,6 @@ def expand(experiments) -> list[RunSpec]:
                 )
             )
     return specs
-
-
-def _execution_unit(steps_per_execution, scheme, workers):
-    """The fewest worker steps that are whole Keras executions (a PS
-    scheme's Keras step is one batch of one of `workers` workers)."""
-    keras_per_step = workers if scheme.parameter_servers else 1
-    return steps_per_execution // math.gcd(steps_per_execution, keras_per_step)
-
-
-def _round_up(steps, unit):
-    return -(-steps // unit) * unit
 
 
 def _steps_per_execution():

@@ -10,6 +10,7 @@ Importing this module imports neither TensorFlow nor absl flags.
 """
 
 import dataclasses
+import math
 
 from tf_decentral import cost_model
 
@@ -61,6 +62,16 @@ class Scheme:
     extra_reductions: int = 0
     n_fetch: int = 1
     n_push: int = 1
+
+    def execution_unit(self, steps_per_execution: int, workers: int) -> int:
+        """The fewest worker steps that are whole Keras executions of
+        `steps_per_execution` (a PS scheme's Keras step is one batch of one
+        of `workers` workers): Keras calls back once per execution, so the
+        warm-up and the timed steps are rounded up to multiples of it."""
+        keras_per_step = workers if self.parameter_servers else 1
+        return steps_per_execution // math.gcd(
+            steps_per_execution, keras_per_step
+        )
 
     @property
     def synchronous(self) -> bool:

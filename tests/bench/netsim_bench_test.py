@@ -389,15 +389,12 @@ def test_plots_give_the_median_and_spread_of_repeats():
 
 
 def test_timed_steps_are_whole_keras_executions():
-    import run
     import schemes
 
     ps, plain = schemes.SCHEMES["downpour"], schemes.SCHEMES["allreduce"]
-    # AllReduce: 4 steps per execution, so warm-up 5 -> 8, steps 20 -> 20.
-    unit = run._execution_unit(4, plain, workers=8)
-    assert unit == 4
-    assert (run._round_up(5, unit), run._round_up(20, unit)) == (8, 20)
-    # Downpour: a worker step is 8 Keras steps, every count is whole.
-    assert run._execution_unit(4, ps, workers=8) == 1
-    assert run._execution_unit(4, ps, workers=2) == 2
-    assert run._execution_unit(1, plain, workers=8) == 1
+    # AllReduce: every 4 steps are one execution (warm-up 5 -> 8).
+    assert plain.execution_unit(4, workers=8) == 4
+    # Downpour: a worker step is 8 (or 2) Keras steps.
+    assert ps.execution_unit(4, workers=8) == 1
+    assert ps.execution_unit(4, workers=2) == 2
+    assert plain.execution_unit(1, workers=8) == 1
