@@ -462,9 +462,13 @@ def straggler_goals(runs):
         and r["stragglers"] != "none"
     ]
     cells = dict.fromkeys(
-        (r["scheme"], r["stragglers"], r["straggler_mode"], _column(r, k))
+        (
+            r["scheme"],
+            r["stragglers"],
+            r["straggler_mode"],
+            _column(r, "steps_per_execution"),
+        )
         for r in rows
-        for k in ("steps_per_execution",)
     )
     if not cells:
         return []

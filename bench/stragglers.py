@@ -160,33 +160,6 @@ def delay_layer(seconds: float):
     return ComputeDelay(seconds, name="compute_delay")
 
 
-def delayed_dataset(dataset, seconds: float):
-    """Returns `dataset` whose every element takes `seconds` to produce.
-
-    For parameter-server schemes, whose steps run as closures on the
-    workers' TF servers: a `tf.py_function` there would run back on the
-    chief (measured: every sleep ran in the chief's process), but a
-    `tf.data` sleep runs in the worker's input pipeline. No prefetch may
-    follow it (tf.data's automatic prefetch injection is turned off), so
-    every step waits for it. The same delay for every worker: the chief
-    traces one pipeline for all of them.
-    """
-    import tensorflow as tf
-
-    # Private: TF 2.21 exports no sleep transformation (tf.data's own tests
-    # use this one, a thin wrapper of the public `tf.raw_ops.SleepDataset`).
-    from tensorflow.python.data.experimental.ops import testing
-
-    if seconds <= 0:
-        return dataset
-    options = tf.data.Options()
-    options.experimental_optimization.inject_prefetch = False
-    options.autotune.enabled = False
-    return dataset.apply(testing.sleep(int(seconds * 1e6))).with_options(
-        options
-    )
-
-
 def pipeline_sleep_microseconds(environ_path="/proc/self/environ"):
     """Returns (as an int64 tensor) `PIPELINE_SLEEP_ENV` of the environment
     file `environ_path` (NUL-separated `NAME=value`), 0 if it is absent."""
@@ -204,18 +177,25 @@ def process_delayed_dataset(dataset):
     """Returns `dataset` whose elements each take a sleep of this process's
     `PIPELINE_SLEEP_ENV` microseconds (0 if unset) to produce.
 
-    For parameter-server schemes: the chief builds one pipeline, serializes
-    it and every worker's TF server runs it, so the duration cannot be a
-    constant of the graph. It is read when the pipeline starts, by the
-    process that runs it, from `/proc/self/environ` (that process's
-    environment at its start: the runner sets the variable per task), and
-    slept by an endless sleeping dataset zipped with `dataset` (one sleep
-    per element; a sleeping dataset of one element per element would sleep
-    twice, once more to find its end). No prefetch may follow it, as for
-    `delayed_dataset`.
+    For parameter-server schemes, whose steps run as closures on the
+    workers' TF servers: a `tf.py_function` there would run back on the
+    chief (measured: every sleep ran in the chief's process), but a
+    `tf.data` sleep runs in the worker's input pipeline. The chief builds
+    one pipeline, serializes it and every worker's TF server runs it, so
+    the duration cannot be a constant of the graph. It is read when the
+    pipeline starts, by the process that runs it, from `/proc/self/environ`
+    (that process's environment at its start: the runner sets the variable
+    per task), and slept by an endless sleeping dataset zipped with
+    `dataset` (one sleep per element; a sleeping dataset of one element per
+    element would sleep twice, once more to find its end). No prefetch may
+    follow it (tf.data's automatic prefetch injection is turned off), so
+    every step waits for it.
     """
     import tensorflow as tf
-    from tensorflow.python.data.experimental.ops import testing  # see above
+
+    # Private: TF 2.21 exports no sleep transformation (tf.data's own tests
+    # use this one, a thin wrapper of the public `tf.raw_ops.SleepDataset`).
+    from tensorflow.python.data.experimental.ops import testing
 
     def endless_sleeper(_):
         ticks = tf.data.Dataset.from_tensors(0).repeat()

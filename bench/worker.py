@@ -528,7 +528,8 @@ def main(argv):
     result["model_bytes"] = int(
         sum(int(np.prod(w.shape)) * 4 for w in model.trainable_weights)
     )
-    if _STRATEGY.value == "downpour":
+    ps_scheme = _STRATEGY.value == "downpour"
+    if ps_scheme:
         # fit sends the pipeline to every worker; the slept compute runs in
         # it, on the worker, for as long as that worker's process says
         # (stragglers.process_delayed_dataset: the runner sets each worker
@@ -540,7 +541,6 @@ def main(argv):
     else:
         data = strategy.distribute_datasets_from_function(dataset_fn)
 
-    ps_scheme = _STRATEGY.value == "downpour"
     timer = _Timer(
         _WARMUP.value * keras_steps_per_step,
         _EVAL_EVERY.value * keras_steps_per_step,
@@ -572,7 +572,7 @@ def main(argv):
         write()
         raise
     fit_end = time.time()
-    if _STRATEGY.value == "downpour":
+    if ps_scheme:
         # The chief's last Keras step ended when its closure was dispatched;
         # the timed steps end when `fit` has waited for every closure.
         timer.step_end_times[-1] = fit_end
@@ -593,7 +593,7 @@ def main(argv):
         result["exchange_counts"] = {
             str(k): int(v) for k, v in strategy.exchange_counts.items()
         }
-    if _STRATEGY.value == "downpour":
+    if ps_scheme:
         # Which worker computed each applied step (a straggler's achieved
         # slowdown: the others' median count over its count).
         pushes = collections.Counter(
