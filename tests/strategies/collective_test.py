@@ -5,6 +5,7 @@ from absl.testing import parameterized
 
 import tf_decentral as tfd
 from tf_decentral import _tf_private
+from tf_decentral.cluster import probe
 from tf_decentral.ops import neighbor_exchange
 from tf_decentral.strategies import _collective
 
@@ -114,3 +115,79 @@ class ErrorInterpolationTest(tf.test.TestCase):
     def test_a_collective_strategy_installs_it(self):
         tfd.AllReduceStrategy()
         self.assertNotEmpty(_tf_private._interpolation_patched)
+
+
+class ExplainLostWorkerTest(tf.test.TestCase):
+    """Which worker the message names, with the probe replaced."""
+
+    CLUSTER = {"worker": [f"localhost:{2220 + k}" for k in range(4)]}
+    # What worker 2 received when worker 0, TF's coordination service
+    # task, exited after its neighbour worker 3 was killed (fault matrix,
+    # session 9).
+    COORDINATION_ABORT = (
+        "Collective ops is aborted by: Failed to send RPC to coordination "
+        "service. Additional GRPC error information from remote target "
+        "/job:worker/replica:0/task:0 while calling "
+        "/tensorflow.CoordinationService/Heartbeat"
+    )
+
+    def _explain(self, text, states, peers=(("worker", 1), ("worker", 3))):
+        probed = []
+
+        def probe_all(addresses):
+            probed.extend(addresses)
+            return {a: states.get(a, probe.LISTENING) for a in addresses}
+
+        message = _collective.explain_lost_worker(
+            tf.errors.UnavailableError(None, None, text),
+            cluster=self.CLUSTER,
+            own=("worker", 2),
+            what="Gossip training on worker:2",
+            timeout=20,
+            peers=peers,
+            gossip=True,
+            probe_all=probe_all,
+        )
+        return message, probed
+
+    def test_a_dead_neighbour_is_named_before_the_task_tf_names(self):
+        message, probed = self._explain(
+            self.COORDINATION_ABORT,
+            {"localhost:2223": probe.GONE, "localhost:2220": probe.GONE},
+        )
+        # The peers and the task TF named were probed, nothing else.
+        self.assertEqual(
+            sorted(probed),
+            ["localhost:2220", "localhost:2221", "localhost:2223"],
+        )
+        self.assertIn(
+            "lost contact with worker:3 (localhost:2223), worker:0 "
+            "(localhost:2220): UnavailableError",
+            message,
+        )
+        self.assertIn("Not accepting connections any more", message)
+        self.assertIn(
+            "gossip neighbours are worker:1 (localhost:2221), worker:3 "
+            "(localhost:2223)",
+            message,
+        )
+        self.assertIn("Collective ops is aborted", message)
+
+    def test_without_a_dead_task_tfs_named_task_and_a_hang(self):
+        message, _ = self._explain(self.COORDINATION_ABORT, {})
+        self.assertIn("lost contact with worker:0 (localhost:2220)", message)
+        self.assertIn("Every peer still accepts connections", message)
+        self.assertNotIn("Not accepting", message)
+
+    def test_nothing_named_nothing_dead(self):
+        message, _ = self._explain("Deadline Exceeded", {}, peers=())
+        self.assertIn(
+            "lost contact with a peer (TF did not say which)", message
+        )
+        self.assertNotIn("gossip neighbours", message)
+        # This task itself is never a culprit, even when TF names it.
+        message, probed = self._explain(
+            "from /job:worker/replica:0/task:2", {}, peers=()
+        )
+        self.assertEqual(probed, [])
+        self.assertIn("a peer (TF did not say which)", message)

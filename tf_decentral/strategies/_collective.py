@@ -10,7 +10,7 @@
 * `Keras3ExtendedFixes` / `Keras3StrategyFixes`: the two fixes that
   `MultiWorkerMirroredStrategy`-based strategies need under Keras 3's `fit`.
 * `explain_lost_worker`: the message of a collective that lost a worker,
-  naming it.
+  naming it (probing which peers still accept connections).
 * `broadcast_training_state`: every worker takes the chief's model,
   optimizer and resume epoch (after a BackupAndRestore restore).
 """
@@ -20,6 +20,7 @@ import re
 import tensorflow as tf
 
 from tf_decentral import _tf_private
+from tf_decentral.cluster import probe
 from tf_decentral.ops import collective_keys
 from tf_decentral.ops import packing
 
@@ -99,30 +100,55 @@ _TASK_IN_ERROR = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
 
 
 def named_tasks(text: str, cluster: dict, own: tuple) -> list:
-    """Returns "job:index (address)" of every other task `text` names.
+    """Returns `(job, index)` of every other task `text` names, in order.
 
     Args:
         text: An error message of TensorFlow's runtime.
         cluster: Job name -> addresses (`ClusterSpec.as_dict()`).
         own: `(job, index)` of this task, left out.
     """
-    labels = []
+    tasks = []
     for job, index in _TASK_IN_ERROR.findall(text):
-        index = int(index)
-        if (job, index) == tuple(own):
-            continue
-        addresses = cluster.get(job) or ()
-        address = addresses[index] if index < len(addresses) else "?"
-        label = f"{job}:{index} ({address})"
-        if label not in labels:
-            labels.append(label)
-    return labels
+        task = (job, int(index))
+        if task != tuple(own) and task not in tasks:
+            tasks.append(task)
+    return tasks
+
+
+def _address(task, cluster):
+    """The address of `(job, index)` (a list or, for a sparse job, a dict
+    in `cluster`), or None."""
+    job, index = task
+    try:
+        return (cluster.get(job) or ())[index]
+    except (IndexError, KeyError):
+        return None
+
+
+def _label(task, cluster):
+    job, index = task
+    return f"{job}:{index} ({_address(task, cluster) or '?'})"
 
 
 def explain_lost_worker(
-    error, *, cluster: dict, own: tuple, what: str, timeout, neighbours=()
+    error,
+    *,
+    cluster: dict,
+    own: tuple,
+    what: str,
+    timeout,
+    peers=(),
+    gossip=False,
+    probe_all=probe.probe_all,
 ) -> str:
     """Returns the message of `error` for a collective that lost a worker.
+
+    The peers this task depends on, and the tasks TF's message names, are
+    probed (`tf_decentral.cluster.probe`): the ones that no longer accept
+    connections are named, the peers first. TF's message alone can name
+    the wrong task: a collective aborted because the task hosting TF's
+    coordination service (worker 0) exited names worker 0, even when
+    worker 0 only fell because another worker died first.
 
     Args:
         error: A `COMMUNICATION_ERRORS` instance raised by a step.
@@ -131,24 +157,47 @@ def explain_lost_worker(
         what: What was running where, e.g. "All-reduce training on
             worker:0".
         timeout: The collective timeout in seconds (None: no timeout).
-        neighbours: Labels of the peers this task exchanges with, if only
-            some (gossip).
+        peers: `(job, index)` of the tasks this task's collectives need
+            (every other worker for an all-reduce, the neighbours for
+            gossip).
+        gossip: Whether `peers` are gossip neighbours (the message lists
+            them).
+        probe_all: `probe.probe_all`, replaceable in tests.
     """
     text = getattr(error, "message", str(error))
-    culprits = named_tasks(text, cluster, own)
-    culprit = ", ".join(culprits) or "a peer (TF did not say which)"
+    named = named_tasks(text, cluster, own)
+    candidates = list(dict.fromkeys([tuple(p) for p in peers] + named))
+    addresses = {t: _address(t, cluster) for t in candidates}
+    states = probe_all([a for a in addresses.values() if a is not None])
+    gone = [t for t in candidates if states.get(addresses[t]) == probe.GONE]
+    if gone:
+        culprit = ", ".join(_label(t, cluster) for t in gone)
+        state = (
+            f"Not accepting connections any more: {culprit}. That process "
+            "has probably stopped (crash, out of memory, preemption)."
+        )
+    else:
+        culprit = (
+            ", ".join(_label(t, cluster) for t in named)
+            or "a peer (TF did not say which)"
+        )
+        state = (
+            "Every peer still accepts connections: one may be hung "
+            "(stopped, stuck or overloaded), or the network drops its "
+            "packets."
+        )
     aborted = text.find("Collective ops is aborted")
     detail = text[aborted:] if aborted >= 0 else text[-1500:]
     limit = f"{timeout:g} s" if timeout else "no timeout"
-    peers = (
-        f"This worker's gossip neighbours are {', '.join(neighbours)}. "
-        if neighbours
+    neighbours = (
+        "This worker's gossip neighbours are "
+        f"{', '.join(_label(tuple(p), cluster) for p in peers)}. "
+        if gossip and peers
         else ""
     )
     return (
         f"{what} lost contact with {culprit}: {type(error).__name__}. "
-        f"{peers}The peer has probably stopped (crash, out of memory, "
-        "preemption) or is unreachable; collectives give up after "
+        f"{neighbours}{state} Collectives give up after "
         f"{limit} (set with communication_options="
         "tf.distribute.experimental.CommunicationOptions(timeout_seconds="
         "...)). Check that worker's log, then restart every worker: with "

@@ -108,12 +108,15 @@ class _AllReduceExtended(
 
     def explain_communication_error(self, error):
         own = (self.resolver.task_type, self.resolver.task_id)
+        spec = self.resolver.cluster_spec().as_dict()
         return _collective.explain_lost_worker(
             error,
-            cluster=self.resolver.cluster_spec().as_dict(),
+            cluster=spec,
             own=own,
             what=f"All-reduce training on {own[0]}:{own[1]}",
             timeout=self.timeout_seconds,
+            # An all-reduce needs every other training task.
+            peers=[t for t in tf_config.training_tasks(spec) if t != own],
         )
 
 
@@ -191,9 +194,7 @@ class AllReduceStrategy(
         """
         if self.extended.in_keras_step:
             self.extended.hook_counts["local_step_logs"] += 1
-            return tf.nest.map_structure(
-                lambda v: _local_mean(self, v), value
-            )
+            return tf.nest.map_structure(lambda v: _local_mean(self, v), value)
         return super().reduce(reduce_op, value, axis)
 
     def run(self, fn, args=(), kwargs=None, options=None):

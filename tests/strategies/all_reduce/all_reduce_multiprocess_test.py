@@ -134,7 +134,7 @@ class AllReduceMultiWorkerTest(tf.test.TestCase, parameterized.TestCase):
         # Worker 1 crashes, or hangs (alive, its server answering, but in no
         # collective): worker 0 raises within the collective timeout. A
         # crashed worker is named; a hung one cannot be told from the
-        # others (every server answers), and the error says so.
+        # others (every server accepts connections), and the error says so.
         reports = run_cluster(failure)
         self.assertEqual(sorted(reports), [0])
         report = reports[0]
@@ -149,6 +149,13 @@ class AllReduceMultiWorkerTest(tf.test.TestCase, parameterized.TestCase):
             "hang": "lost contact with a peer (TF did not say which)",
         }
         self.assertIn(lost[failure], report["error"])
+        # The probe of the peers: the dead one refuses connections, the
+        # hung one does not.
+        probed = {
+            "kill": "Not accepting connections any more: worker:1",
+            "hang": "Every peer still accepts connections",
+        }
+        self.assertIn(probed[failure], report["error"])
         self.assertIn("BackupAndRestore", report["error"])
         self.assertLess(report["seconds"], COLLECTIVE_TIMEOUT + 30)
 

@@ -255,10 +255,18 @@ class GossipMultiprocessTest(tf.test.TestCase, parameterized.TestCase):
             self.assertIn(f"Gossip training on worker:{node}", report["error"])
             self.assertIn("BackupAndRestore", report["error"])
         if failure == "kill":
-            # The dead worker's ring neighbours name it.
+            # The dead worker's ring neighbours name it, among the workers
+            # that no longer accept connections (the others may have exited
+            # after their own error by then; TF's message may name worker 0,
+            # the coordination service's task, instead).
             for node in (0, 2):
+                self.assertRegex(
+                    survivors[node]["error"],
+                    r"lost contact with (worker:\d \([^)]*\), )*worker:3 \(",
+                )
                 self.assertIn(
-                    "lost contact with worker:3", survivors[node]["error"]
+                    "Not accepting connections any more",
+                    survivors[node]["error"],
                 )
 
     @pytest.mark.timeout(400)

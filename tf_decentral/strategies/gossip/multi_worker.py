@@ -181,10 +181,8 @@ class MultiWorkerGossipExtended(
         for t in range(self.topology.period):
             neighbours.update(self.topology.neighbors(self.node, t))
             neighbours.update(self.topology.out_neighbors(self.node, t))
-        labels = []
-        for node in sorted(neighbours):
-            task_type, task_id, address = self._node_task(node)
-            labels.append(f"{task_type}:{task_id} ({address})")
+        neighbours.discard(self.node)
+        peers = [self._node_task(node)[:2] for node in sorted(neighbours)]
         return _collective.explain_lost_worker(
             error,
             cluster=self.cluster_spec.as_dict(),
@@ -194,7 +192,8 @@ class MultiWorkerGossipExtended(
                 f"(gossip node {self.node} of {self.topology.num_nodes})"
             ),
             timeout=self.timeout,
-            neighbours=labels,
+            peers=peers,
+            gossip=True,
         )
 
     # Reductions ---------------------------------------------------------
