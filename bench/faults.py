@@ -17,7 +17,9 @@ epochs); "failed otherwise" any other failure (its output is kept).
 
 In `--files` mode every multi-process test file is one run, and a failed
 run names its failed tests (from pytest's JUnit XML), so a flaky test is
-found, not just a flaky file. `--lanes 2` runs two at a time, as CI's
+found, not just a flaky file. No test retries a task that crashed at
+start-up (the retry that once hid crashes is gone), so a crash is a failed
+run, not a hidden retry. `--lanes 2` runs two at a time, as CI's
 `pytest -n 2` does (the machine's load is part of the conditions: the
 command file records it).
 
@@ -144,7 +146,9 @@ _ALSO_FILES = ("server_lifecycle_test.py",)
 
 # Words of an assertion about data, in a failed run's output.
 _DATA_WORDS = re.compile(
-    r"push|pushes|conserv|sum of|epochs_run|start_weights|weights|lost",
+    # "lost contact with worker:N" is an error message, not lost data.
+    r"push|pushes|conserv|sum of|epochs_run|start_weights|weights|"
+    r"lost(?! contact)",
     re.IGNORECASE,
 )
 
@@ -164,7 +168,7 @@ def failed_tests(junit_xml: str) -> list[str]:
 
 _COLUMNS = (
     "repeat", "strategy", "scenario", "outcome", "seconds", "load",
-    "startup_retries", "failed_tests", "tail",
+    "failed_tests", "tail",
 )  # fmt: skip
 
 
@@ -173,7 +177,6 @@ class Run:
     outcome: str
     seconds: float
     failed_tests: list[str] = dataclasses.field(default_factory=list)
-    startup_retries: int = 0  # StartupCrashRetry warnings in the output
     tail: str = ""
     output: str = ""  # All of a run's output, kept when it did not behave.
 
@@ -220,34 +223,36 @@ def run_once(node: str, time_limit: float) -> Run:
         with open(output, errors="replace") as f:
             out = f.read()
         failed = failed_tests(junit)
-    # pytest's warnings summary: "...: StartupCrashRetry: retrying ...".
-    retries = out.count("StartupCrashRetry: ")
-    run = Run("", time.monotonic() - start, failed, retries)
+    run = Run("", time.monotonic() - start, failed)
     if returncode is None:
         run.outcome, run.tail, run.output = "hung", out[-3000:], out
         return run
-    if returncode == 0 and " passed" in out:
-        run.outcome = "behaved"
+    run.outcome = outcome(out, returncode)
+    if run.outcome == "behaved":
         return run
     run.output = out
     # The assertion (pytest's first "E " lines) first: the end of a failed
     # run's output is often only TF's shutdown noise.
     first_errors = [line for line in out.splitlines() if line.startswith("E ")]
     run.tail = "\n".join(first_errors[:20])[:3000] + "\n...\n" + out[-2000:]
+    return run
+
+
+def outcome(out: str, returncode: int) -> str:
+    """The outcome of a pytest run that ended by itself, from its output."""
+    if returncode == 0 and " passed" in out:
+        return "behaved"
     if "no tests ran" in out or returncode == 5:
-        run.outcome = "not collected"
-        return run
+        return "not collected"
     failure = out[out.find("FAILURES") :] if "FAILURES" in out else out
     errors = "\n".join(
         line for line in failure.splitlines() if line.startswith("E ")
     )
     if re.search(r"Failed: Timeout", failure):
-        run.outcome = "hung"  # pytest-timeout stopped a test
-    elif _DATA_WORDS.search(errors):
-        run.outcome = "lost data"
-    else:
-        run.outcome = "failed"
-    return run
+        return "hung"  # pytest-timeout stopped a test
+    if _DATA_WORDS.search(errors):
+        return "lost data"
+    return "failed"
 
 
 def multiprocess_files() -> list[Scenario]:
@@ -269,20 +274,17 @@ def write_table(rows, path):
         by_scenario.setdefault(key, []).append(row)
     lines = [
         "| strategy | scenario | runs | behaved as specified | hung | "
-        "lost data | failed otherwise | start-up crash retries | "
-        "seconds (median) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "lost data | failed otherwise | seconds (median) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (strategy, scenario), runs in by_scenario.items():
         counts = {o: sum(r["outcome"] == o for r in runs) for o in outcomes}
         seconds = sorted(float(r["seconds"]) for r in runs)
         median = seconds[len(seconds) // 2]
-        retries = sum(int(r.get("startup_retries", 0)) for r in runs)
         lines.append(
             f"| {strategy} | {scenario} | {len(runs)} | {counts['behaved']} |"
             f" {counts['hung']} | {counts['lost data']} | "
-            f"{counts['failed'] + counts['not collected']} | {retries} | "
-            f"{median:.0f} |"
+            f"{counts['failed'] + counts['not collected']} | {median:.0f} |"
         )
     failed = {}
     for row in rows:
@@ -372,7 +374,6 @@ def main(argv=None) -> int:
                 outcome=result.outcome,
                 seconds=f"{result.seconds:.1f}",
                 load=f"{os.getloadavg()[0]:.1f}",
-                startup_retries=result.startup_retries,
                 failed_tests=" ".join(result.failed_tests),
                 tail=result.tail,
             )

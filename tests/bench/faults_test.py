@@ -36,12 +36,11 @@ class FaultsTest(absltest.TestCase):
             for o, s in (("behaved", 10), ("hung", 600), ("lost data", 20))
         ]
         rows[2]["failed_tests"] = "t.T.test_push t.T.test_other"
-        rows[1]["startup_retries"] = 1
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         path = os.path.join(directory, "table.md")
         table = faults.write_table(rows, path)
-        self.assertIn("| A | kill | 3 | 1 | 1 | 1 | 0 | 1 | 20 |", table)
+        self.assertIn("| A | kill | 3 | 1 | 1 | 1 | 0 | 20 |", table)
         self.assertIn("- t.T.test_push: 1", table)
         with open(path) as f:
             self.assertEqual(f.read().strip(), table)
@@ -58,12 +57,37 @@ class FaultsTest(absltest.TestCase):
                 writer.writerow(
                     dict(repeat=0, strategy="A", scenario="kill",
                          outcome=outcome, seconds=10, load=1.0,
-                         startup_retries=0, failed_tests="", tail="")
+                         failed_tests="", tail="")
                 )  # fmt: skip
         out = os.path.join(directory, "out")
         faults.main(["--combine", *paths, "--out", out])
         with open(os.path.join(out, "scenarios_table.md")) as f:
-            self.assertIn("| A | kill | 2 | 1 | 1 | 0 | 0 | 0 | 10 |", f.read())
+            self.assertIn("| A | kill | 2 | 1 | 1 | 0 | 0 | 10 |", f.read())
+
+    def test_outcome_of_a_run_from_its_output(self):
+        def failure(line):
+            return f"== FAILURES ==\nE   {line}\n== 1 failed =="
+
+        self.assertEqual(faults.outcome("== 3 passed ==", 0), "behaved")
+        self.assertEqual(faults.outcome("no tests ran", 5), "not collected")
+        self.assertEqual(
+            faults.outcome(failure("Failed: Timeout >300.0s"), 1), "hung"
+        )
+        self.assertEqual(
+            faults.outcome(failure("AssertionError: 19 pushes != 20"), 1),
+            "lost data",
+        )
+        self.assertEqual(
+            faults.outcome(failure("AssertionError: 1 lost update"), 1),
+            "lost data",
+        )
+        # An error message that names a lost worker is not lost data.
+        self.assertEqual(
+            faults.outcome(
+                failure("'lost contact with worker:3' not found in ..."), 1
+            ),
+            "failed",
+        )
 
     def test_failed_tests_are_read_from_junit_xml(self):
         directory = tempfile.mkdtemp()
