@@ -132,11 +132,15 @@ class ExplainLostWorkerTest(tf.test.TestCase):
     )
 
     def _explain(self, text, states, peers=(("worker", 1), ("worker", 3))):
+        """`states`: address -> state, or a list of such dicts, one per
+        probe round (the last one repeats)."""
         probed = []
+        rounds = states if isinstance(states, list) else [states]
 
         def probe_all(addresses):
             probed.extend(addresses)
-            return {a: states.get(a, probe.LISTENING) for a in addresses}
+            now = rounds.pop(0) if len(rounds) > 1 else rounds[0]
+            return {a: now.get(a, probe.LISTENING) for a in addresses}
 
         message = _collective.explain_lost_worker(
             tf.errors.UnavailableError(None, None, text),
@@ -147,6 +151,7 @@ class ExplainLostWorkerTest(tf.test.TestCase):
             peers=peers,
             gossip=True,
             probe_all=probe_all,
+            pause=0,
         )
         return message, probed
 
@@ -178,6 +183,32 @@ class ExplainLostWorkerTest(tf.test.TestCase):
         self.assertIn("lost contact with worker:0 (localhost:2220)", message)
         self.assertIn("Every peer still accepts connections", message)
         self.assertNotIn("Not accepting", message)
+
+    def test_a_reset_connection_is_probed_again_until_the_peer_is_gone(self):
+        # TF saw worker 3 reset the connection, but its dying process still
+        # held its port at the first probe.
+        reset = (
+            "Collective ops is aborted by: recvmsg:Connection reset by peer "
+            "from remote target /job:worker/replica:0/task:3"
+        )
+        message, probed = self._explain(
+            reset, [{}, {}, {"localhost:2223": probe.GONE}]
+        )
+        self.assertEqual(len(probed), 3 * 2)  # 3 rounds of 2 peers
+        self.assertIn("Not accepting connections any more: worker:3", message)
+        # Without such a phrase (a hang), one round only.
+        _, probed = self._explain(self.COORDINATION_ABORT, {})
+        self.assertLen(probed, 3)
+
+    def test_a_peer_that_does_not_answer_is_named_as_such(self):
+        message, _ = self._explain(
+            "Collective has timed out", {"localhost:2223": probe.UNKNOWN}
+        )
+        self.assertIn(
+            f"No answer to a connection within {probe.DEFAULT_TIMEOUT:g} s "
+            "from: worker:3 (localhost:2223)",
+            message,
+        )
 
     def test_nothing_named_nothing_dead(self):
         message, _ = self._explain("Deadline Exceeded", {}, peers=())

@@ -1,13 +1,18 @@
 """What the multi-worker test scripts share (imported by path, not pytest).
 
 The linear-regression data split the same way by every worker script and its
-test, and the lookup of Keras' step function for graph checks.
+test, and the lookup of Keras' step function for graph checks. Importing it
+enables `faulthandler`: a worker that TF crashes (SIGSEGV, SIGABRT) prints
+every thread's Python stack, so a crash says where it happened.
 """
 
+import faulthandler
 import inspect
 
 import numpy as np
 import tensorflow as tf
+
+faulthandler.enable()
 
 DIM = 8
 PER_WORKER_BATCH = 16

@@ -23,6 +23,8 @@ LISTENING = "listening"
 """The address accepted the connection (the server may still be hung)."""
 UNKNOWN = "unknown"
 """No answer within the timeout, or the host is unreachable."""
+DEFAULT_TIMEOUT = 2.0
+"""Seconds a probe waits for a connection."""
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -32,7 +34,7 @@ def _host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def probe(address: str, timeout: float = 2.0) -> str:
+def probe(address: str, timeout: float = DEFAULT_TIMEOUT) -> str:
     """Returns `GONE`, `LISTENING` or `UNKNOWN` for a "host:port" address.
 
     Args:
@@ -52,7 +54,9 @@ def probe(address: str, timeout: float = 2.0) -> str:
         return UNKNOWN
 
 
-def probe_all(addresses: Iterable[str], timeout: float = 2.0) -> dict:
+def probe_all(
+    addresses: Iterable[str], timeout: float = DEFAULT_TIMEOUT
+) -> dict:
     """Probes `addresses` at once; returns address -> `probe`'s answer.
 
     Takes at most about `timeout` seconds, however many addresses.

@@ -16,6 +16,7 @@
 """
 
 import re
+import time
 
 import tensorflow as tf
 
@@ -97,6 +98,11 @@ def communication_options(options=None, default_timeout=None):
 
 
 _TASK_IN_ERROR = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+_DEATH_PHRASES = re.compile(
+    r"connection reset|connection refused|failed to connect|socket closed",
+    re.IGNORECASE,
+)
+_PROBE_ROUNDS = 3
 
 
 def named_tasks(text: str, cluster: dict, own: tuple) -> list:
@@ -140,6 +146,7 @@ def explain_lost_worker(
     peers=(),
     gossip=False,
     probe_all=probe.probe_all,
+    pause=1.0,
 ) -> str:
     """Returns the message of `error` for a collective that lost a worker.
 
@@ -163,13 +170,28 @@ def explain_lost_worker(
         gossip: Whether `peers` are gossip neighbours (the message lists
             them).
         probe_all: `probe.probe_all`, replaceable in tests.
+        pause: Seconds between probe rounds (when TF's error says a
+            connection was reset or refused but every peer still accepted
+            one: up to `_PROBE_ROUNDS` rounds).
     """
     text = getattr(error, "message", str(error))
     named = named_tasks(text, cluster, own)
     candidates = list(dict.fromkeys([tuple(p) for p in peers] + named))
     addresses = {t: _address(t, cluster) for t in candidates}
-    states = probe_all([a for a in addresses.values() if a is not None])
-    gone = [t for t in candidates if states.get(addresses[t]) == probe.GONE]
+    probed = [a for a in addresses.values() if a is not None]
+    # A peer whose connection TF saw reset or refused is dying or dead:
+    # its port may accept for a moment longer (its process still tearing
+    # down), so probe again before saying every peer is there.
+    rounds = _PROBE_ROUNDS if _DEATH_PHRASES.search(text) else 1
+    for round_ in range(rounds):
+        states = probe_all(probed)
+        gone = [t for t in candidates if states.get(addresses[t]) == probe.GONE]
+        if gone or round_ == rounds - 1:
+            break
+        time.sleep(pause)
+    silent = [
+        t for t in candidates if states.get(addresses[t]) == probe.UNKNOWN
+    ]
     if gone:
         culprit = ", ".join(_label(t, cluster) for t in gone)
         state = (
@@ -186,6 +208,13 @@ def explain_lost_worker(
             "(stopped, stuck or overloaded), or the network drops its "
             "packets."
         )
+        if silent:
+            state = (
+                "No answer to a connection within "
+                f"{probe.DEFAULT_TIMEOUT:g} s from: "
+                f"{', '.join(_label(t, cluster) for t in silent)} (hung, "
+                "or unreachable)."
+            )
     aborted = text.find("Collective ops is aborted")
     detail = text[aborted:] if aborted >= 0 else text[-1500:]
     limit = f"{timeout:g} s" if timeout else "no timeout"
