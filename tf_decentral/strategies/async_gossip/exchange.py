@@ -28,7 +28,7 @@ round trip between the servers (see `SharedModel._build`): take `i`'s lease
 and read `x_i` (one critical section on `i`); on `j`, if `j`'s lease is free,
 average and write `x_j` (one critical section on `j`); back on `i`, write
 `x_i` if the lease is still ours and free it. If a lease was busy nothing is
-written (and nothing sent) and the caller retries. So:
+written and the caller retries. So:
 
 * every write of `x_k` happens while its writer owns `k`'s lease, or inside
   one critical section of `k` that found the lease free; hence exchanges
@@ -51,6 +51,26 @@ enters while the owner is still inside: measured, a second client got the
 lock in 7 ms while another held it. Here the same TF bug can only bite if a
 worker dies while its critical section waits for a mutex (milliseconds); it
 could then, rarely, let two exchanges own one lease.
+
+Round trips. An exchange is one `tf.function` whose parts TF runs on the
+two servers as component functions; each crossing between them is a
+round trip or half of one, on top of the call itself (a remote function
+call costs 2 round trips in TF 2.21's eager runtime, a function reading on
+one server, combining on the other and writing back 3.1 with 4 KB and 4.0
+with 400 KB: `bench/rtt_floor.py`, `bench/results/speed_s10/`). So the
+critical sections have no control flow (a
+busy attempt computes and sends what a done one does, and writes back the
+values it read), and each `CriticalSection.execute` runs under its
+server's device scope, so that the ops TF adds around the body (the
+control group that makes the lock wait for its inputs, the identities of
+its outputs) stay on that server instead of the caller's device (left to
+TF's placer they cost one more round trip, and hold the peer's lock
+through it). Measured with one link at 20 ms one way, a 400 KB model: an
+AD-PSGD exchange took 6.1 round trips with `tf.cond` bodies and unpinned
+sections, 4.8 with the sections pinned, 3.9 with both changes (at the
+floor of that read-combine-write shape); a passive worker's own update,
+which waits for the peer's critical section on its server, went from one
+round trip to 2 ms.
 
 Residual risk: a lease is fenced (a write lands only if its token still owns
 the lease), but an exchange slower than the lease time can lose its lease
@@ -211,10 +231,11 @@ class Locks:
     def acquire_read(self, k, token, handles, dtypes):
         """Takes node `k`'s lease for `token` if free and reads its copy.
 
-        One critical section on `k`'s server. Returns `[got, *copy]`; when
-        the lease was busy `copy` holds empty buffers, so that nothing
-        crosses the network for a failed attempt. Runs inside a
-        `tf.function`; `token` must already be on `k`'s server.
+        One critical section on `k`'s server. Returns `[got, *copy]`; the
+        copy is read either way (no control flow: see "Round trips" in the
+        module docstring; only node `k` itself takes `k`'s lease, so it is
+        busy only after a crash left it held). Runs inside a `tf.function`;
+        `token` must already be on `k`'s server.
         """
         lease = self.lease_seconds
 
@@ -229,14 +250,11 @@ class Locks:
                     ),
                 ]
                 with tf.control_dependencies(writes):
-                    copy = tf.cond(
-                        free,
-                        lambda: [_read(h, d) for h, d in zip(handles, dtypes)],
-                        lambda: [tf.zeros([0], d) for d in dtypes],
-                    )
+                    copy = [_read(h, d) for h, d in zip(handles, dtypes)]
                     return [tf.identity(free), *copy]
 
-        return self.mutex[k].execute(body, exclusive_resource_access=False)
+        with tf.device(self.layout.server_device(k)):
+            return self.mutex[k].execute(body, exclusive_resource_access=False)
 
     def combine_passive(self, k, handles, dtypes, incoming, go, combine):
         """The passive side of an exchange, atomic on node `k`'s server.
@@ -245,8 +263,10 @@ class Locks:
         `set_training`) and `k`'s lease is free (no exchange of `k`'s own is
         under way), reads `x_k`, computes `(new_i, new_k) = combine(incoming,
         x_k)`, writes `x_k <- new_k`, counts the exchange as served by `k`
-        and returns `[True, idle, *new_i]`; else changes nothing and returns
-        `[False, idle, *empty buffers]`. `idle` is whether `k` is not
+        and returns `[True, idle, *new_i]`; else changes nothing (it writes
+        back the `x_k` it read, and computes `combine` anyway: no control
+        flow) and returns `[False, idle, *new_i]`, `new_i` not to be used.
+        `idle` is whether `k` is not
         training. Runs inside a `tf.function`; `incoming` and `go` must
         already be on `k`'s server.
         """
@@ -259,34 +279,36 @@ class Locks:
                     tf.logical_and(go, free), tf.logical_not(idle)
                 )
 
-                def apply():
-                    current = [_read(h, d) for h, d in zip(handles, dtypes)]
-                    new_i, new_k = combine(incoming, current)
-                    writes = [_assign(h, v) for h, v in zip(handles, new_k)]
-                    writes.append(
-                        tf.raw_ops.AssignAddVariableOp(
-                            resource=self.served[k],
-                            value=tf.constant(1, tf.int64),
-                        )
+                current = [_read(h, d) for h, d in zip(handles, dtypes)]
+                new_i, new_k = combine(incoming, current)
+                writes = [
+                    _assign(h, tf.where(ok, v, c))
+                    for h, v, c in zip(handles, new_k, current)
+                ]
+                writes.append(
+                    tf.raw_ops.AssignAddVariableOp(
+                        resource=self.served[k],
+                        value=tf.cast(ok, tf.int64),
                     )
-                    with tf.control_dependencies(writes):
-                        return [tf.identity(v) for v in new_i]
-
-                new_i = tf.cond(
-                    ok, apply, lambda: [tf.zeros([0], d) for d in dtypes]
                 )
-                return [tf.identity(ok), tf.identity(idle), *new_i]
+                with tf.control_dependencies(writes):
+                    return [
+                        tf.identity(ok),
+                        tf.identity(idle),
+                        *[tf.identity(v) for v in new_i],
+                    ]
 
-        return self.mutex[k].execute(body, exclusive_resource_access=False)
+        with tf.device(self.layout.server_device(k)):
+            return self.mutex[k].execute(body, exclusive_resource_access=False)
 
     def write_release(self, k, handles, values, token, do_write):
         """Writes `values` to `handles` on node `k` if `do_write` and `token`
         still owns `k`'s lease; frees the lease if `token` owns it.
 
         Returns `[written, *fresh]`, `fresh` the buffers read back after the
-        write. `values` are only used when written (they may be empty
-        otherwise). Runs inside a `tf.function`; every input must already be
-        on node `k`'s server.
+        write. When not written, the values read are written back (no
+        control flow). `values` may be empty (only a release). Runs inside a
+        `tf.function`; every input must already be on node `k`'s server.
         """
         dtypes = [v.dtype for v in values]
 
@@ -296,12 +318,16 @@ class Locks:
                 mine = tf.equal(owner, token)
                 written = tf.logical_and(do_write, mine)
 
-                def write():
-                    writes = [_assign(h, v) for h, v in zip(handles, values)]
-                    with tf.control_dependencies(writes):
-                        return tf.constant(True)
-
-                wrote = tf.cond(written, write, lambda: tf.constant(False))
+                if values:
+                    olds = [_read(h, v.dtype) for h, v in zip(handles, values)]
+                    wrote = tf.group(
+                        [
+                            _assign(h, tf.where(written, v, o))
+                            for h, v, o in zip(handles, values, olds)
+                        ]
+                    )
+                else:
+                    wrote = tf.no_op()
                 released = _assign(
                     self.owner[k], tf.where(mine, tf.zeros_like(owner), owner)
                 )
@@ -309,7 +335,8 @@ class Locks:
                     fresh = [_read(h, d) for h, d in zip(handles, dtypes)]
                     return [tf.identity(written), *fresh]
 
-        return self.mutex[k].execute(body, exclusive_resource_access=False)
+        with tf.device(self.layout.server_device(k)):
+            return self.mutex[k].execute(body, exclusive_resource_access=False)
 
     def add_own(self, k, handles, deltas):
         """`x_k <- x_k + delta` in one critical section of `k`; returns the
@@ -331,7 +358,8 @@ class Locks:
                 with tf.control_dependencies(writes):
                     return [_read(h, d) for h, d in zip(handles, dtypes)]
 
-        return self.mutex[k].execute(body, exclusive_resource_access=False)
+        with tf.device(self.layout.server_device(k)):
+            return self.mutex[k].execute(body, exclusive_resource_access=False)
 
     def read_training(self, k):
         """Returns `(training, steps)` of node `k`, read from its server:
@@ -590,8 +618,8 @@ class SharedModel:
         One round trip between the two servers (Lian et al. 2018's atomic
         averaging), in three critical sections:
 
-        1. on `i`'s server: take `i`'s lease, read `x_i` (nothing is read or
-           sent if the lease is busy);
+        1. on `i`'s server: take `i`'s lease, read `x_i` (sent on even if
+           the lease was busy: step 2 then changes nothing);
         2. on `j`'s server, with `x_i`: if `j`'s lease is free (no exchange
            of `j`'s own is under way), `m = (x_i + x_j) / 2; x_j <- m`,
            answer `m`;
@@ -675,11 +703,7 @@ class SharedModel:
         # 3. On i: x_i <- new_i + delta if j answered; free i's lease.
         with tf.device(dev_i):
             ok = tf.identity(ok)
-            new_i = tf.cond(
-                ok,
-                lambda: [a + d for a, d in zip(new_i, deltas_i)],
-                lambda: [tf.zeros([0], d) for d in dtypes],
-            )
+            new_i = [a + d for a, d in zip(new_i, deltas_i)]
         written, *fresh = locks.write_release(
             i, self.handles[i], new_i, token_i, ok
         )
