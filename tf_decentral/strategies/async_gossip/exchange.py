@@ -530,11 +530,24 @@ class SharedModel:
             ]
 
     def write_own_copy(self, buffers):
-        """Writes this node's shared copy directly (no peer may touch it)."""
+        """Writes this node's shared copy directly (no peer may touch it),
+        and returns once the write is done.
+
+        An eager op on a remote server that has no output is only enqueued
+        (TF's streaming enqueue: the call returns at once), and a function
+        called next, which TF sends in an RPC of its own, can run on that
+        server before it. Without the wait, this node's next exchange could
+        read its copy before the write and have the write land on top of
+        the exchange's result (a lost update: seen once in the fault matrix
+        of session 9, the conservation test's start values). A read on the
+        same server runs after the writes enqueued before it.
+        """
         i = self.layout.node
         with tf.device(self.layout.server_device(i)):
             for h, b, dtype in zip(self.handles[i], buffers, self.dtypes):
                 _assign(h, tf.constant(b, dtype))
+            for h in self.handles[i]:
+                _is_initialized(h).numpy()
 
     # Start-up -------------------------------------------------------------
 
