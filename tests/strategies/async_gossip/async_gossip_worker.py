@@ -18,6 +18,8 @@ Phases:
         in a critical section on `held`'s server, then is SIGKILLed there.
     guard: checks that resources made by `shared_name` on one server are
         shared by every worker's client (TF behaviour the strategy needs).
+    ordered: writes its shared copy, then at once exchanges solo, and
+        counts the exchanges that read the copy from before the write.
     startup: creates the strategy, waits for all workers, then exits.
     rejoin: trains until told to stop; worker `victim` waits to be
         SIGKILLed mid-training, and its restarted process trains again.
@@ -517,6 +519,30 @@ def phase_finish(options):
     time.sleep(2)  # Peers may still be polling this worker's barrier.
 
 
+def phase_ordered(options):
+    """Writes this worker's shared copy directly, then at once runs a solo
+    exchange (a `tf.function` reading the copy on this worker's server),
+    `repeats` times; counts the exchanges that read a stale copy."""
+    strategy = make_strategy(options)
+    extended = strategy.extended
+    with tf.device(extended.client_device):
+        variable = tf.Variable(tf.zeros([64]))
+    shared = exchange_lib.SharedModel(
+        extended.locks, extended.client_device, [variable], "ordered"
+    )
+    shared.initialize(120)
+    stale = 0
+    repeats = options.get("repeats", 100)
+    for k in range(1, repeats + 1):
+        value = np.full([64], float(k), np.float32)
+        shared.write_own_copy([value])
+        shared.set_local([value])  # no delta: the exchange returns x_i
+        status = shared.exchange(None, extended.locks.next_token())
+        stale += int(status != "done" or variable.numpy()[0] != k)
+    extended.locks.barrier(range(strategy.num_workers), 120, "ordered")
+    report({"node": strategy.node, "stale": stale, "repeats": repeats})
+
+
 def phase_guard(options):
     """Every client adds to, and counts under a mutex on, node 0's server."""
     del options
@@ -785,6 +811,7 @@ def main(phase, options):
         "finish": phase_finish,
         "conserve": phase_conserve,
         "guard": phase_guard,
+        "ordered": phase_ordered,
         "kill": phase_kill,
         "conserve_kill": phase_conserve_kill,
         "exactly_once": phase_exactly_once,
