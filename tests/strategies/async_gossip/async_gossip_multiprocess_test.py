@@ -227,7 +227,6 @@ class ConservationTest(tf.test.TestCase, parameterized.TestCase):
             sums = [r[0] for r in report["round_sums"]]
             self.assertNotEqual(sums, [expected] * rounds, sums)
 
-
     @pytest.mark.timeout(120)
     def test_an_exchange_reads_the_copy_written_just_before(self):
         # TF only enqueues an eager write on a remote server, and a function
