@@ -525,7 +525,7 @@ def ps_latency_goals(runs):
     ]
     spes = sorted({int(_column(r, "steps_per_execution")) for r in lat})
     ps = dict.fromkeys(r["scheme"] for r in lat if r["scheme"] != "allreduce")
-    ps = [s for s in ps if s in ("downpour", "downpour_n4", "spsgd")]
+    ps = [s for s in ps if s.startswith("downpour") or s == "spsgd"]
     if not ps or not any(r["scheme"] == "allreduce" for r in lat):
         return []
     experiment = lat[0]["experiment"]

@@ -191,6 +191,15 @@ SCHEMES = {
             parameter_servers=1,
         ),
         Scheme(
+            "downpour_i8",
+            "Downpour, 8 closures in flight per worker (1 PS)",
+            "downpour",
+            ("--ps_protocol=async", "--max_inflight_per_worker=8"),
+            cost="downpour",
+            requires="DownpourParameterServerStrategy",
+            parameter_servers=1,
+        ),
+        Scheme(
             "downpour_n4",
             "Downpour, fetch/push every 4 steps (1 PS)",
             "downpour",

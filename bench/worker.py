@@ -66,6 +66,13 @@ _PS_PROTOCOL = flags.DEFINE_enum(
 )
 _N_FETCH = flags.DEFINE_integer("n_fetch", 1, "Downpour only.", lower_bound=1)
 _N_PUSH = flags.DEFINE_integer("n_push", 1, "Downpour only.", lower_bound=1)
+_MAX_INFLIGHT = flags.DEFINE_integer(
+    "max_inflight_per_worker",
+    None,
+    "Downpour only: DownpourOptions.max_inflight_per_worker (None: the "
+    "strategy's default).",
+    lower_bound=1,
+)
 _SPE = flags.DEFINE_integer(
     "steps_per_execution",
     1,
@@ -203,6 +210,12 @@ def make_strategy():
             n_push=_N_PUSH.value,
             protocol=_PS_PROTOCOL.value,
         )
+        if _MAX_INFLIGHT.value is not None:
+            from tf_decentral.strategies import downpour
+
+            options["options"] = downpour.DownpourOptions(
+                max_inflight_per_worker=_MAX_INFLIGHT.value
+            )
     else:
         options = dict(
             communication_options=(
