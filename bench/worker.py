@@ -613,6 +613,10 @@ def main(argv):
             r.worker for r in strategy.push_records() if r.fresh
         )
         result["pushes_by_worker"] = {str(k): v for k, v in pushes.items()}
+        # What more closures in flight costs: staleness of applied pushes.
+        result["staleness_histogram"] = {
+            str(k): int(v) for k, v in strategy.staleness_histogram().items()
+        }
     if timer.counters_start and timer.counters_end:
         (tx0, rx0), (tx1, rx1) = timer.counters_start, timer.counters_end
         if tx0 is not None and tx1 is not None:
