@@ -144,4 +144,4 @@ def try_acquire(locks, k, token):
             with tf.control_dependencies(writes):
                 return tf.identity(free)
 
-    return locks.mutex[k].execute(body, exclusive_resource_access=False)
+    return locks.execute(k, body)

@@ -435,7 +435,7 @@ def hold_and_die(strategy, held):
                 )
                 return tf.reduce_sum(block)
 
-        return locks.mutex[held].execute(body, exclusive_resource_access=False)
+        return locks.execute(held, body)
 
     print(
         f"holding the lease and mutex of node {held} at {time.time()}",

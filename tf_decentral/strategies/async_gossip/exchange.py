@@ -58,10 +58,10 @@ round trip or half of one, on top of the call itself (a remote function
 call costs 2 round trips in TF 2.21's eager runtime, a function reading on
 one server, combining on the other and writing back 3.1 with 4 KB and 4.0
 with 400 KB: `bench/rtt_floor.py`, `bench/results/speed_s10/`). So the
-critical sections have no control flow (a
-busy attempt computes and sends what a done one does, and writes back the
-values it read), and each `CriticalSection.execute` runs under its
-server's device scope, so that the ops TF adds around the body (the
+critical sections have no control flow (a busy attempt computes and sends
+what a done one does, and writes back the values it read), and each
+`CriticalSection.execute` runs under its server's device scope
+(`Locks.execute`), so that the ops TF adds around the body (the
 control group that makes the lock wait for its inputs, the identities of
 its outputs) stay on that server instead of the caller's device (left to
 TF's placer they cost one more round trip, and hold the peer's lock
@@ -183,6 +183,20 @@ class Locks:
                 shared_name=f"{_PREFIX}/lock_mutex"
             )
 
+    def execute(self, k, body):
+        """Runs `body` in node `k`'s critical section, inside a
+        `tf.function`; returns its outputs.
+
+        Under `k`'s server's device scope, so that the ops
+        `CriticalSection.execute` adds around `body` (the group that makes
+        the lock wait for its inputs, the identities of its outputs) run on
+        that server: left to TF's placer they land on the caller's device,
+        which costs a round trip and holds `k`'s lock through it (see
+        "Round trips" in the module docstring).
+        """
+        with tf.device(self.layout.server_device(k)):
+            return self.mutex[k].execute(body, exclusive_resource_access=False)
+
     def next_token(self) -> tf.Tensor:
         """Returns a token no other lock acquisition uses (never 0)."""
         self._token += 1
@@ -253,8 +267,7 @@ class Locks:
                     copy = [_read(h, d) for h, d in zip(handles, dtypes)]
                     return [tf.identity(free), *copy]
 
-        with tf.device(self.layout.server_device(k)):
-            return self.mutex[k].execute(body, exclusive_resource_access=False)
+        return self.execute(k, body)
 
     def combine_passive(self, k, handles, dtypes, incoming, go, combine):
         """The passive side of an exchange, atomic on node `k`'s server.
@@ -298,8 +311,7 @@ class Locks:
                         *[tf.identity(v) for v in new_i],
                     ]
 
-        with tf.device(self.layout.server_device(k)):
-            return self.mutex[k].execute(body, exclusive_resource_access=False)
+        return self.execute(k, body)
 
     def write_release(self, k, handles, values, token, do_write):
         """Writes `values` to `handles` on node `k` if `do_write` and `token`
@@ -335,8 +347,7 @@ class Locks:
                     fresh = [_read(h, d) for h, d in zip(handles, dtypes)]
                     return [tf.identity(written), *fresh]
 
-        with tf.device(self.layout.server_device(k)):
-            return self.mutex[k].execute(body, exclusive_resource_access=False)
+        return self.execute(k, body)
 
     def add_own(self, k, handles, deltas):
         """`x_k <- x_k + delta` in one critical section of `k`; returns the
@@ -358,8 +369,7 @@ class Locks:
                 with tf.control_dependencies(writes):
                     return [_read(h, d) for h, d in zip(handles, dtypes)]
 
-        with tf.device(self.layout.server_device(k)):
-            return self.mutex[k].execute(body, exclusive_resource_access=False)
+        return self.execute(k, body)
 
     def read_training(self, k):
         """Returns `(training, steps)` of node `k`, read from its server:
@@ -546,8 +556,8 @@ class SharedModel:
         with tf.device(self.layout.server_device(i)):
             for h, b, dtype in zip(self.handles[i], buffers, self.dtypes):
                 _assign(h, tf.constant(b, dtype))
-            for h in self.handles[i]:
-                _is_initialized(h).numpy()
+            # One read after the writes: it runs after all of them.
+            _is_initialized(self.handles[i][-1]).numpy()
 
     # Start-up -------------------------------------------------------------
 

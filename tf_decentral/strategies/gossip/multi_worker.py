@@ -170,29 +170,24 @@ class MultiWorkerGossipExtended(
 
     # Errors ---------------------------------------------------------------
 
-    def _node_task(self, node):
-        """Returns `(task_type, task_id, address)` of gossip node `node`."""
-        spec = self.cluster_spec.as_dict()
-        task_type, task_id = cluster.training_tasks(spec)[node]
-        return task_type, task_id, spec[task_type][task_id]
-
     def explain_communication_error(self, error):
         neighbours = set()
         for t in range(self.topology.period):
             neighbours.update(self.topology.neighbors(self.node, t))
             neighbours.update(self.topology.out_neighbors(self.node, t))
         neighbours.discard(self.node)
-        peers = [self._node_task(node)[:2] for node in sorted(neighbours)]
+        spec = self.cluster_spec.as_dict()
+        tasks = cluster.training_tasks(spec)  # `(job, index)` by gossip node
         return _collective.explain_lost_worker(
             error,
-            cluster=self.cluster_spec.as_dict(),
+            cluster=spec,
             own=(self.task_type, self.task_id),
             what=(
                 f"Gossip training on {self.task_type}:{self.task_id} "
                 f"(gossip node {self.node} of {self.topology.num_nodes})"
             ),
             timeout=self.timeout,
-            peers=peers,
+            peers=[tasks[node] for node in sorted(neighbours)],
             gossip=True,
         )
 
