@@ -357,7 +357,7 @@ def _by_repeat(runs, experiment, scheme, column="step_time_s", **match):
             and _matches(r, match)
         ):
             repeat = r.get("repeat") or r["run_id"].rsplit("-r", 1)[-1]
-            out[int(repeat)] = _f(r[column])
+            out[int(repeat)] = _f(_column(r, column))
     return out
 
 

@@ -202,6 +202,57 @@ class AdPsgdTest(absltest.TestCase):
         )
 
 
+class BytesSentTest(parameterized.TestCase):
+    def test_allreduce_sends_two_p_minus_one_over_p_models(self):
+        self.assertAlmostEqual(
+            cm.bytes_sent_per_step(
+                "allreduce", model_bytes=_MB4, num_workers=8
+            ),
+            1.75 * _MB4,
+        )
+        self.assertEqual(
+            cm.bytes_sent_per_step(
+                "allreduce", model_bytes=_MB4, num_workers=1
+            ),
+            0.0,
+        )
+
+    def test_gossip_sends_one_model_per_out_neighbour(self):
+        ring = cm.bytes_sent_per_step(
+            "gossip", model_bytes=_MB4, num_workers=8, degree=2
+        )
+        one = cm.bytes_sent_per_step(
+            "one_peer", model_bytes=_MB4, num_workers=8
+        )
+        self.assertEqual((ring, one), (2 * _MB4, _MB4))
+
+    def test_downpour_pushes_every_n_push_steps(self):
+        self.assertEqual(
+            cm.bytes_sent_per_step(
+                "downpour", model_bytes=_MB4, num_workers=8, n_push=4
+            ),
+            _MB4 / 4,
+        )
+
+    def test_broadcasts_and_rejects_bad_values(self):
+        np.testing.assert_allclose(
+            cm.bytes_sent_per_step(
+                "gossip", model_bytes=np.array([1.0, 2.0]), num_workers=8
+            ),
+            [2.0, 4.0],
+        )
+        with self.assertRaisesRegex(ValueError, "scheme.*Received"):
+            cm.bytes_sent_per_step("ring", model_bytes=1, num_workers=8)
+        with self.assertRaisesRegex(ValueError, "degree"):
+            cm.bytes_sent_per_step(
+                "gossip", model_bytes=1, num_workers=8, degree=0
+            )
+        with self.assertRaisesRegex(ValueError, "n_push"):
+            cm.bytes_sent_per_step(
+                "downpour", model_bytes=1, num_workers=8, n_push=0
+            )
+
+
 class StepTimeTest(parameterized.TestCase):
     def _kwargs(self, compute, **extra):
         return dict(

@@ -441,6 +441,63 @@ def ad_psgd(
     return _out(round_trips * 2.0 * network.hop + 2.0 * m * network.beta)
 
 
+def bytes_sent_per_step(
+    scheme: str,
+    *,
+    model_bytes: Seconds,
+    num_workers: int,
+    degree: int = 2,
+    n_push: int = 1,
+) -> Seconds:
+    """Returns the bytes one worker sends per step of `scheme` (payload).
+
+    What each scheme's worker puts on its uplink per step, as the formulas
+    above count it (headers, the servers' fetch replies and scalar metrics
+    are not counted):
+
+    * `allreduce`: `2 (p - 1) / p * m` (ring reduce-scatter + all-gather);
+    * `gossip`: `d * m` (its parameters to every out-neighbour);
+      `one_peer`: `m`;
+    * `ad_psgd`: `m` per exchange, for both sides (the active worker's
+      `x_i` goes to its peer, the mean comes back from it), so `m` per
+      active step and `m` per exchange a passive worker serves;
+    * `ps_sync`: `m` (the gradient's push; the model comes from the
+      servers); `downpour`: `m / n_push`.
+
+    Args:
+        scheme: One of `SCHEMES`.
+        model_bytes: `m`.
+        num_workers: `p` (`allreduce` only).
+        degree: `gossip` only: out-neighbours per step, >= 1.
+        n_push: `downpour` only: steps between pushes, >= 1.
+
+    Example:
+        >>> bytes_sent_per_step("allreduce", model_bytes=4e6, num_workers=8)
+        7000000.0
+    """
+    _check_workers(num_workers)
+    m = np.asarray(model_bytes, dtype=float)
+    if scheme == "allreduce":
+        p = np.asarray(num_workers, dtype=float)
+        return _out(2.0 * (p - 1.0) / p * m)
+    if scheme == "gossip":
+        d = np.asarray(degree, dtype=float)
+        if not np.all(d >= 1):
+            raise ValueError(
+                f"`degree` must be >= 1. Received: degree={degree!r}"
+            )
+        return _out(d * m)
+    if scheme in ("one_peer", "ad_psgd", "ps_sync"):
+        return _out(m)
+    if scheme == "downpour":
+        if not np.all(np.asarray(n_push) >= 1):
+            raise ValueError(f"`n_push` must be >= 1. Received: {n_push!r}")
+        return _out(m / np.asarray(n_push, dtype=float))
+    raise ValueError(
+        f"`scheme` must be one of {SCHEMES}. Received: scheme={scheme!r}"
+    )
+
+
 def communication_time(
     scheme: str,
     *,

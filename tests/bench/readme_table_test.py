@@ -1,0 +1,176 @@
+"""Tests of bench/readme_table.py: the README's generated benchmark text."""
+
+import csv
+import pathlib
+import sys
+
+import pytest
+
+_REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(_REPO / "bench"))
+
+import readme_table  # noqa: E402  (bench/readme_table.py)
+
+_COLUMNS = (
+    "run_id", "experiment", "scheme", "label", "workers", "rate",
+    "rate_mbit", "latency_ms", "hidden", "model_bytes", "stragglers",
+    "straggler_mode", "repeat", "status", "detail", "step_time_s",
+    "step_time_max_worker_s", "samples_per_s", "tx_bytes_per_step",
+    "host_tx_bytes_per_step", "compute_s", "compute_max_s",
+    "predicted_step_s", "loadavg_mean", "started", "step_time_active_s",
+    "step_time_passive_s", "tx_bytes_per_step_active",
+    "tx_bytes_per_step_passive", "exchanges_per_active_step",
+    "steps_per_execution", "slowest_worker_slowdown",
+)  # fmt: skip
+
+
+def _run(experiment, scheme, repeat, step, *, latency=20.0, rate="1gbit",
+         **extra):  # fmt: skip
+    row = dict.fromkeys(_COLUMNS, "")
+    row.update(
+        run_id=f"{experiment}-{scheme}-{rate}-{latency:g}-r{repeat}",
+        experiment=experiment,
+        scheme=scheme,
+        label=scheme.upper(),
+        workers="8",
+        rate=rate,
+        rate_mbit={"1gbit": "1000", "100mbit": "100", "": "inf"}[rate],
+        latency_ms=str(latency),
+        hidden="128",
+        model_bytes="400000",
+        stragglers="none",
+        straggler_mode="sleep",
+        repeat=str(repeat),
+        status="ok",
+        step_time_s=str(step),
+        predicted_step_s="0.1",
+        loadavg_mean="2.0",
+        started=str(1.8e9 + repeat),
+        steps_per_execution="1",
+    )
+    row.update({k: str(v) for k, v in extra.items()})
+    return row
+
+
+def _write(directory, rows):
+    directory.mkdir(parents=True)
+    with open(directory / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, _COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture
+def results(tmp_path):
+    # Two repeats whose baselines differ: paired ratios are 0.1 and 0.3
+    # (median 0.2); unpaired medians would give 50 / 300 = 0.17.
+    latency = [
+        _run("latency", "allreduce", 0, 0.4),
+        _run("latency", "dpsgd_onepeer", 0, 0.04),
+        _run("latency", "adpsgd", 0, 0.2, step_time_active_s=0.15,
+             step_time_passive_s=0.25, exchanges_per_active_step=1.0),
+        _run("latency", "allreduce", 1, 0.2),
+        _run("latency", "dpsgd_onepeer", 1, 0.06),
+        _run("latency", "adpsgd", 1, 0.2, step_time_active_s=0.09,
+             step_time_passive_s=0.25, exchanges_per_active_step=0.9),
+        _run("latency", "allreduce", 0, 0.05, rate="", latency=0.0),
+        _run("latency", "dpsgd_onepeer", 0, 0.05, rate="", latency=0.0),
+        _run("latency", "dpsgd_onepeer", 1, 0.07, rate="", latency=0.0),
+        _run("latency", "downpour", 0, 0.0, status="failed"),
+    ]  # fmt: skip
+    straggler = [
+        _run("straggler", "downpour", r, 0.1, stragglers=s, samples_per_s=v,
+             slowest_worker_slowdown=4.0, latency=1.0)
+        for r, s, v in ((0, "none", 100), (0, "3:4", 85), (1, "none", 100),
+                        (1, "3:4", 95))
+    ]  # fmt: skip
+    _write(tmp_path / "results" / "latency", latency)
+    _write(tmp_path / "results" / "straggler", straggler)
+    return tmp_path
+
+
+def _line(text, start):
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def test_ratios_pair_the_runs_of_one_repeat(results):
+    text = readme_table.generate("results", root=str(results))
+    row = _line(text, "| DPSGD_ONEPEER (`dpsgd_onepeer`) |")
+    assert "| 0.20 [0.10-0.30] (n=2) |" in row
+    assert "50 [40-60] (n=2)" in row  # the step itself, ms
+    goal = _line(text, "| one-peer D-PSGD / AllReduceStrategy, 1 Gbit/s, 20")
+    assert goal.endswith("| <= 0.15 | 0.20 [0.10-0.30] (n=2) | missed |")
+
+
+def test_ad_psgd_active_and_passive_workers_get_a_row_each(results):
+    text = readme_table.generate("results", root=str(results))
+    active = _line(text, "| ADPSGD (`adpsgd`), active workers |")
+    passive = _line(text, "| ADPSGD (`adpsgd`), passive workers |")
+    assert "120 [90-150] (n=2)" in active
+    assert "250 [250-250] (n=2)" in passive
+    # Against one-peer D-PSGD, repeat by repeat: 0.15 / 0.04, 0.09 / 0.06.
+    goal = _line(text, "| AD-PSGD active step / one-peer D-PSGD, 1 Gbit/s")
+    assert "2.62 [1.50-3.75] (n=2) | missed" in goal
+    exchanges = _line(text, "| AD-PSGD exchanges per active step")
+    assert "0.95 [0.90-1.00] (n=2) | met" in exchanges
+
+
+def test_missing_cells_say_na_and_failed_runs_are_left_out(results):
+    text = readme_table.generate("results", root=str(results))
+    row = _line(text, "| ADPSGD (`adpsgd`), active workers |")
+    assert row.split(" | ")[1] == "n/a"  # no unshaped AD-PSGD run
+    goal = _line(text, "| Downpour async / AllReduceStrategy")
+    assert goal.endswith("| n/a | not measured |")
+    assert "52 runs" not in text and "(10 runs, 9 completed" not in text
+    assert "(14 runs, 13 completed;" in text
+
+
+def test_straggler_kept_throughput_and_its_achieved_slowdown(results):
+    text = readme_table.generate("results", root=str(results))
+    row = _line(text, "| DOWNPOUR (`downpour`) | worker 3, 4x (sleep) |")
+    assert "| 90.0 [85.0-95.0] (n=2) % | 4.00 [4.00-4.00] (n=2) |" in row
+    goal = _line(text, "| `downpour` keeps its throughput")
+    assert goal.endswith("| >= 80% | 90.0 [85.0-95.0] (n=2) % | met |")
+
+
+def test_software_term_is_measured_on_the_unshaped_network(results):
+    terms = readme_table.software_terms(readme_table.load(results / "results"))
+    # Measured minus predicted (0.1 s) on the unshaped runs, median.
+    assert terms["dpsgd_onepeer"] == pytest.approx(-0.04)
+    assert terms["allreduce"] == pytest.approx(-0.05)
+    errors = readme_table.model_errors(readme_table.load(results / "results"))
+    shaped = {(r["scheme"], r["repeat"]): e for r, *e in errors}
+    assert ("allreduce", "0") in shaped  # the unshaped runs are not scored
+    a_priori, with_term = shaped[("dpsgd_onepeer", "0")]
+    assert a_priori == pytest.approx(0.1 / 0.04 - 1)
+    assert with_term == pytest.approx(0.06 / 0.04 - 1)
+
+
+def test_write_then_check_and_a_hand_edit_fails_the_check(
+    results, capsys, monkeypatch
+):
+    readme = results / "README.md"
+    readme.write_text(
+        "intro\n"
+        + readme_table.BEGIN.format("results")
+        + "\nold text\n"
+        + readme_table.END
+        + "\nafter\n"
+    )
+    args = ["--readme", str(readme)]
+    # Results directories are relative to the repository root.
+    monkeypatch.setattr(readme_table, "_REPO_ROOT", str(results))
+    assert readme_table.main([*args, "--check"]) == 1
+    assert readme_table.main(["results", *args, "--write"]) == 0
+    assert readme_table.main([*args, "--check"]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\nafter\n")
+    readme.write_text(text.replace("0.20 [0.10-0.30]", "0.10 [0.10-0.30]"))
+    assert readme_table.main([*args, "--check"]) == 1
+    assert "bench/readme_table.py results --write" in capsys.readouterr().err
+
+
+def test_readme_without_markers_is_an_error():
+    with pytest.raises(ValueError, match="no generated benchmark text"):
+        readme_table.find_block("# A README\n")
+
