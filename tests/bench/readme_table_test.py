@@ -173,4 +173,3 @@ def test_write_then_check_and_a_hand_edit_fails_the_check(
 def test_readme_without_markers_is_an_error():
     with pytest.raises(ValueError, match="no generated benchmark text"):
         readme_table.find_block("# A README\n")
-
