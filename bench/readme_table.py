@@ -31,6 +31,7 @@ is short.
 import argparse
 import collections
 import datetime
+import json
 import math
 import os
 import statistics
@@ -484,7 +485,18 @@ def goals(runs):
     ]
 
 
-def _machine(results_dir, runs):
+def _commits(results_dir):
+    """The commits the `machine.json` files below `results_dir` name."""
+    out = []
+    for root, dirs, files in sorted(os.walk(results_dir)):
+        dirs.sort()
+        if "machine.json" in files:
+            with open(os.path.join(root, "machine.json")) as f:
+                out.append(json.load(f).get("commit", "not recorded")[:12])
+    return list(dict.fromkeys(out)) or ["not recorded"]
+
+
+def _machine(results_dir, runs, commits):
     loads = [_f(r["loadavg_mean"]) for r in runs if r["status"] == "ok"]
     loads = [v for v in loads if not math.isnan(v)]
     repeats = {r.get("repeat") or r["run_id"].rsplit("-r", 1)[-1] for r in runs}
@@ -497,7 +509,8 @@ def _machine(results_dir, runs):
     ]
     workers = sorted({int(_f(r["workers"])) for r in runs})
     return (
-        f"From `{results_dir}/` ({len(runs)} runs, "
+        f"From `{results_dir}/` (commit {', '.join(commits)}; "
+        f"{len(runs)} runs, "
         f"{sum(r['status'] == 'ok' for r in runs)} completed; "
         f"{started[0] if started else '?'} to "
         f"{started[-1] if started else '?'} UTC; load average "
@@ -518,13 +531,14 @@ def _machine(results_dir, runs):
 def generate(results_dir, root=None):
     """Returns the README's generated text for `results_dir` (relative to
     `root`, the repository by default)."""
-    runs = load(os.path.join(root or _REPO_ROOT, results_dir))
+    path = os.path.join(root or _REPO_ROOT, results_dir)
+    runs = load(path)
     if not runs:
         raise ValueError(
             f"No runs.csv below {results_dir!r}: give a bench/run.py output."
         )
     sections = [
-        [_machine(results_dir, runs)],
+        [_machine(results_dir, runs, _commits(path))],
         ["**Step time** (ms per step; AD-PSGD's active and passive "
          "workers apart)", "", *step_table(runs)],
         ["**Goals**", "", *goals(runs)],

@@ -767,7 +767,25 @@ def machine_info():
         info["mem_total"] = f.readline().split(":", 1)[1].strip()
     with open("/proc/loadavg") as f:
         info["loadavg_at_start"] = f.read().strip()
+    info["commit"] = _git_commit()
     return info
+
+
+def _git_commit():
+    """The code's commit (`+modified` when the tree differs from it)."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", _REPO_ROOT, "rev-parse", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", _REPO_ROOT, "status", "--porcelain",
+             "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"unknown ({e})"
+    return rev + ("+modified" if dirty else "")
 
 
 # Main -------------------------------------------------------------------------
