@@ -181,7 +181,12 @@ _DATASET = flags.DEFINE_string("dataset", None, "Override.")
 _TARGET = flags.DEFINE_float(
     "target_accuracy", 0.80, "Test accuracy for time-to-accuracy."
 )
-_REPEATS = flags.DEFINE_integer("repeats", 1, "Repeats of every run.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 1, "Repeats of every run; repeat r runs with seed r."
+)
+_EVAL_EXAMPLES = flags.DEFINE_integer(
+    "eval_examples", 0, "Test examples per evaluation (0: the whole test set)."
+)
 _SPE = flags.DEFINE_list(
     "steps_per_execution",
     ["1"],
@@ -509,6 +514,8 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
         f"--steps={spec.steps}",
         f"--compute_ms={spec.compute_ms}",
         f"--eval_every={spec.eval_every}",
+        f"--eval_examples={_EVAL_EXAMPLES.value}",
+        f"--seed={spec.repeat}",
         f"--result_file={os.path.join(run_dir, 'result.json')}",
         f"--barrier_dir={os.path.join(run_dir, 'barrier')}",
         f"--barrier_count={len(scheme.reporting_tasks(spec.workers))}",
