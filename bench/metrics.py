@@ -125,6 +125,18 @@ def summarize(results, batch_size, target):
         out["slowest_worker_slowdown"] = statistics.median(counts) / max(
             1, counts[0]
         )
+    histogram = results[0].get("staleness_histogram")
+    if histogram:
+        # PS schemes: pushes by staleness (updates applied between a push's
+        # fetch and its apply); Rudra's n-softsync expects a mean about n.
+        counts = {int(k): int(v) for k, v in histogram.items()}
+        total = sum(counts.values())
+        out["staleness_mean"] = sum(k * v for k, v in counts.items()) / max(
+            1, total
+        )
+        out["staleness_histogram"] = " ".join(
+            f"{k}:{v}" for k, v in sorted(counts.items())
+        )
     accs = [r["final_accuracy"] for r in results if "final_accuracy" in r]
     if accs:
         out["final_accuracy"] = sum(accs) / len(accs)

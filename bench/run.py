@@ -141,6 +141,26 @@ EXPERIMENTS = {
         hidden="1280",
         steps=20,
     ),
+    # Rudra (Gupta et al. 2016): staleness and accuracy of the PS
+    # protocols with lambda = 8 learners (issue 16).
+    "rudra": dict(
+        _EIGHT_WORKERS,
+        schemes=(
+            "spsgd",
+            "softsync1",
+            "softsync2",
+            "softsync4",
+            "softsync8",
+            "softsync1_lr",
+            "softsync8_lr",
+            "downpour",
+        ),
+        networks=(("1gbit", 1.0),),
+        hidden="128",
+        steps=300,
+        eval_every=50,
+        dataset="fashion_mnist",
+    ),
     "tta": dict(
         _EIGHT_WORKERS,
         schemes=ALL_SCHEMES,
@@ -716,7 +736,7 @@ RUN_COLUMNS = (
     "window_min_worker_steps", "step_time_active_s", "step_time_passive_s",
     "tx_bytes_per_step_active", "tx_bytes_per_step_passive",
     "exchanges_per_active_step", "steps_per_execution",
-    "slowest_worker_slowdown",
+    "slowest_worker_slowdown", "staleness_mean", "staleness_histogram",
 )  # fmt: skip
 EVAL_COLUMNS = (
     "run_id", "experiment", "scheme", "worker", "step", "train_clock_s",

@@ -210,6 +210,28 @@ SCHEMES = {
             n_fetch=4,
             n_push=4,
         ),
+        # Rudra (Gupta et al. 2016): n-softsync with lambda = 8 learners,
+        # with and without the staleness-dependent learning rate.
+        *(
+            Scheme(
+                f"softsync{n}{'_lr' if lr else ''}",
+                f"{n}-softsync (1 PS){', lr / staleness' if lr else ''}",
+                "downpour",
+                ("--ps_protocol=softsync", f"--softsync_n={n}")
+                + (("--staleness_lr",) if lr else ()),
+                cost="downpour",
+                requires="DownpourParameterServerStrategy",
+                parameter_servers=1,
+            )
+            for n, lr in (
+                (1, False),
+                (2, False),
+                (4, False),
+                (8, False),
+                (1, True),
+                (8, True),
+            )
+        ),  # fmt: skip
     )
 }
 

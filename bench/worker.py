@@ -64,6 +64,17 @@ _TOPOLOGY = flags.DEFINE_string(
 _PS_PROTOCOL = flags.DEFINE_enum(
     "ps_protocol", "async", ["async", "sync", "softsync"], "Downpour only."
 )
+_SOFTSYNC_N = flags.DEFINE_integer(
+    "softsync_n",
+    None,
+    "Downpour with --ps_protocol=softsync: pushes averaged per update.",
+    lower_bound=1,
+)
+_STALENESS_LR = flags.DEFINE_bool(
+    "staleness_lr",
+    False,
+    "Downpour only: divide each update's learning rate by its staleness.",
+)
 _N_FETCH = flags.DEFINE_integer("n_fetch", 1, "Downpour only.", lower_bound=1)
 _N_PUSH = flags.DEFINE_integer("n_push", 1, "Downpour only.", lower_bound=1)
 _MAX_INFLIGHT = flags.DEFINE_integer(
@@ -209,6 +220,8 @@ def make_strategy():
             n_fetch=_N_FETCH.value,
             n_push=_N_PUSH.value,
             protocol=_PS_PROTOCOL.value,
+            softsync_n=_SOFTSYNC_N.value,
+            staleness_lr=_STALENESS_LR.value,
         )
         if _MAX_INFLIGHT.value is not None:
             from tf_decentral.strategies import downpour

@@ -204,6 +204,15 @@ def test_runner_metrics_and_schemes():
     assert "slowest_worker_slowdown" not in metrics.summarize(
         [result(0, 0.1, [])], 32, 0.8
     )
+    # Its staleness histogram: the mean, and the histogram as text.
+    chief["staleness_histogram"] = {"0": 2, "1": 5, "3": 3}
+    out = metrics.summarize([chief], 32, 0.8)
+    assert out["staleness_mean"] == pytest.approx((5 + 9) / 10)
+    assert out["staleness_histogram"] == "0:2 1:5 3:3"
+    softsync = schemes.SCHEMES["softsync8_lr"].worker_flags
+    assert softsync == (
+        "--ps_protocol=softsync", "--softsync_n=8", "--staleness_lr",
+    )  # fmt: skip
     scheme = schemes.SCHEMES["spsgd"]
     tasks = scheme.tasks(3)
     assert [t.name for t in tasks] == [
