@@ -315,6 +315,40 @@ def straggler_table(runs):
     return lines
 
 
+def rudra_table(runs):
+    """Rudra's (Gupta et al. 2016) staleness and accuracy per protocol.
+
+    `softsync_n` (the scheme's number) is how many pushes the ps averages
+    per update, Rudra's `c = lambda / n`: the paper's mean staleness for
+    it is about `n = lambda / c`."""
+    rows = _ok(runs, experiment="rudra")
+    if not rows:
+        return []
+    lines = [
+        "| protocol (`scheme`) | mean staleness | the paper's | staleness "
+        "histogram (staleness:pushes, first repeat) | final test accuracy "
+        "|",
+        "|---|---|---|---|---|",
+    ]
+    labels = _labels(runs)
+    for scheme in _schemes(rows):
+        mine = [r for r in rows if r["scheme"] == scheme]
+        lam = int(_f(mine[0]["workers"]))
+        expected = {"spsgd": "0", "downpour": f"about {lam} (lambda)"}.get(
+            scheme, ""
+        )
+        if scheme.startswith("softsync"):
+            c = int(scheme[len("softsync_c") :].split("_")[0])
+            expected = f"about {lam / c:g} (n = lambda / c = {lam}/{c})"
+        lines.append(
+            f"| {labels[scheme]} (`{scheme}`) | "
+            f"{_spread([_f(_column(r, 'staleness_mean')) for r in mine])} | "
+            f"{expected} | {_column(mine[0], 'staleness_histogram')} | "
+            f"{_spread([_f(r['final_accuracy']) for r in mine], 1, 3)} |"
+        )
+    return lines
+
+
 def software_terms(runs):
     """Per scheme: the cost model's software term, measured step minus a
     priori prediction on the unshaped network (median over repeats)."""
@@ -546,6 +580,9 @@ def generate(results_dir, root=None):
          "over a window in which all of them train, with the straggler "
          "over without; the straggler's slowdown as achieved in the run)",
          "", *straggler_table(runs)],
+        ["**Rudra's protocols** (Gupta et al. 2016; lambda = 8 learners, "
+         "one parameter server, Fashion-MNIST; staleness: updates applied "
+         "between a push's fetch and its apply)", "", *rudra_table(runs)],
         ["**Bytes a worker sends per step** (the bandwidth-bound network)",
          "", *bytes_table(runs)],
         ["**Cost model** (`tf_decentral.cost_model`, o = 2 ms, each "

@@ -210,20 +210,23 @@ SCHEMES = {
             n_fetch=4,
             n_push=4,
         ),
-        # Rudra (Gupta et al. 2016): n-softsync with lambda = 8 learners,
-        # with and without the staleness-dependent learning rate.
+        # Rudra (Gupta et al. 2016) with lambda = 8 learners: the ps
+        # averages c pushes per update (`softsync_n`), Rudra's n-softsync
+        # for n = lambda / c; with and without the learning rate divided
+        # by staleness.
         *(
             Scheme(
-                f"softsync{n}{'_lr' if lr else ''}",
-                f"{n}-softsync (1 PS){', lr / staleness' if lr else ''}",
+                f"softsync_c{c}{'_lr' if lr else ''}",
+                f"softsync, {c} push{'es' if c > 1 else ''} per update (1 "
+                f"PS){', lr / staleness' if lr else ''}",
                 "downpour",
-                ("--ps_protocol=softsync", f"--softsync_n={n}")
+                ("--ps_protocol=softsync", f"--softsync_n={c}")
                 + (("--staleness_lr",) if lr else ()),
                 cost="downpour",
                 requires="DownpourParameterServerStrategy",
                 parameter_servers=1,
             )
-            for n, lr in (
+            for c, lr in (
                 (1, False),
                 (2, False),
                 (4, False),

@@ -209,7 +209,7 @@ def test_runner_metrics_and_schemes():
     out = metrics.summarize([chief], 32, 0.8)
     assert out["staleness_mean"] == pytest.approx((5 + 9) / 10)
     assert out["staleness_histogram"] == "0:2 1:5 3:3"
-    softsync = schemes.SCHEMES["softsync8_lr"].worker_flags
+    softsync = schemes.SCHEMES["softsync_c8_lr"].worker_flags
     assert softsync == (
         "--ps_protocol=softsync", "--softsync_n=8", "--staleness_lr",
     )  # fmt: skip
