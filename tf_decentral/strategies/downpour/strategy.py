@@ -31,7 +31,11 @@ Protocols:
 
 - `"async"`: Downpour / A-PSGD. Every push is applied on arrival.
 - `"softsync"`: Rudra's n-softsync. The ps averages every `softsync_n`
-  pushes (from any workers) and applies the average.
+  pushes (from any workers) and applies the average. `softsync_n` is the
+  paper's `c = lambda / n` (pushes per update), not its `n`: with
+  `lambda` workers, Rudra's n-softsync is `softsync_n = lambda // n`, and
+  its mean staleness is about `lambda / softsync_n` (1-softsync averages
+  `lambda` pushes, `lambda`-softsync applies each push).
 - `"sync"`: S-PSGD. Each worker computes one push from the same parameters;
   the ps applies their average once all have arrived, then the next round
   starts. One update consumes `num_workers * n_push` batches.
@@ -188,7 +192,8 @@ class DownpourParameterServerStrategy(_tf_private.ParameterServerStrategyBase):
         protocol: `"async"`, `"softsync"` or `"sync"` (see the module
             docstring).
         softsync_n: For `"softsync"` only (and required there): how many
-            pushes the ps averages per update, in `[1, num_workers]`.
+            pushes the ps averages per update, in `[1, num_workers]`
+            (Rudra's `c`; the paper's n-softsync is `num_workers // n`).
         staleness_lr: If True, each update uses the learning rate divided by
             its staleness (the mean staleness of the averaged pushes for
             softsync).
