@@ -42,6 +42,7 @@ _REPO_ROOT = os.path.dirname(_BENCH_DIR)
 sys.path.insert(0, _BENCH_DIR)
 sys.path.insert(1, _REPO_ROOT)
 import plots  # noqa: E402  (bench/plots.py: CSV helpers)
+import schemes as schemes_lib  # noqa: E402  (bench/schemes.py)
 from report import _by_repeat  # noqa: E402
 from report import _column  # noqa: E402
 from report import _paired  # noqa: E402
@@ -57,22 +58,6 @@ BEGIN = (
 END = "<!-- end of bench/readme_table.py's text -->"
 BASELINE = "allreduce"
 _WITHIN = 0.3  # the cost model's goal: predictions within +-30 %
-
-# bench/schemes.py's cost formula and its parameters, per scheme.
-_COST = {
-    "allreduce": ("allreduce", {}),
-    "allreduce_stock": ("allreduce", {}),
-    "allreduce_loop": ("allreduce", {}),
-    "dpsgd_ring": ("gossip", {"degree": 2}),
-    "dpsgd_exp": ("gossip", {"degree": 3}),
-    "dpsgd_onepeer": ("one_peer", {}),
-    "adpsgd": ("ad_psgd", {}),
-    "adpsgd_all": ("ad_psgd", {}),
-    "spsgd": ("ps_sync", {}),
-    "downpour": ("downpour", {}),
-    "downpour_i8": ("downpour", {}),
-    "downpour_n4": ("downpour", {"n_push": 4}),
-}
 
 
 def load(results_dir):
@@ -206,15 +191,131 @@ def step_table(runs):
 
 
 def predicted_bytes(r):
-    cost, kwargs = _COST.get(r["scheme"], (None, {}))
-    if cost is None:
+    scheme = schemes_lib.SCHEMES.get(r["scheme"])
+    if scheme is None:
         return math.nan
     return cost_model.bytes_sent_per_step(
-        cost,
+        scheme.cost,
         model_bytes=_f(r["model_bytes"]),
         num_workers=int(_f(r["workers"])),
-        **kwargs,
+        degree=scheme.degree,
+        n_push=scheme.n_push,
     )
+
+
+PROJECTED_WORKERS = (8, 64, 256)
+
+
+def _projected_step(scheme, p, network, compute, term, straggler=1.0):
+    """The cost model's mean worker step for `scheme` with `p` workers,
+    plus the software term measured with 8 (assumed not to grow)."""
+    degree = scheme.degree
+    if scheme.name == "dpsgd_exp":
+        degree = max(1, round(math.log2(p)))  # exponential graph: log2 p
+    times = cost_model.worker_step_times(
+        scheme.cost,
+        model_bytes=network.model_bytes,
+        num_workers=p,
+        network=network.links,
+        compute=[compute] * (p - 1) + [compute * straggler],
+        degree=degree,
+        num_shards=max(1, scheme.parameter_servers),
+        n_fetch=scheme.n_fetch,
+        n_push=scheme.n_push,
+        extra_reductions=scheme.extra_reductions,
+        overlap=scheme.overlap,
+    )
+    return times + term
+
+
+class _Projected:
+    def __init__(self, r):
+        self.model_bytes = _f(r["model_bytes"])
+        self.links = cost_model.Network.from_netsim(
+            None if unshaped(r) else _f(r["rate_mbit"]), _f(r["latency_ms"])
+        )
+
+
+def projection_table(runs):
+    """The cost model's step time with 64 and 256 workers (a projection,
+    not a measurement) on the bound networks, and with one worker 4x
+    slower, as ratios to AllReduce's projected step."""
+    terms = software_terms(runs)
+    latency, bandwidth = _bound_networks(runs)
+    nets = _networks(runs, ("latency", "bandwidth"))
+    keys = [k for k in (latency, bandwidth) if k is not None]
+    if not keys or BASELINE not in terms:
+        return []
+    head = ["scheme"] + [
+        f"{nets[k]}, {p} workers" for k in keys for p in PROJECTED_WORKERS
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    projected = {}
+    for name in _schemes(runs):
+        scheme = schemes_lib.SCHEMES.get(name)
+        rows = [r for r in _ok(runs, scheme=name, stragglers="none")
+                if _network_key(r) in keys]  # fmt: skip
+        if scheme is None or name not in terms or not rows:
+            continue
+        for key in keys:
+            mine = [r for r in rows if _network_key(r) == key]
+            if not mine:
+                continue
+            compute = statistics.median(_f(r["compute_s"]) for r in mine)
+            network = _Projected(mine[0])
+            for p in PROJECTED_WORKERS:
+                step = _projected_step(scheme, p, network, compute, terms[name])
+                projected[name, key, p] = float(step.mean())
+    kept = _projected_kept(runs, terms)
+    if kept:
+        lines[0] = (
+            lines[0][:-1]
+            + "".join(
+                f"| one worker 4x slower, {p} workers: throughput kept "
+                for p in PROJECTED_WORKERS
+            )
+            + "|"
+        )
+        lines[1] += "---|" * len(PROJECTED_WORKERS)
+    for name in dict.fromkeys(n for n, _, _ in projected):
+        cells = [f"`{name}`"]
+        for key in keys:
+            for p in PROJECTED_WORKERS:
+                own = projected.get((name, key, p))
+                base = projected.get((BASELINE, key, p))
+                cells.append(
+                    "n/a"
+                    if own is None or base is None
+                    else f"{own * 1e3:.0f} ms ({own / base:.2f}x)"
+                )
+        if kept:
+            cells += [
+                f"{kept[name, p]:.0%}" if (name, p) in kept else "n/a"
+                for p in PROJECTED_WORKERS
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _projected_kept(runs, terms):
+    """`{(scheme, p): throughput kept}` with one worker's compute x4, on
+    the straggler experiment's network and compute (the model's
+    `worker_step_times`: synchronous schemes wait for the slowest)."""
+    out = {}
+    for name in _schemes(runs):
+        scheme = schemes_lib.SCHEMES.get(name)
+        mine = _ok(runs, experiment="straggler", scheme=name,
+                   stragglers="none")  # fmt: skip
+        if scheme is None or not mine:
+            continue
+        compute = statistics.median(_f(r["compute_s"]) for r in mine)
+        network = _Projected(mine[0])
+        term = terms.get(name, 0.0)
+        for p in PROJECTED_WORKERS:
+            fast = _projected_step(scheme, p, network, compute, term)
+            slow = _projected_step(scheme, p, network, compute, term, 4.0)
+            out[name, p] = float((1 / slow).sum() / (1 / fast).sum())
+    return out
 
 
 def bytes_table(runs):
@@ -585,6 +686,13 @@ def generate(results_dir, root=None):
          "between a push's fetch and its apply)", "", *rudra_table(runs)],
         ["**Bytes a worker sends per step** (the bandwidth-bound network)",
          "", *bytes_table(runs)],
+        ["**Projection to 64 and 256 workers** (the cost model, not a "
+         "measurement: each scheme's formula with its compute and "
+         "software term as measured with 8 workers, assumed not to grow "
+         "with the number of workers; in parentheses the ratio to "
+         "AllReduce's projected step; throughput kept on the straggler "
+         "experiment's network and compute; the model's error at 8 "
+         "workers is in the next table)", "", *projection_table(runs)],
         ["**Cost model** (`tf_decentral.cost_model`, o = 2 ms, each "
          "worker's compute measured alone; the software term is each "
          "scheme's measured step minus the prediction on the unshaped "

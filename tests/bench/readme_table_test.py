@@ -44,6 +44,7 @@ def _run(experiment, scheme, repeat, step, *, latency=20.0, rate="1gbit",
         status="ok",
         step_time_s=str(step),
         predicted_step_s="0.1",
+        compute_s="0.01",
         loadavg_mean="2.0",
         started=str(1.8e9 + repeat),
         steps_per_execution="1",
@@ -173,3 +174,19 @@ def test_write_then_check_and_a_hand_edit_fails_the_check(
 def test_readme_without_markers_is_an_error():
     with pytest.raises(ValueError, match="no generated benchmark text"):
         readme_table.find_block("# A README\n")
+
+
+def test_projection_is_the_cost_model_with_the_measured_software_term(
+    results,
+):
+    text = readme_table.generate("results", root=str(results))
+    # 20 ms: AllReduce c + 2 (p - 1) (L + o) = 10 ms + 2 (p - 1) x 22 ms,
+    # plus its software term (-50 ms); one-peer max(c, 2 (L + o) + m beta)
+    # = 47.2 ms, plus its term (-40 ms).
+    allreduce = _line(text, "| `allreduce` |").split(" | ")
+    onepeer = _line(text, "| `dpsgd_onepeer` |").split(" | ")
+    assert allreduce[1:4] == [
+        "268 ms (1.00x)", "2732 ms (1.00x)", "11180 ms (1.00x)",
+    ]  # fmt: skip
+    assert onepeer[2] == "7 ms (0.00x)"
+    assert "not a measurement" in text
