@@ -416,6 +416,48 @@ def straggler_table(runs):
     return lines
 
 
+def _reached(values):
+    """`_spread` of the finite values, and how many runs never reached."""
+    never = sum(math.isnan(v) for v in values)
+    text = _spread(values, 1, 0)
+    return text + (f", {never} of {len(values)} never" if never else "")
+
+
+def _minus(a, b):
+    return a - b
+
+
+def tta_table(runs):
+    """Time to the target accuracy and final accuracy per scheme."""
+    rows = _ok(runs, experiment="tta")
+    if not rows:
+        return []
+    target = _f(rows[0]["target_accuracy"])
+    lines = [
+        f"| scheme | time to {target:.0%}, s (mean of the local models) | "
+        "/ AllReduceStrategy | final accuracy, mean of the local models | "
+        "averaged model | averaged - AllReduceStrategy, points |",
+        "|---|---|---|---|---|---|",
+    ]
+    labels = _labels(runs)
+    base = _by_repeat(runs, "tta", BASELINE, "time_to_target_s")
+    base_acc = _by_repeat(runs, "tta", BASELINE, "final_accuracy")
+    for scheme in _schemes(rows):
+        tta = _by_repeat(runs, "tta", scheme, "time_to_target_s")
+        final = _by_repeat(runs, "tta", scheme, "final_accuracy")
+        averaged = _by_repeat(runs, "tta", scheme, "averaged_accuracy")
+        if not any(not math.isnan(v) for v in averaged.values()):
+            averaged = final  # one model (AllReduce, the PS schemes)
+        lines.append(
+            f"| {labels[scheme]} (`{scheme}`) | {_reached(tta.values())} | "
+            f"{'1' if scheme == BASELINE else _ratio(tta, base)} | "
+            f"{_spread(final.values(), 1, 3)} | "
+            f"{_spread(averaged.values(), 1, 3)} | "
+            f"{_spread(_paired(averaged, base_acc, _minus), 100, 1)} |"
+        )
+    return lines
+
+
 def rudra_table(runs):
     """Rudra's (Gupta et al. 2016) staleness and accuracy per protocol.
 
@@ -585,6 +627,36 @@ def goals(runs):
         measured, verdict = _verdict(values, goal, at_most)
         sign = "<=" if at_most else ">="
         rows.append(f"| {text} | {sign} {goal:g} | {measured} | {verdict} |")
+    for scheme, source in (
+        ("dpsgd_ring", "the seed's goal"),
+        ("dpsgd_onepeer", "the seed's goal"),
+        ("adpsgd", "issue 15"),
+    ):
+        tta = _by_repeat(runs, "tta", scheme, "time_to_target_s")
+        base = _by_repeat(runs, "tta", BASELINE, "time_to_target_s")
+        if not tta:
+            continue
+        # A run that never reached the target is slower than any ratio.
+        values = [
+            math.inf if math.isnan(tta[k]) else tta[k] / base[k]
+            for k in sorted(set(tta) & set(base))
+        ]
+        measured, verdict = _verdict(values, 0.5)
+        rows.append(
+            f"| `{scheme}` time to the target accuracy / "
+            f"AllReduceStrategy's ({source}; inf: never reached) | <= 0.5 "
+            f"| {measured} | {verdict} |"
+        )
+        averaged = _by_repeat(runs, "tta", scheme, "averaged_accuracy")
+        final = _by_repeat(runs, "tta", BASELINE, "final_accuracy")
+        measured, verdict = _verdict(
+            [100 * d for d in _paired(averaged, final, _minus)], -1.0, False
+        )
+        rows.append(
+            f"| `{scheme}` averaged model's final accuracy - "
+            f"AllReduceStrategy's, points ({source}) | >= -1 | {measured} "
+            f"| {verdict} |"
+        )
     kept = kept_by_scheme(runs)
     for scheme, goal, at_most, source in (
         ("downpour", 0.8, False, "issue 15"),
@@ -681,6 +753,9 @@ def generate(results_dir, root=None):
          "over a window in which all of them train, with the straggler "
          "over without; the straggler's slowdown as achieved in the run)",
          "", *straggler_table(runs)],
+        ["**Time to accuracy** (Fashion-MNIST, the whole test set; a "
+         "repeat is a seed; the local models' mean accuracy over training "
+         "time, the averaged model at the end)", "", *tta_table(runs)],
         ["**Rudra's protocols** (Gupta et al. 2016; lambda = 8 learners, "
          "one parameter server, Fashion-MNIST; staleness: updates applied "
          "between a push's fetch and its apply)", "", *rudra_table(runs)],

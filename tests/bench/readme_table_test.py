@@ -20,7 +20,8 @@ _COLUMNS = (
     "predicted_step_s", "loadavg_mean", "started", "step_time_active_s",
     "step_time_passive_s", "tx_bytes_per_step_active",
     "tx_bytes_per_step_passive", "exchanges_per_active_step",
-    "steps_per_execution", "slowest_worker_slowdown",
+    "steps_per_execution", "slowest_worker_slowdown", "time_to_target_s",
+    "final_accuracy", "averaged_accuracy", "target_accuracy",
 )  # fmt: skip
 
 
@@ -190,3 +191,27 @@ def test_projection_is_the_cost_model_with_the_measured_software_term(
     ]  # fmt: skip
     assert onepeer[2] == "7 ms (0.00x)"
     assert "not a measurement" in text
+
+
+def test_time_to_accuracy_pairs_seeds_and_counts_runs_that_never_reach(
+    tmp_path,
+):
+    rows = []
+    for seed, (base, adpsgd) in enumerate(((100, 30), (50, "nan"))):
+        rows += [
+            _run("tta", "allreduce", seed, 0.4, time_to_target_s=base,
+                 final_accuracy=0.85, target_accuracy=0.8),
+            _run("tta", "adpsgd", seed, 0.2, time_to_target_s=adpsgd,
+                 final_accuracy=0.80, averaged_accuracy=0.846,
+                 target_accuracy=0.8),
+        ]  # fmt: skip
+    _write(tmp_path / "results" / "tta", rows)
+    text = readme_table.generate("results", root=str(tmp_path))
+    row = _line(text, "| ADPSGD (`adpsgd`) |")
+    assert "| 30 [30-30] (n=1), 1 of 2 never | 0.30 [0.30-0.30] (n=1) |" in row
+    assert row.endswith("| -0.4 [-0.4--0.4] (n=2) |")
+    goal = _line(text, "| `adpsgd` time to the target accuracy")
+    # The median of 0.30 and never (inf) is inf: missed.
+    assert goal.endswith("| <= 0.5 | inf [0.30-inf] (n=2) | missed |")
+    goal = _line(text, "| `adpsgd` averaged model's final accuracy")
+    assert goal.endswith("| >= -1 | -0.40 [-0.40--0.40] (n=2) | met |")
