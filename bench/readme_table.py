@@ -30,6 +30,7 @@ is short.
 
 import argparse
 import collections
+import csv
 import datetime
 import json
 import math
@@ -703,16 +704,28 @@ def _commits(results_dir):
     return list(dict.fromkeys(out)) or ["not recorded"]
 
 
-def _machine(results_dir, runs, commits):
+def _period(results_dir):
+    """First and last time of the `loadavg.csv` files below `results_dir`
+    (sampled every 2 s through every run; `runs.csv`'s `started` had 6
+    significant digits before session 11)."""
+    times = []
+    for root, _, files in os.walk(results_dir):
+        if "loadavg.csv" in files:
+            with open(os.path.join(root, "loadavg.csv"), newline="") as f:
+                times += [_f(r["time"]) for r in csv.DictReader(f)]
+    times = [t for t in times if not math.isnan(t)]
+    return [min(times), max(times)] if times else []
+
+
+def _machine(results_dir, runs, commits, period):
     loads = [_f(r["loadavg_mean"]) for r in runs if r["status"] == "ok"]
     loads = [v for v in loads if not math.isnan(v)]
     repeats = {r.get("repeat") or r["run_id"].rsplit("-r", 1)[-1] for r in runs}
-    started = sorted(_f(r["started"]) for r in runs if r.get("started"))
     started = [
         datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M"
         )
-        for t in started
+        for t in period
     ]
     workers = sorted({int(_f(r["workers"])) for r in runs})
     return (
@@ -745,7 +758,7 @@ def generate(results_dir, root=None):
             f"No runs.csv below {results_dir!r}: give a bench/run.py output."
         )
     sections = [
-        [_machine(results_dir, runs, _commits(path))],
+        [_machine(results_dir, runs, _commits(path), _period(path))],
         ["**Step time** (ms per step; AD-PSGD's active and passive "
          "workers apart)", "", *step_table(runs)],
         ["**Goals**", "", *goals(runs)],

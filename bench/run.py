@@ -881,7 +881,7 @@ def run_all(specs, out_dir):
                 status=status,
                 detail=detail[:500],
                 wall_s=ended - started,
-                started=started,
+                started=f"{started:.1f}",  # _fmt keeps 6 digits
                 loadavg_mean=sampler.mean_between(started, ended),
             )
             if status == "ok" and results:
