@@ -465,7 +465,16 @@ def rudra_table(runs):
     `softsync_n` (the scheme's number) is how many pushes the ps averages
     per update, Rudra's `c = lambda / n`: the paper's mean staleness for
     it is about `n = lambda / c`."""
-    rows = _ok(runs, experiment="rudra")
+    return _ps_table(runs, "rudra")
+
+
+def dean_table(runs):
+    """Dean et al.'s (2012) Adagrad vs SGD under asynchronous pushes."""
+    return _ps_table(runs, "dean")
+
+
+def _ps_table(runs, experiment):
+    rows = _ok(runs, experiment=experiment)
     if not rows:
         return []
     lines = [
@@ -481,6 +490,8 @@ def rudra_table(runs):
         expected = {"spsgd": "0", "downpour": f"about {lam} (lambda)"}.get(
             scheme, ""
         )
+        if experiment != "rudra":
+            expected = ""
         if scheme.startswith("softsync"):
             c = int(scheme[len("softsync_c") :].split("_")[0])
             expected = f"about {lam / c:g} (n = lambda / c = {lam}/{c})"
@@ -772,6 +783,9 @@ def generate(results_dir, root=None):
         ["**Rudra's protocols** (Gupta et al. 2016; lambda = 8 learners, "
          "one parameter server, Fashion-MNIST; staleness: updates applied "
          "between a push's fetch and its apply)", "", *rudra_table(runs)],
+        ["**Downpour's Adagrad** (Dean et al. 2012; 8 workers, one "
+         "parameter server, Fashion-MNIST, the same learning rate for "
+         "both optimizers)", "", *dean_table(runs)],
         ["**Bytes a worker sends per step** (the bandwidth-bound network)",
          "", *bytes_table(runs)],
         ["**Projection to 64 and 256 workers** (the cost model, not a "

@@ -161,6 +161,22 @@ EXPERIMENTS = {
         eval_every=50,
         dataset="fashion_mnist",
     ),
+    # Dean et al. 2012: Adagrad vs plain SGD under asynchronous pushes
+    # (issue 16).
+    "dean": dict(
+        _EIGHT_WORKERS,
+        schemes=(
+            "downpour",
+            "downpour_adagrad",
+            "downpour_i8",
+            "downpour_i8_adagrad",
+        ),
+        networks=(("1gbit", 1.0),),
+        hidden="128",
+        steps=300,
+        eval_every=50,
+        dataset="fashion_mnist",
+    ),
     "tta": dict(
         _EIGHT_WORKERS,
         schemes=ALL_SCHEMES,

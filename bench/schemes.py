@@ -210,6 +210,30 @@ SCHEMES = {
             n_fetch=4,
             n_push=4,
         ),
+        # Dean et al. 2012: Downpour with Adagrad applied on the ps, and
+        # both optimizers with more closures (staleness) in flight.
+        Scheme(
+            "downpour_adagrad",
+            "Downpour, Adagrad (1 PS)",
+            "downpour",
+            ("--ps_protocol=async", "--optimizer=adagrad"),
+            cost="downpour",
+            requires="DownpourParameterServerStrategy",
+            parameter_servers=1,
+        ),
+        Scheme(
+            "downpour_i8_adagrad",
+            "Downpour, Adagrad, 8 closures in flight per worker (1 PS)",
+            "downpour",
+            (
+                "--ps_protocol=async",
+                "--max_inflight_per_worker=8",
+                "--optimizer=adagrad",
+            ),
+            cost="downpour",
+            requires="DownpourParameterServerStrategy",
+            parameter_servers=1,
+        ),  # fmt: skip
         # Rudra (Gupta et al. 2016) with lambda = 8 learners: the ps
         # averages c pushes per update (`softsync_n`), Rudra's n-softsync
         # for n = lambda / c; with and without the learning rate divided

@@ -105,7 +105,13 @@ _DATASET = flags.DEFINE_enum(
     "synthetic: random images (timing only).",
 )
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Per worker.", lower_bound=1)
-_LR = flags.DEFINE_float("learning_rate", 0.05, "SGD learning rate.")
+_LR = flags.DEFINE_float("learning_rate", 0.05, "Learning rate.")
+_OPTIMIZER = flags.DEFINE_enum(
+    "optimizer",
+    "sgd",
+    ["sgd", "adagrad"],
+    "Keras optimizer (Downpour: the ps applies it, Dean et al. used Adagrad).",
+)
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 _WARMUP = flags.DEFINE_integer(
     "warmup_steps", 5, "Untimed first steps (tracing).", lower_bound=1
@@ -198,10 +204,14 @@ def build_model(compute_s):
 def compile_model(model, steps_per_execution=1):
     import keras
 
-    model.compile(
-        optimizer=keras.optimizers.SGD(
+    if _OPTIMIZER.value == "adagrad":
+        optimizer = keras.optimizers.Adagrad(_LR.value)
+    else:
+        optimizer = keras.optimizers.SGD(
             _LR.value, momentum=_MOMENTUM.value or 0.0
-        ),
+        )
+    model.compile(
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,

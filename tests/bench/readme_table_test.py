@@ -22,6 +22,7 @@ _COLUMNS = (
     "tx_bytes_per_step_passive", "exchanges_per_active_step",
     "steps_per_execution", "slowest_worker_slowdown", "time_to_target_s",
     "final_accuracy", "averaged_accuracy", "target_accuracy",
+    "staleness_mean", "staleness_histogram",
 )  # fmt: skip
 
 
@@ -215,3 +216,24 @@ def test_time_to_accuracy_pairs_seeds_and_counts_runs_that_never_reach(
     assert goal.endswith("| <= 0.5 | inf [0.30-inf] (n=2) | missed |")
     goal = _line(text, "| `adpsgd` averaged model's final accuracy")
     assert goal.endswith("| >= -1 | -0.40 [-0.40--0.40] (n=2) | met |")
+
+
+def test_rudra_staleness_against_lambda_over_c(tmp_path):
+    rows = [
+        _run("rudra", scheme, seed, 0.1, rate="1gbit", latency=1.0,
+             staleness_mean=mean, staleness_histogram=hist,
+             final_accuracy=acc, target_accuracy=0.8)
+        for scheme, seed, mean, hist, acc in (
+            ("softsync_c2", 0, 3.5, "2:5 4:5", 0.80),
+            ("softsync_c2", 1, 4.5, "4:5 5:5", 0.82),
+            ("spsgd", 0, 0.0, "0:10", 0.84),
+        )
+    ]  # fmt: skip
+    _write(tmp_path / "results" / "rudra", rows)
+    text = readme_table.generate("results", root=str(tmp_path))
+    row = _line(text, "| SOFTSYNC_C2 (`softsync_c2`) |")
+    assert row == (
+        "| SOFTSYNC_C2 (`softsync_c2`) | 4.00 [3.50-4.50] (n=2) | about 4 "
+        "(n = lambda / c = 8/2) | 2:5 4:5 | 0.810 [0.800-0.820] (n=2) |"
+    )
+    assert _line(text, "| SPSGD (`spsgd`) |").split(" | ")[2] == "0"
