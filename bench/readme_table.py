@@ -400,19 +400,21 @@ def straggler_table(runs):
         return []
     lines = [
         "| scheme | straggler | throughput kept | its slowdown, achieved "
-        "| measured from |",
-        "|---|---|---|---|---|",
+        "| measured from | fewest steps of a worker in the window |",
+        "|---|---|---|---|---|---|",
     ]
     labels = _labels(runs)
     for (scheme, strag, mode), values in kept.items():
         rows = _ok(runs, experiment="straggler", scheme=scheme,
                    stragglers=strag, straggler_mode=mode)  # fmt: skip
         slow = [_slowdown(r) for r in rows]
+        steps = [_f(_column(r, "window_min_worker_steps")) for r in rows]
         index, factor = strag.split(":")
         lines.append(
             f"| {labels[scheme]} (`{scheme}`) | worker {index}, {factor}x "
             f"({mode}) | {_spread(values, 100, 1)} % | "
-            f"{_spread([s for s, _ in slow])} | {slow[0][1]} |"
+            f"{_spread([s for s, _ in slow])} | {slow[0][1]} | "
+            f"{_spread(steps, 1, 0)} |"
         )
     return lines
 

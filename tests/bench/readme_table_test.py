@@ -22,7 +22,7 @@ _COLUMNS = (
     "tx_bytes_per_step_passive", "exchanges_per_active_step",
     "steps_per_execution", "slowest_worker_slowdown", "time_to_target_s",
     "final_accuracy", "averaged_accuracy", "target_accuracy",
-    "staleness_mean", "staleness_histogram",
+    "staleness_mean", "staleness_histogram", "window_min_worker_steps",
 )  # fmt: skip
 
 
@@ -83,7 +83,8 @@ def results(tmp_path):
     ]  # fmt: skip
     straggler = [
         _run("straggler", "downpour", r, 0.1, stragglers=s, samples_per_s=v,
-             slowest_worker_slowdown=4.0, latency=1.0)
+             slowest_worker_slowdown=4.0, latency=1.0,
+             window_min_worker_steps=6)
         for r, s, v in ((0, "none", 100), (0, "3:4", 85), (1, "none", 100),
                         (1, "3:4", 95))
     ]  # fmt: skip
@@ -132,6 +133,7 @@ def test_straggler_kept_throughput_and_its_achieved_slowdown(results):
     text = readme_table.generate("results", root=str(results))
     row = _line(text, "| DOWNPOUR (`downpour`) | worker 3, 4x (sleep) |")
     assert "| 90.0 [85.0-95.0] (n=2) % | 4.00 [4.00-4.00] (n=2) |" in row
+    assert row.endswith("| applied steps | 6 [6-6] (n=2) |")
     goal = _line(text, "| `downpour` keeps its throughput")
     assert goal.endswith("| >= 80% | 90.0 [85.0-95.0] (n=2) % | met |")
 
