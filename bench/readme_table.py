@@ -579,6 +579,20 @@ def model_table(runs):
     return lines
 
 
+def _best_of_spe(runs, scheme):
+    """`{repeat: step}` of the `spe` experiment's fastest
+    `steps_per_execution` for `scheme` in each repeat (empty if not run)."""
+    rows = _ok(runs, experiment="spe", scheme=scheme, stragglers="none")
+    best = {}
+    for spe in {_column(r, "steps_per_execution") for r in rows}:
+        steps = _by_repeat(
+            runs, "spe", scheme, steps_per_execution=spe, stragglers="none"
+        )
+        for repeat, step in steps.items():
+            best[repeat] = min(step, best.get(repeat, math.inf))
+    return best
+
+
 def _verdict(values, goal, at_most=True, percent=False):
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -670,6 +684,22 @@ def goals(runs):
             f"| `{scheme}` averaged model's final accuracy - "
             f"AllReduceStrategy's, points ({source}) | >= -1 | {measured} "
             f"| {verdict} |"
+        )
+    spe_rows = _ok(runs, experiment="spe")
+    own, base = _best_of_spe(runs, "downpour_n4"), _best_of_spe(runs, BASELINE)
+    if own and base:
+        spes = sorted(
+            {int(_column(r, "steps_per_execution")) for r in spe_rows}
+        )
+        measured, verdict = _verdict(
+            _paired(own, base, lambda a, b: a / b), 0.5
+        )
+        rows.append(
+            "| Downpour, n_fetch = n_push = 4 / AllReduceStrategy, each at "
+            "its faster steps_per_execution of "
+            f"{', '.join(map(str, spes))} in the repeat, "
+            f"{_network_label(spe_rows[0])} (issue 15) | <= 0.5 | "
+            f"{measured} | {verdict} |"
         )
     kept = kept_by_scheme(runs)
     for scheme, goal, at_most, source in (

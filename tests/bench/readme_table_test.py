@@ -239,3 +239,24 @@ def test_rudra_staleness_against_lambda_over_c(tmp_path):
         "(n = lambda / c = 8/2) | 2:5 4:5 | 0.810 [0.800-0.820] (n=2) |"
     )
     assert _line(text, "| SPSGD (`spsgd`) |").split(" | ")[2] == "0"
+
+
+def test_downpour_goal_against_the_best_steps_per_execution(tmp_path):
+    # Repeat 0: AllReduce 400 (k=1) / 300 (k=4), Downpour 180 / 200:
+    # 180 / 300 = 0.6 (not 180 / 400 = 0.45).
+    rows = [
+        _run("spe", scheme, repeat, step, steps_per_execution=k)
+        for scheme, repeat, k, step in (
+            ("allreduce", 0, 1, 0.4), ("allreduce", 0, 4, 0.3),
+            ("downpour_n4", 0, 1, 0.18), ("downpour_n4", 0, 4, 0.2),
+            ("allreduce", 1, 1, 0.4), ("allreduce", 1, 4, 0.5),
+            ("downpour_n4", 1, 1, 0.16), ("downpour_n4", 1, 4, 0.3),
+        )
+    ]  # fmt: skip
+    _write(tmp_path / "results" / "spe", rows)
+    text = readme_table.generate("results", root=str(tmp_path))
+    goal = _line(
+        text, "| Downpour, n_fetch = n_push = 4 / AllReduceStrategy, e"
+    )
+    assert "steps_per_execution of 1, 4 in the repeat, 1 Gbit/s, 20 ms" in goal
+    assert goal.endswith("| <= 0.5 | 0.50 [0.40-0.60] (n=2) | met |")
