@@ -372,25 +372,40 @@ def _slowdown(r):
     return _f(r["compute_max_s"]) / _f(r["compute_s"]), "compute alone"
 
 
+def _straggler_experiments(runs):
+    return list(
+        dict.fromkeys(
+            r["experiment"]
+            for r in runs
+            if r["experiment"].startswith("straggler")
+        )
+    )
+
+
 def kept_by_scheme(runs):
-    """`{(scheme, straggler, mode): [throughput kept per repeat]}`."""
+    """`{(experiment, scheme, straggler, mode): [throughput kept per
+    repeat]}` of the straggler experiments (`straggler`, and
+    `straggler_async`: more steps, so that a 4x straggler trains through
+    the window of the asynchronous schemes)."""
     out = {}
-    for r in _ok(runs, experiment="straggler"):
-        if r["stragglers"] == "none":
-            continue
-        key = (r["scheme"], r["stragglers"], r["straggler_mode"])
-        if key in out:
-            continue
-        match = dict(straggler_mode=r["straggler_mode"])
-        slow = _by_repeat(
-            runs, "straggler", r["scheme"], "samples_per_s",
-            stragglers=r["stragglers"], **match,
-        )  # fmt: skip
-        base = _by_repeat(
-            runs, "straggler", r["scheme"], "samples_per_s",
-            stragglers="none", **match,
-        )  # fmt: skip
-        out[key] = _paired(slow, base, lambda a, b: a / b)
+    for experiment in _straggler_experiments(runs):
+        for r in _ok(runs, experiment=experiment):
+            if r["stragglers"] == "none":
+                continue
+            key = (experiment, r["scheme"], r["stragglers"],
+                   r["straggler_mode"])  # fmt: skip
+            if key in out:
+                continue
+            match = dict(straggler_mode=r["straggler_mode"])
+            slow = _by_repeat(
+                runs, experiment, r["scheme"], "samples_per_s",
+                stragglers=r["stragglers"], **match,
+            )  # fmt: skip
+            base = _by_repeat(
+                runs, experiment, r["scheme"], "samples_per_s",
+                stragglers="none", **match,
+            )  # fmt: skip
+            out[key] = _paired(slow, base, lambda a, b: a / b)
     return out
 
 
@@ -399,20 +414,21 @@ def straggler_table(runs):
     if not kept:
         return []
     lines = [
-        "| scheme | straggler | throughput kept | its slowdown, achieved "
-        "| measured from | fewest steps of a worker in the window |",
-        "|---|---|---|---|---|---|",
+        "| scheme | straggler | timed steps per worker | throughput kept | "
+        "its slowdown, achieved | measured from | fewest steps of a worker "
+        "in the window |",
+        "|---|---|---|---|---|---|---|",
     ]
     labels = _labels(runs)
-    for (scheme, strag, mode), values in kept.items():
-        rows = _ok(runs, experiment="straggler", scheme=scheme,
+    for (experiment, scheme, strag, mode), values in kept.items():
+        rows = _ok(runs, experiment=experiment, scheme=scheme,
                    stragglers=strag, straggler_mode=mode)  # fmt: skip
         slow = [_slowdown(r) for r in rows]
         steps = [_f(_column(r, "window_min_worker_steps")) for r in rows]
         index, factor = strag.split(":")
         lines.append(
             f"| {labels[scheme]} (`{scheme}`) | worker {index}, {factor}x "
-            f"({mode}) | {_spread(values, 100, 1)} % | "
+            f"({mode}) | {rows[0]['steps']} | {_spread(values, 100, 1)} % | "
             f"{_spread([s for s, _ in slow])} | {slow[0][1]} | "
             f"{_spread(steps, 1, 0)} |"
         )
@@ -708,14 +724,16 @@ def goals(runs):
         ("allreduce", 0.35, True, "the seed's expectation"),
         ("dpsgd_onepeer", 0.35, True, "the seed's expectation"),
     ):
-        for (name, strag, mode), values in kept.items():
+        for (experiment, name, strag, mode), values in kept.items():
             if name != scheme:
                 continue
             measured, verdict = _verdict(values, goal, at_most, True)
             sign = "<=" if at_most else ">="
+            steps = _ok(runs, experiment=experiment, scheme=scheme)[0]["steps"]
             rows.append(
                 f"| `{scheme}` keeps its throughput, worker "
-                f"{strag.replace(':', ' ')}x slower ({mode}; {source}) | "
+                f"{strag.replace(':', ' ')}x slower ({mode}, {steps} steps; "
+                f"{source}) | "
                 f"{sign} {goal:.0%} | {measured} | {verdict} |"
             )
     errors = model_errors(runs)

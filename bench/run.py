@@ -120,6 +120,19 @@ EXPERIMENTS = {
         stragglers=("none", "3:4"),
         compute_ms=300.0,
     ),
+    # The asynchronous schemes with a straggler, long enough that a 4x
+    # straggler takes 10 or more steps in the window in which every worker
+    # trains (the fast ones end 65 x 0.3 s after their start, the
+    # straggler's 5 warm-up steps take 6 s).
+    "straggler_async": dict(
+        _EIGHT_WORKERS,
+        schemes=("adpsgd", "adpsgd_all"),
+        networks=(("1gbit", 1.0),),
+        hidden="128",
+        steps=60,
+        stragglers=("none", "3:4"),
+        compute_ms=300.0,
+    ),
     # The synchronous baselines' goals (issue 14), with --repeats=3.
     "sync_latency": dict(
         _EIGHT_WORKERS,

@@ -12,7 +12,7 @@ sys.path.insert(0, str(_REPO / "bench"))
 import readme_table  # noqa: E402  (bench/readme_table.py)
 
 _COLUMNS = (
-    "run_id", "experiment", "scheme", "label", "workers", "rate",
+    "run_id", "experiment", "scheme", "label", "workers", "rate", "steps",
     "rate_mbit", "latency_ms", "hidden", "model_bytes", "stragglers",
     "straggler_mode", "repeat", "status", "detail", "step_time_s",
     "step_time_max_worker_s", "samples_per_s", "tx_bytes_per_step",
@@ -42,6 +42,7 @@ def _run(experiment, scheme, repeat, step, *, latency=20.0, rate="1gbit",
         model_bytes="400000",
         stragglers="none",
         straggler_mode="sleep",
+        steps="20",
         repeat=str(repeat),
         status="ok",
         step_time_s=str(step),
@@ -131,11 +132,12 @@ def test_missing_cells_say_na_and_failed_runs_are_left_out(results):
 
 def test_straggler_kept_throughput_and_its_achieved_slowdown(results):
     text = readme_table.generate("results", root=str(results))
-    row = _line(text, "| DOWNPOUR (`downpour`) | worker 3, 4x (sleep) |")
+    row = _line(text, "| DOWNPOUR (`downpour`) | worker 3, 4x (sleep) | 20 |")
     assert "| 90.0 [85.0-95.0] (n=2) % | 4.00 [4.00-4.00] (n=2) |" in row
     assert row.endswith("| applied steps | 6 [6-6] (n=2) |")
     goal = _line(text, "| `downpour` keeps its throughput")
     assert goal.endswith("| >= 80% | 90.0 [85.0-95.0] (n=2) % | met |")
+    assert "(sleep, 20 steps; issue 15)" in goal
 
 
 def test_software_term_is_measured_on_the_unshaped_network(results):
