@@ -262,3 +262,12 @@ def test_downpour_goal_against_the_best_steps_per_execution(tmp_path):
     )
     assert "steps_per_execution of 1, 4 in the repeat, 1 Gbit/s, 20 ms" in goal
     assert goal.endswith("| <= 0.5 | 0.50 [0.40-0.60] (n=2) | met |")
+
+
+def test_the_committed_readme_is_what_the_committed_results_generate():
+    text = (_REPO / "README.md").read_text()
+    start, end, results_dir = readme_table.find_block(text)
+    assert text[start:end] == readme_table.generate(results_dir), (
+        "README.md's benchmark text is stale: run .venv/bin/python "
+        f"bench/readme_table.py {results_dir} --write"
+    )
