@@ -12,6 +12,10 @@ import numpy as np
 # (for example the product of the one-peer exponential rounds); it is taken as
 # 0 so that the per-round root in `table_gap` does not amplify the noise.
 _ZERO_NORM = 1e-12
+# A spectral gap at or below this is float round-off of 0: the norm of a
+# matrix that does not mix (two components, a pure swap) can come out a few
+# ulps below 1 (seen: a gap of 1.11e-16 on a fresh venv's BLAS).
+_ROUND_OFF = 1e-12
 
 
 def period_product(table: np.ndarray) -> np.ndarray:
@@ -30,7 +34,9 @@ def table_gap(table: np.ndarray) -> float:
     """Returns the per-round spectral gap of a table of shape `(p, n, n)`.
 
     That is `1 - ||W_{p-1} ... W_0 - J||_2 ** (1 / p)`, clamped to `[0, 1]`;
-    for `p = 1` it is `1 - ||W - J||_2`.
+    for `p = 1` it is `1 - ||W - J||_2`; a gap at or below `_ROUND_OFF` is
+    0.
     """
     norm = disagreement_norm(period_product(table))
-    return max(0.0, 1.0 - norm ** (1.0 / table.shape[0]))
+    gap = 1.0 - norm ** (1.0 / table.shape[0])
+    return 0.0 if gap <= _ROUND_OFF else gap
