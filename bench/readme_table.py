@@ -48,6 +48,7 @@ from report import _by_repeat  # noqa: E402
 from report import _column  # noqa: E402
 from report import _paired  # noqa: E402
 from report import _spread  # noqa: E402
+from report import fastest  # noqa: E402
 
 from tf_decentral import cost_model  # noqa: E402  (NumPy only)
 
@@ -59,6 +60,7 @@ BEGIN = (
 END = "<!-- end of bench/readme_table.py's text -->"
 BASELINE = "allreduce"
 _WITHIN = 0.3  # the cost model's goal: predictions within +-30 %
+_ACTIVE = "step_time_active_s"  # AD-PSGD's active workers' step
 
 
 def load(results_dir):
@@ -161,8 +163,23 @@ def _labels(runs):
     return {r["scheme"]: r["label"] for r in runs}
 
 
-def _ratio(own, base):
-    return _spread(_paired(own, base, lambda a, b: a / b))
+def _over(a, b):
+    return a / b
+
+
+def _minus(a, b):
+    return a - b
+
+
+def _ratios(runs, key, scheme, base=BASELINE, column="step_time_s"):
+    """`scheme`'s `column` over `base`'s step on network `key`, without a
+    straggler, one ratio per repeat (none if `key` is None)."""
+    if key is None:
+        return []
+    match = _match(key, stragglers="none")
+    own = _by_repeat(runs, key[0], scheme, column, **match)
+    other = _by_repeat(runs, key[0], base, **match)
+    return _paired(own, other, _over)
 
 
 def step_table(runs):
@@ -182,10 +199,11 @@ def step_table(runs):
             for key in nets:
                 match = _match(key, stragglers="none")
                 own = _by_repeat(runs, key[0], scheme, column, **match)
-                base = _by_repeat(runs, key[0], BASELINE, **match)
                 cells += [
                     _spread(own.values(), 1e3, 0),
-                    "1" if scheme == BASELINE else _ratio(own, base),
+                    "1"
+                    if scheme == BASELINE
+                    else _spread(_ratios(runs, key, scheme, column=column)),
                 ]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -405,7 +423,7 @@ def kept_by_scheme(runs):
                 runs, experiment, r["scheme"], "samples_per_s",
                 stragglers="none", **match,
             )  # fmt: skip
-            out[key] = _paired(slow, base, lambda a, b: a / b)
+            out[key] = _paired(slow, base, _over)
     return out
 
 
@@ -442,10 +460,6 @@ def _reached(values):
     return text + (f", {never} of {len(values)} never" if never else "")
 
 
-def _minus(a, b):
-    return a - b
-
-
 def tta_table(runs):
     """Time to the target accuracy and final accuracy per scheme."""
     rows = _ok(runs, experiment="tta")
@@ -467,9 +481,12 @@ def tta_table(runs):
         averaged = _by_repeat(runs, "tta", scheme, "averaged_accuracy")
         if not any(not math.isnan(v) for v in averaged.values()):
             averaged = final  # one model (AllReduce, the PS schemes)
+        ratio = (
+            "1" if scheme == BASELINE else _spread(_paired(tta, base, _over))
+        )
         lines.append(
             f"| {labels[scheme]} (`{scheme}`) | {_reached(tta.values())} | "
-            f"{'1' if scheme == BASELINE else _ratio(tta, base)} | "
+            f"{ratio} | "
             f"{_spread(final.values(), 1, 3)} | "
             f"{_spread(averaged.values(), 1, 3)} | "
             f"{_spread(_paired(averaged, base_acc, _minus), 100, 1)} |"
@@ -491,6 +508,14 @@ def dean_table(runs):
     return _ps_table(runs, "dean")
 
 
+def _rudra_staleness(scheme, lam):
+    """The mean staleness Rudra predicts for `scheme` with `lam` learners."""
+    if scheme.startswith("softsync_c"):
+        c = int(scheme[len("softsync_c") :].split("_")[0])
+        return f"about {lam / c:g} (n = lambda / c = {lam}/{c})"
+    return {"spsgd": "0", "downpour": f"about {lam} (lambda)"}.get(scheme, "")
+
+
 def _ps_table(runs, experiment):
     rows = _ok(runs, experiment=experiment)
     if not rows:
@@ -504,15 +529,9 @@ def _ps_table(runs, experiment):
     labels = _labels(runs)
     for scheme in _schemes(rows):
         mine = [r for r in rows if r["scheme"] == scheme]
-        lam = int(_f(mine[0]["workers"]))
-        expected = {"spsgd": "0", "downpour": f"about {lam} (lambda)"}.get(
-            scheme, ""
-        )
-        if experiment != "rudra":
-            expected = ""
-        if scheme.startswith("softsync"):
-            c = int(scheme[len("softsync_c") :].split("_")[0])
-            expected = f"about {lam / c:g} (n = lambda / c = {lam}/{c})"
+        expected = ""
+        if experiment == "rudra":
+            expected = _rudra_staleness(scheme, int(_f(mine[0]["workers"])))
         lines.append(
             f"| {labels[scheme]} (`{scheme}`) | "
             f"{_spread([_f(_column(r, 'staleness_mean')) for r in mine])} | "
@@ -599,14 +618,12 @@ def _best_of_spe(runs, scheme):
     """`{repeat: step}` of the `spe` experiment's fastest
     `steps_per_execution` for `scheme` in each repeat (empty if not run)."""
     rows = _ok(runs, experiment="spe", scheme=scheme, stragglers="none")
-    best = {}
-    for spe in {_column(r, "steps_per_execution") for r in rows}:
-        steps = _by_repeat(
+    return fastest(
+        _by_repeat(
             runs, "spe", scheme, steps_per_execution=spe, stragglers="none"
         )
-        for repeat, step in steps.items():
-            best[repeat] = min(step, best.get(repeat, math.inf))
-    return best
+        for spe in {_column(r, "steps_per_execution") for r in rows}
+    )
 
 
 def _verdict(values, goal, at_most=True, percent=False):
@@ -625,14 +642,6 @@ def goals(runs):
     nets = _networks(runs, ("latency", "bandwidth"))
     rows = []
 
-    def ratio(key, scheme, base, column="step_time_s"):
-        if key is None:
-            return []
-        match = _match(key, stragglers="none")
-        own = _by_repeat(runs, key[0], scheme, column, **match)
-        other = _by_repeat(runs, key[0], base, **match)
-        return _paired(own, other, lambda a, b: a / b)
-
     def bound(key, scheme):
         if key is None:
             return []
@@ -647,22 +656,22 @@ def goals(runs):
     band = nets.get(bandwidth, "bandwidth-bound")
     for text, values, goal, at_most in (
         (f"one-peer D-PSGD / AllReduceStrategy, {lat} (issue 14)",
-         ratio(latency, "dpsgd_onepeer", BASELINE), 0.15, True),
+         _ratios(runs, latency, "dpsgd_onepeer"), 0.15, True),
         (f"one-peer D-PSGD / AllReduceStrategy, {band} (issue 14)",
-         ratio(bandwidth, "dpsgd_onepeer", BASELINE), 0.6, True),
+         _ratios(runs, bandwidth, "dpsgd_onepeer"), 0.6, True),
         (f"Downpour async / AllReduceStrategy, {lat} (issue 15)",
-         ratio(latency, "downpour", BASELINE), 0.5, True),
+         _ratios(runs, latency, "downpour"), 0.5, True),
         (f"Downpour, n_fetch = n_push = 4 / AllReduceStrategy, {lat} "
-         "(issue 15)", ratio(latency, "downpour_n4", BASELINE), 0.5, True),
+         "(issue 15)", _ratios(runs, latency, "downpour_n4"), 0.5, True),
         (f"Downpour async / its alpha-beta bound, {lat} (issue 15)",
          bound(latency, "downpour"), 1.3, True),
         (f"S-PSGD / its alpha-beta bound, {lat} (issue 15)",
          bound(latency, "spsgd"), 1.3, True),
         (f"AD-PSGD active step / one-peer D-PSGD, {lat} (issue 15)",
-         ratio(latency, "adpsgd", "dpsgd_onepeer", "step_time_active_s"),
+         _ratios(runs, latency, "adpsgd", "dpsgd_onepeer", _ACTIVE),
          1.2, True),
         (f"AD-PSGD active step / one-peer D-PSGD, {band} (issue 15)",
-         ratio(bandwidth, "adpsgd", "dpsgd_onepeer", "step_time_active_s"),
+         _ratios(runs, bandwidth, "adpsgd", "dpsgd_onepeer", _ACTIVE),
          1.2, True),
         (f"AD-PSGD exchanges per active step, {lat} (issue 15)",
          [_f(_column(r, "exchanges_per_active_step"))
@@ -709,9 +718,7 @@ def goals(runs):
         spes = sorted(
             {int(_column(r, "steps_per_execution")) for r in spe_rows}
         )
-        measured, verdict = _verdict(
-            _paired(own, base, lambda a, b: a / b), 0.5
-        )
+        measured, verdict = _verdict(_paired(own, base, _over), 0.5)
         rows.append(
             "| Downpour, n_fetch = n_push = 4 / AllReduceStrategy, each at "
             "its faster steps_per_execution of "

@@ -374,6 +374,16 @@ def _spread(values, scale=1.0, digits=2):
     )
 
 
+def fastest(by_repeats):
+    """`{repeat: the smallest value}` over several `{repeat: value}`
+    (a scheme's step at its best setting, repeat by repeat)."""
+    best = {}
+    for by_repeat in by_repeats:
+        for repeat, value in by_repeat.items():
+            best[repeat] = min(value, best.get(repeat, math.inf))
+    return best
+
+
 def _paired(a, b, combine):
     return [combine(a[k], b[k]) for k in sorted(set(a) & set(b))]
 
@@ -387,9 +397,7 @@ def sync_goals(runs):
     one_way = 0.020
 
     def at(scheme, latency, experiment="sync_latency", **match):
-        return _by_repeat(
-            runs, experiment, scheme, latency_ms=latency, **match
-        )
+        return _by_repeat(runs, experiment, scheme, latency_ms=latency, **match)
 
     ar, stock, loop = (
         at(s, 20.0) for s in ("allreduce", "allreduce_stock", "allreduce_loop")
@@ -444,9 +452,7 @@ def sync_goals(runs):
         )
         for scheme in schemes:
             steps = at(scheme, latency, experiment).values()
-            lines.append(
-                f"| {scheme} | {network} | {_spread(steps, 1e3, 0)} |"
-            )
+            lines.append(f"| {scheme} | {network} | {_spread(steps, 1e3, 0)} |")
     return lines
 
 
@@ -536,10 +542,7 @@ def ps_latency_goals(runs):
         )
 
     allreduce = {spe: steps("allreduce", spe) for spe in spes}
-    best = {}
-    for by_repeat in allreduce.values():
-        for repeat, step in by_repeat.items():
-            best[repeat] = min(step, best.get(repeat, math.inf))
+    best = fastest(allreduce.values())
     ratio = lambda a, b: a / b  # noqa: E731
     lines = [
         "## PS schemes vs AllReduceStrategy at 20 ms (issue 15)",
