@@ -178,11 +178,14 @@ def _out(value):
     return float(value) if value.ndim == 0 else value
 
 
+def _check_at_least_one(name, value):
+    """Raises ValueError unless every element of `value` is >= 1."""
+    if not np.all(np.asarray(value) >= 1):
+        raise ValueError(f"`{name}` must be >= 1. Received: {name}={value!r}")
+
+
 def _check_workers(num_workers):
-    if not np.all(np.asarray(num_workers) >= 1):
-        raise ValueError(
-            f"`num_workers` must be >= 1. Received: num_workers={num_workers!r}"
-        )
+    _check_at_least_one("num_workers", num_workers)
 
 
 def ring_allreduce(
@@ -268,9 +271,8 @@ def gossip(
         network: The links.
         textbook: Use the serialized textbook form.
     """
+    _check_at_least_one("degree", degree)
     d = np.asarray(degree, dtype=float)
-    if not np.all(d >= 1):
-        raise ValueError(f"`degree` must be >= 1. Received: degree={degree!r}")
     transfer = d * np.asarray(model_bytes) * network.beta
     if textbook:
         return _out(d * network.hop + transfer)
@@ -329,11 +331,8 @@ def parameter_server(
             f"`round_trips` must be > 0. Received: round_trips={round_trips!r}"
         )
     p = np.asarray(num_workers, dtype=float)
+    _check_at_least_one("num_shards", num_shards)
     s = np.asarray(num_shards, dtype=float)
-    if not np.all(s >= 1):
-        raise ValueError(
-            f"`num_shards` must be >= 1. Received: num_shards={num_shards!r}"
-        )
     m = np.asarray(model_bytes)
     if textbook:
         return _out(
@@ -381,9 +380,8 @@ def downpour(
         textbook: Use the textbook form.
     """
     _check_workers(num_workers)
-    for name, value in (("n_fetch", n_fetch), ("n_push", n_push)):
-        if not np.all(np.asarray(value) >= 1):
-            raise ValueError(f"`{name}` must be >= 1. Received: {value!r}")
+    _check_at_least_one("n_fetch", n_fetch)
+    _check_at_least_one("n_push", n_push)
     m = np.asarray(model_bytes)
     per_message = (network.hop if textbook else 2.0 * network.hop) + (
         m * network.beta
@@ -481,17 +479,12 @@ def bytes_sent_per_step(
         p = np.asarray(num_workers, dtype=float)
         return _out(2.0 * (p - 1.0) / p * m)
     if scheme == "gossip":
-        d = np.asarray(degree, dtype=float)
-        if not np.all(d >= 1):
-            raise ValueError(
-                f"`degree` must be >= 1. Received: degree={degree!r}"
-            )
-        return _out(d * m)
+        _check_at_least_one("degree", degree)
+        return _out(np.asarray(degree, dtype=float) * m)
     if scheme in ("one_peer", "ad_psgd", "ps_sync"):
         return _out(m)
     if scheme == "downpour":
-        if not np.all(np.asarray(n_push) >= 1):
-            raise ValueError(f"`n_push` must be >= 1. Received: {n_push!r}")
+        _check_at_least_one("n_push", n_push)
         return _out(m / np.asarray(n_push, dtype=float))
     raise ValueError(
         f"`scheme` must be one of {SCHEMES}. Received: scheme={scheme!r}"
