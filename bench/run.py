@@ -209,6 +209,21 @@ EXPERIMENTS = {
         eval_every=20,
         dataset="fashion_mnist",
     ),
+    # AD-PSGD's case (Lian et al. 2018): time to accuracy with and without
+    # one worker 4x slower, against D-PSGD and AllReduce. Slept compute of
+    # 50 ms per step, so that the straggler's 200 ms matter at 20 ms one
+    # way (issue 15's goal: at most 0.5x D-PSGD's time with the straggler).
+    "tta_straggler": dict(
+        _EIGHT_WORKERS,
+        schemes=("allreduce", "dpsgd_onepeer", "adpsgd"),
+        networks=(("100mbit", 20.0),),
+        hidden="128",
+        steps=300,
+        eval_every=20,
+        dataset="fashion_mnist",
+        stragglers=("none", "3:4"),
+        compute_ms=50.0,
+    ),
 }
 
 # Flags ------------------------------------------------------------------------
