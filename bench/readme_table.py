@@ -73,6 +73,16 @@ def load(results_dir):
     return runs
 
 
+def load_evals(results_dir):
+    """Returns every evaluation below `results_dir` (each `evals.csv`)."""
+    evals = []
+    for root, dirs, files in sorted(os.walk(results_dir)):
+        dirs.sort()
+        if "evals.csv" in files:
+            evals += plots.read_evals(root)
+    return evals
+
+
 def _ok(runs, **match):
     return [
         r
@@ -494,6 +504,132 @@ def tta_table(runs):
     return lines
 
 
+_EPOCHS = (0.25, 0.5, 1.0)
+_TRAIN_EXAMPLES = 60000  # Fashion-MNIST's training split
+
+
+def epoch_accuracy(run, evals):
+    """`{epoch: the local models' mean accuracy}` of `run` at `_EPOCHS`.
+
+    An evaluation at timed step `s` is at epoch `(warmup + s) * workers *
+    batch / 60000` (the examples the job consumed if every worker took
+    `warmup + s` steps); the mean is over the workers that evaluated at
+    that step, at the steps every evaluating worker reached; between two
+    evaluations it is interpolated linearly; nan outside them."""
+    by_step = collections.defaultdict(list)
+    for e in evals:
+        if e["run_id"] == run["run_id"]:
+            by_step[int(_f(e["step"]))].append(_f(e["accuracy"]))
+    full = max(map(len, by_step.values()), default=0)
+    per_step = _f(run["workers"]) * _f(run["batch_size"]) / _TRAIN_EXAMPLES
+    points = sorted(
+        ((_f(run["warmup_steps"]) + step) * per_step, statistics.mean(v))
+        for step, v in by_step.items()
+        if len(v) == full
+    )
+    out = {}
+    for epoch in _EPOCHS:
+        out[epoch] = math.nan
+        for (e0, a0), (e1, a1) in zip(points, points[1:]):
+            if e0 <= epoch <= e1:
+                out[epoch] = a0 + (a1 - a0) * (epoch - e0) / (e1 - e0)
+                break
+    return out
+
+
+def epoch_table(runs, evals):
+    """Accuracy per epoch of the `tta` runs: Lian et al. (2017) found
+    D-PSGD's per-epoch convergence equal to AllReduce's."""
+    rows = _ok(runs, experiment="tta")
+    if not rows or not evals:
+        return []
+    by_scheme = collections.defaultdict(dict)
+    for r in rows:
+        by_scheme[r["scheme"]][int(r["repeat"])] = epoch_accuracy(r, evals)
+    base = by_scheme.get(BASELINE, {})
+    labels = _labels(runs)
+    lines = [
+        "| scheme | "
+        + " | ".join(f"accuracy at {e:g} epoch" for e in _EPOCHS)
+        + " | - AllReduceStrategy at 1 epoch, points (paired by seed) |",
+        "|---" * (len(_EPOCHS) + 2) + "|",
+    ]
+    for scheme, seeds in by_scheme.items():
+        cells = [
+            _spread([acc[e] for acc in seeds.values()], 1, 3) for e in _EPOCHS
+        ]
+        one = {k: v[1.0] for k, v in seeds.items()}
+        gap = _paired(one, {k: v[1.0] for k, v in base.items()}, _minus)
+        lines.append(
+            f"| {labels[scheme]} (`{scheme}`) | {' | '.join(cells)} | "
+            f"{_spread(gap, 100, 1)} |"
+        )
+    return lines
+
+
+def _tta_straggler(runs, scheme, stragglers, column="time_to_target_s"):
+    return _by_repeat(
+        runs, "tta_straggler", scheme, column, stragglers=stragglers
+    )
+
+
+def _straggler_spec(runs):
+    specs = {
+        r["stragglers"]
+        for r in _ok(runs, experiment="tta_straggler")
+        if r["stragglers"] != "none"
+    }
+    return sorted(specs)[0] if specs else None
+
+
+def tta_straggler_table(runs):
+    """Time to accuracy with and without a straggler (`tta_straggler`):
+    Lian et al. (2018) found AD-PSGD's barely changed by a slow worker,
+    while D-PSGD's and AllReduce's grow with it."""
+    spec = _straggler_spec(runs)
+    if spec is None:
+        return []
+    index, factor = spec.split(":")
+    rows = _ok(runs, experiment="tta_straggler")
+    target = _f(rows[0]["target_accuracy"])
+    compute = _f(rows[0]["compute_ms"])
+    lines = [
+        f"| scheme | time to {target:.0%}, s, no straggler | worker {index} "
+        f"{factor}x slower ({compute:g} ms of slept compute per step, its "
+        f"{compute * _f(factor):g} ms) | with / without | / one-peer "
+        "D-PSGD's, with the straggler | / AllReduceStrategy's, with the "
+        "straggler | the straggler's slowdown, achieved | final accuracy, "
+        "mean of the local models, with the straggler |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    labels = _labels(runs)
+
+    def over(a, b):
+        # A run that never reached the target is slower than any ratio.
+        return math.inf if math.isnan(a) else a / b
+
+    for scheme in _schemes(rows):
+        none = _tta_straggler(runs, scheme, "none")
+        slow = _tta_straggler(runs, scheme, spec)
+        slowdown = [
+            _slowdown(r)[0]
+            for r in _ok(runs, experiment="tta_straggler", scheme=scheme,
+                         stragglers=spec)
+        ]  # fmt: skip
+        final = _tta_straggler(runs, scheme, spec, "final_accuracy")
+        ratios = [
+            _spread(_paired(slow, _tta_straggler(runs, base, spec), over))
+            for base in ("dpsgd_onepeer", BASELINE)
+        ]
+        lines.append(
+            f"| {labels[scheme]} (`{scheme}`) | {_reached(none.values())} | "
+            f"{_reached(slow.values())} | "
+            f"{_spread(_paired(slow, none, over))} | {' | '.join(ratios)} | "
+            f"{_spread(slowdown)} | {_spread(final.values(), 1, 3)} |"
+        )
+    return lines
+
+
 def rudra_table(runs):
     """Rudra's (Gupta et al. 2016) staleness and accuracy per protocol.
 
@@ -713,6 +849,19 @@ def goals(runs):
             f"AllReduceStrategy's, points ({source}) | >= -1 | {measured} "
             f"| {verdict} |"
         )
+    spec = _straggler_spec(runs)
+    if spec is not None:
+        slow = _tta_straggler(runs, "adpsgd", spec)
+        base = _tta_straggler(runs, "dpsgd_onepeer", spec)
+        measured, verdict = _verdict(
+            [math.inf if math.isnan(slow[k]) else slow[k] / base[k]
+             for k in sorted(set(slow) & set(base))], 0.5
+        )  # fmt: skip
+        rows.append(
+            "| `adpsgd` time to the target accuracy / one-peer D-PSGD's, "
+            f"worker {spec.replace(':', ' ')}x slower (issue 15; inf: never "
+            f"reached) | <= 0.5 | {measured} | {verdict} |"
+        )
     own, base = _best_of_spe(runs, "downpour_n4"), _best_of_spe(runs, BASELINE)
     if own and base:
         spes = sorted(
@@ -822,7 +971,7 @@ def generate(results_dir, root=None):
     """Returns the README's generated text for `results_dir` (relative to
     `root`, the repository by default)."""
     path = os.path.join(root or _REPO_ROOT, results_dir)
-    runs = load(path)
+    runs, evals = load(path), load_evals(path)
     if not runs:
         raise ValueError(
             f"No runs.csv below {results_dir!r}: give a bench/run.py output."
@@ -839,6 +988,15 @@ def generate(results_dir, root=None):
         ["**Time to accuracy** (Fashion-MNIST, the whole test set; a "
          "repeat is a seed; the local models' mean accuracy over training "
          "time, the averaged model at the end)", "", *tta_table(runs)],
+        ["**Accuracy per epoch** (the time-to-accuracy runs; Lian et al. "
+         "2017 found ring D-PSGD's per-epoch convergence equal to "
+         "AllReduce's; the local models' mean accuracy, median [min-max] "
+         "over seeds)", "", *epoch_table(runs, evals)],
+        ["**Time to accuracy with a straggler** (Fashion-MNIST, slept "
+         "compute, one worker's slept longer; Lian et al. 2018 "
+         "found AD-PSGD's time to accuracy barely changed by a slow worker "
+         "while D-PSGD's and AllReduce's grow with it; a ratio pairs the "
+         "runs of one seed)", "", *tta_straggler_table(runs)],
         ["**Rudra's protocols** (Gupta et al. 2016; lambda = 8 learners, "
          "one parameter server, Fashion-MNIST; staleness: updates applied "
          "between a push's fetch and its apply)", "", *rudra_table(runs)],

@@ -1,6 +1,7 @@
 """Tests of bench/readme_table.py: the README's generated benchmark text."""
 
 import csv
+import math
 import pathlib
 import sys
 
@@ -23,6 +24,7 @@ _COLUMNS = (
     "steps_per_execution", "slowest_worker_slowdown", "time_to_target_s",
     "final_accuracy", "averaged_accuracy", "target_accuracy",
     "staleness_mean", "staleness_histogram", "window_min_worker_steps",
+    "warmup_steps", "batch_size", "compute_ms",
 )  # fmt: skip
 
 
@@ -51,17 +53,26 @@ def _run(experiment, scheme, repeat, step, *, latency=20.0, rate="1gbit",
         loadavg_mean="2.0",
         started=str(1.8e9 + repeat),
         steps_per_execution="1",
+        warmup_steps="5",
+        batch_size="32",
+        compute_ms="0",
     )
     row.update({k: str(v) for k, v in extra.items()})
     return row
 
 
-def _write(directory, rows):
+def _write(directory, rows, evals=()):
     directory.mkdir(parents=True)
     with open(directory / "runs.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, _COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    if evals:
+        with open(directory / "evals.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, ("run_id", "worker", "step",
+                                        "accuracy"))  # fmt: skip
+            writer.writeheader()
+            writer.writerows(evals)
 
 
 @pytest.fixture
@@ -94,8 +105,12 @@ def results(tmp_path):
     return tmp_path
 
 
-def _line(text, start):
-    return next(line for line in text.splitlines() if line.startswith(start))
+def _line(text, start, section=""):
+    """The first line starting with `start` after the line starting with
+    `section`."""
+    lines = text.splitlines()
+    after = next(i for i, line in enumerate(lines) if line.startswith(section))
+    return next(line for line in lines[after:] if line.startswith(start))
 
 
 def test_ratios_pair_the_runs_of_one_repeat(results):
@@ -271,3 +286,75 @@ def test_the_committed_readme_is_what_the_committed_results_generate():
         "README.md's benchmark text is stale: run .venv/bin/python "
         f"bench/readme_table.py {results_dir} --write"
     )
+
+
+def test_accuracy_per_epoch_interpolates_the_workers_mean(tmp_path):
+    # 8 workers x 32 examples: a step is 256 / 60000 epoch; with 5 warm-up
+    # steps, timed step 229.375 is epoch 1 and timed step 53.59375 is
+    # epoch 0.25. Worker 1 of the gossip run evaluates lower by 0.1.
+    runs = [
+        _run("tta", "allreduce", seed, 0.4, final_accuracy=0.85)
+        for seed in (0, 1)
+    ] + [_run("tta", "dpsgd_ring", 0, 0.1, final_accuracy=0.84)]
+    evals = []
+    for seed, slope in ((0, 0.002), (1, 0.003)):
+        evals += [
+            {"run_id": runs[seed]["run_id"], "worker": 0, "step": step,
+             "accuracy": 0.1 + slope * step}
+            for step in (0, 100, 200, 300)
+        ]  # fmt: skip
+    evals += [
+        {"run_id": runs[2]["run_id"], "worker": w, "step": step,
+         "accuracy": 0.2 + 0.002 * step - 0.1 * w}
+        for w in (0, 1) for step in (0, 100, 200, 300)
+    ]  # fmt: skip
+    # A step only worker 0 reached is left out of the mean.
+    evals.append(
+        {"run_id": runs[2]["run_id"], "worker": 0, "step": 400, "accuracy": 1}
+    )
+    _write(tmp_path / "results" / "tta", runs, evals)
+    text = readme_table.generate("results", root=str(tmp_path))
+    epochs = "**Accuracy per epoch**"
+    base = _line(text, "| ALLREDUCE (`allreduce`) |", epochs).split(" | ")
+    # Seed 0 at epoch 1: 0.1 + 0.002 * 229.375 = 0.55875; seed 1: 0.788125.
+    assert base[3] == "0.673 [0.559-0.788] (n=2)"
+    row = _line(text, "| DPSGD_RING (`dpsgd_ring`) |", epochs).split(" | ")
+    # Mean of workers 0 and 1: 0.15 + 0.002 * step, at epoch 0.25 (timed
+    # step 53.59375): 0.2571875; paired with seed 0 only at epoch 1: 0.15
+    # + 0.45875 - 0.55875 = +0.05, 5 points.
+    assert row[1] == "0.257 [0.257-0.257] (n=1)"
+    assert row[4] == "5.0 [5.0-5.0] (n=1) |"
+    # Outside the evaluations every worker reached: nan (300 warm-up steps
+    # put epoch 1 before the first one; a 40-example split after the last).
+    early = dict(runs[2], warmup_steps="300")
+    assert math.isnan(readme_table.epoch_accuracy(early, evals)[1.0])
+    assert math.isnan(readme_table.epoch_accuracy(early, evals)[0.25])
+    late = dict(runs[2], batch_size="1")
+    assert math.isnan(readme_table.epoch_accuracy(late, evals)[1.0])
+
+
+def test_time_to_accuracy_with_a_straggler_against_one_peer(tmp_path):
+    rows = []
+    for seed, (onepeer, adpsgd) in enumerate(((100, 40), (80, "nan"))):
+        for scheme, slow in (("dpsgd_onepeer", onepeer), ("adpsgd", adpsgd)):
+            rows += [
+                _run("tta_straggler", scheme, seed, 0.1, stragglers=s,
+                     time_to_target_s=t, target_accuracy=0.8,
+                     final_accuracy=0.83, compute_ms=50,
+                     slowest_worker_slowdown=4.1 if s != "none" else "")
+                for s, t in (("none", 30), ("3:4", slow))
+            ]  # fmt: skip
+    _write(tmp_path / "results" / "tta_straggler", rows)
+    text = readme_table.generate("results", root=str(tmp_path))
+    header = "| worker 3 4x slower (50 ms of slept compute per step, its 200 "
+    assert header in text
+    straggler = "**Time to accuracy with a straggler**"
+    row = _line(text, "| ADPSGD (`adpsgd`) |", straggler).split(" | ")
+    assert row[2] == "40 [40-40] (n=1), 1 of 2 never"
+    # with / without: 40 / 30 and never (inf); / one-peer: 0.4 and inf.
+    assert row[3] == "inf [1.33-inf] (n=2)"
+    assert row[4] == "inf [0.40-inf] (n=2)"
+    assert row[5] == "n/a"  # no AllReduce run
+    assert row[6] == "4.10 [4.10-4.10] (n=2)"
+    goal = _line(text, "| `adpsgd` time to the target accuracy / one-peer")
+    assert goal.endswith("| <= 0.5 | inf [0.40-inf] (n=2) | missed |")
