@@ -209,6 +209,19 @@ EXPERIMENTS = {
         eval_every=20,
         dataset="fashion_mnist",
     ),
+    # Lian et al. 2017's per-epoch comparison at 16 workers (issue 16):
+    # 1.3 epochs as in `tta` (512 examples per step); unshaped, since the
+    # comparison is per epoch and 16 processes share the machine's cores.
+    "tta16": dict(
+        _EIGHT_WORKERS,
+        workers=(16,),
+        schemes=("allreduce", "dpsgd_ring", "dpsgd_onepeer"),
+        networks=((None, 0.0),),
+        hidden="128",
+        steps=150,
+        eval_every=10,
+        dataset="fashion_mnist",
+    ),
     # AD-PSGD's case (Lian et al. 2018): time to accuracy with and without
     # one worker 4x slower, against D-PSGD and AllReduce. Slept compute of
     # 50 ms per step, so that the straggler's 200 ms matter at 20 ms one

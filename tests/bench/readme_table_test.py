@@ -313,17 +313,36 @@ def test_accuracy_per_epoch_interpolates_the_workers_mean(tmp_path):
         {"run_id": runs[2]["run_id"], "worker": 0, "step": 400, "accuracy": 1}
     )
     _write(tmp_path / "results" / "tta", runs, evals)
+    # 16 workers: a step is 512 / 60000 epoch, epoch 1 at timed step
+    # 112.1875: 0.1 + 0.004 * 112.1875 = 0.54875.
+    wide = _run("tta16", "allreduce", 0, 0.1, workers=16, rate="",
+                latency=0.0)  # fmt: skip
+    _write(
+        tmp_path / "results" / "tta16",
+        [wide],
+        [{"run_id": wide["run_id"], "worker": w, "step": step,
+          "accuracy": 0.1 + 0.004 * step}
+         for w in range(16) for step in (0, 100, 150)],
+    )  # fmt: skip
     text = readme_table.generate("results", root=str(tmp_path))
     epochs = "**Accuracy per epoch**"
+    row16 = _line(text, "| ALLREDUCE (`allreduce`) | 16,", epochs)
+    assert row16.split(" | ")[1:5] == [
+        "16, unshaped, 0.40 MB",
+        "0.197 [0.197-0.197] (n=1)",  # epoch 0.25: timed step 24.296875
+        "0.314 [0.314-0.314] (n=1)",
+        "0.549 [0.549-0.549] (n=1)",
+    ]
     base = _line(text, "| ALLREDUCE (`allreduce`) |", epochs).split(" | ")
     # Seed 0 at epoch 1: 0.1 + 0.002 * 229.375 = 0.55875; seed 1: 0.788125.
-    assert base[3] == "0.673 [0.559-0.788] (n=2)"
+    assert base[1] == "8, 1 Gbit/s, 20 ms, 0.40 MB"
+    assert base[4] == "0.673 [0.559-0.788] (n=2)"
     row = _line(text, "| DPSGD_RING (`dpsgd_ring`) |", epochs).split(" | ")
     # Mean of workers 0 and 1: 0.15 + 0.002 * step, at epoch 0.25 (timed
     # step 53.59375): 0.2571875; paired with seed 0 only at epoch 1: 0.15
     # + 0.45875 - 0.55875 = +0.05, 5 points.
-    assert row[1] == "0.257 [0.257-0.257] (n=1)"
-    assert row[4] == "5.0 [5.0-5.0] (n=1) |"
+    assert row[2] == "0.257 [0.257-0.257] (n=1)"
+    assert row[5] == "5.0 [5.0-5.0] (n=1) |"
     # Outside the evaluations every worker reached: nan (300 warm-up steps
     # put epoch 1 before the first one; a 40-example split after the last).
     early = dict(runs[2], warmup_steps="300")
