@@ -230,7 +230,9 @@ def watch_chief(
             return Verdict(
                 EXIT_CHIEF_LOST,
                 f"the chief's heartbeat stopped {grace_seconds:g} s ago (it "
-                "crashed, was stopped, or cannot reach this task); this "
+                "crashed, was stopped, or cannot reach this task; or its "
+                "heartbeats waited behind a transfer longer than that, such "
+                "as a large input pipeline: see the chief's log); this "
                 "task's state is lost with it: restart the job",
             )
         time.sleep(poll_seconds)

@@ -363,6 +363,24 @@ class DownpourValidationTest(tf.test.TestCase, parameterized.TestCase):
             with self.assertRaisesRegex(ValueError, "TF_CONFIG='"):
                 tfd.DownpourParameterServerStrategy()
 
+    def test_a_pipeline_holding_large_arrays_gets_a_warning(self):
+        from tf_decentral import _tf_private
+        from tf_decentral.strategies.downpour import driver
+
+        # fit ships this pipeline to every worker: its 46 MB of constants
+        # are in the size the driver measures.
+        big = tf.data.Dataset.from_tensor_slices(np.zeros(11 << 20, "f4"))
+        size = int(tf.strings.length(_tf_private.serialize_dataset(big)))
+        self.assertBetween(size, 11 << 22, (11 << 22) + 4096)
+        with self.assertLogs(level="WARNING") as logs:
+            driver._warn_if_large(size, 8)
+        (message,) = logs.output
+        self.assertIn("is 46.1 MB", message)
+        self.assertIn("each of the 8 workers (369.1 MB in all)", message)
+        self.assertIn("chief_grace_seconds", message)
+        with self.assertNoLogs(level="WARNING"):
+            driver._warn_if_large(driver.LARGE_PIPELINE_BYTES, 8)
+
     def test_registry_builds_and_validates_downpour(self):
         self.assertIn("downpour", tfd.strategies.NAMES)
         with self.assertRaisesRegex(ValueError, "`protocol` must be one of"):
