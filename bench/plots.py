@@ -34,7 +34,18 @@ _COLORS = {
     "adpsgd_all": "tab:pink",
     "spsgd": "tab:brown",
     "downpour": "tab:orange",
+    "downpour_i8": "gold",
+    "downpour_n4": "tab:olive",
+    "downpour_adagrad": "saddlebrown",
+    "downpour_i8_adagrad": "khaki",
+    "softsync_c1": "black",
+    "softsync_c2": "dimgray",
+    "softsync_c4": "darkgray",
+    "softsync_c8": "silver",
+    "softsync_c1_lr": "navy",
+    "softsync_c8_lr": "teal",
 }
+"""One colour per scheme of `bench/schemes.py` (a test checks both)."""
 
 
 def _float(text):

@@ -397,6 +397,14 @@ def test_plots_give_the_median_and_spread_of_repeats():
     ]
 
 
+def test_every_scheme_has_a_colour_of_its_own():
+    import plots
+    import schemes
+
+    assert set(plots._COLORS) == set(schemes.ALL_SCHEMES)
+    assert len(set(plots._COLORS.values())) == len(plots._COLORS)
+
+
 def test_timed_steps_are_whole_keras_executions():
     import schemes
 
