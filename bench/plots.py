@@ -222,8 +222,14 @@ def mean_curve(evals):
     return curve
 
 
+_TTA_EXPERIMENTS = ("tta", "tta_straggler", "tta16")
+
+
 def plot_time_to_accuracy(runs, evals, out_dir):
-    rows = [r for r in _ok(runs) if r["experiment"] == "tta"]
+    """The local models' mean accuracy over training time, one curve per
+    run (repeats in the same colour, a slowed worker dashed); an x marks
+    the averaged model's final accuracy where the scheme has one."""
+    rows = [r for r in _ok(runs) if r["experiment"] in _TTA_EXPERIMENTS]
     if not rows:
         return None
     by_run = collections.defaultdict(list)
@@ -232,30 +238,43 @@ def plot_time_to_accuracy(runs, evals, out_dir):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     target = _float(rows[0]["target_accuracy"])
+    labelled = set()
     for r in rows:
         curve = mean_curve(by_run.get(r["run_id"], []))
         if not curve:
             continue
+        slowed = r.get("stragglers", "none") not in ("", "none")
+        key = (r["scheme"], slowed)
+        label = None
+        if key not in labelled:
+            labelled.add(key)
+            label = r["label"] + (f", straggler {r['stragglers']}" * slowed)
+        color = _COLORS.get(r["scheme"])
         ax.plot(
             [c[0] for c in curve],
             [c[1] for c in curve],
-            "-",
-            color=_COLORS.get(r["scheme"]),
-            label=f"{r['label']} (r{r['repeat']})"
-            if r.get("repeat") not in (None, "0")
-            else r["label"],
+            "--" if slowed else "-",
+            color=color,
+            label=label,
+            linewidth=1,
         )
+        averaged = _float(r.get("averaged_accuracy"))
+        if not math.isnan(averaged):
+            ax.plot([curve[-1][0]], [averaged], "x", color=color)
     if not math.isnan(target):
         ax.axhline(target, color="gray", ls=":", label=f"target {target:g}")
     ax.set_xlabel("training time (s, evaluation pauses excluded)")
     ax.set_ylabel("test accuracy (mean of the workers' models)")
     r = rows[0]
+    repeats = len({x.get("repeat") for x in rows})
     ax.set_title(
         f"Fashion-MNIST, {_describe(rows)}, {r['rate']} + "
-        f"{r['latency_ms']} ms one way"
+        f"{r['latency_ms']} ms one way; {repeats} seed(s) per scheme\n"
+        "x: the averaged model at the end",
+        fontsize=9,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out_dir, "time_to_accuracy.png")
     fig.savefig(path, dpi=110)
