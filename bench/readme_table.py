@@ -63,24 +63,23 @@ _WITHIN = 0.3  # the cost model's goal: predictions within +-30 %
 _ACTIVE = "step_time_active_s"  # AD-PSGD's active workers' step
 
 
-def load(results_dir):
-    """Returns every run below `results_dir` (each `runs.csv`), in order."""
-    runs = []
+def _read_below(results_dir, filename, read):
+    rows = []
     for root, dirs, files in sorted(os.walk(results_dir)):
         dirs.sort()
-        if "runs.csv" in files:
-            runs += plots.read_runs(root)
-    return runs
+        if filename in files:
+            rows += read(root)
+    return rows
+
+
+def load(results_dir):
+    """Returns every run below `results_dir` (each `runs.csv`), in order."""
+    return _read_below(results_dir, "runs.csv", plots.read_runs)
 
 
 def load_evals(results_dir):
     """Returns every evaluation below `results_dir` (each `evals.csv`)."""
-    evals = []
-    for root, dirs, files in sorted(os.walk(results_dir)):
-        dirs.sort()
-        if "evals.csv" in files:
-            evals += plots.read_evals(root)
-    return evals
+    return _read_below(results_dir, "evals.csv", plots.read_evals)
 
 
 def _ok(runs, **match):
