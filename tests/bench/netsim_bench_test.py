@@ -415,3 +415,29 @@ def test_timed_steps_are_whole_keras_executions():
     assert ps.execution_unit(4, workers=8) == 1
     assert ps.execution_unit(4, workers=2) == 2
     assert plain.execution_unit(1, workers=8) == 1
+
+
+def test_summary_time_to_accuracy_pairs_seeds():
+    import report
+
+    def run(scheme, seed, tta, acc):
+        return {
+            "experiment": "tta", "scheme": scheme, "status": "ok",
+            "repeat": str(seed), "run_id": f"tta-{scheme}-r{seed}",
+            "time_to_target_s": tta, "final_accuracy": acc,
+            "target_accuracy": "0.8",
+        }  # fmt: skip
+
+    runs = [
+        run("allreduce", 0, "40", "0.84"),
+        run("adpsgd", 0, "20", "0.85"),
+        run("allreduce", 1, "20", "0.83"),
+        run("adpsgd", 1, "", "0.79"),  # never reached
+    ]
+    (line,) = [x for x in report.goals(runs) if x.startswith("- Time to")]
+    # Paired: 20 / 40 = 0.5 for seed 0; seed 1 never reached (no ratio).
+    assert (
+        "adpsgd 20 [20-20] (n=1) s (1 of 2 never), x0.50 [0.50-0.50] (n=1) "
+        "of AllReduce; final acc 0.820 [0.790-0.850] (n=2), -1.5 "
+        "[-4.0-1.0] (n=2) pt" in line
+    )
