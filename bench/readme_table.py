@@ -657,11 +657,12 @@ def _ps_table(runs, experiment):
     rows = _ok(runs, experiment=experiment)
     if not rows:
         return []
+    target = _f(rows[0]["target_accuracy"])
     lines = [
-        "| protocol (`scheme`) | mean staleness | the paper's | staleness "
-        "histogram (staleness:pushes, first repeat) | final test accuracy "
-        "|",
-        "|---|---|---|---|---|",
+        "| protocol (`scheme`) | network | mean staleness | the paper's | "
+        "staleness histogram (staleness:pushes, first repeat) | final test "
+        f"accuracy | time to {target:.0%}, s |",
+        "|---|---|---|---|---|---|---|",
     ]
     labels = _labels(runs)
     for scheme in _schemes(rows):
@@ -669,11 +670,13 @@ def _ps_table(runs, experiment):
         expected = ""
         if experiment == "rudra":
             expected = _rudra_staleness(scheme, int(_f(mine[0]["workers"])))
+        tta = [_f(r["time_to_target_s"]) for r in mine]
         lines.append(
-            f"| {labels[scheme]} (`{scheme}`) | "
+            f"| {labels[scheme]} (`{scheme}`) | {_network_label(mine[0])} | "
             f"{_spread([_f(_column(r, 'staleness_mean')) for r in mine])} | "
             f"{expected} | {_column(mine[0], 'staleness_histogram')} | "
-            f"{_spread([_f(r['final_accuracy']) for r in mine], 1, 3)} |"
+            f"{_spread([_f(r['final_accuracy']) for r in mine], 1, 3)} | "
+            f"{_reached(tta)} |"
         )
     return lines
 
@@ -1000,11 +1003,16 @@ def generate(results_dir, root=None):
          "while D-PSGD's and AllReduce's grow with it; a ratio pairs the "
          "runs of one seed)", "", *tta_straggler_table(runs)],
         ["**Rudra's protocols** (Gupta et al. 2016; lambda = 8 learners, "
-         "one parameter server, Fashion-MNIST; staleness: updates applied "
-         "between a push's fetch and its apply)", "", *rudra_table(runs)],
+         "one parameter server, Fashion-MNIST; staleness: "
+         "updates applied between a push's fetch and its apply; the paper "
+         "found mean staleness about n for n-softsync, and the learning "
+         "rate divided by the staleness recovering hardsync's accuracy)",
+         "", *rudra_table(runs)],
         ["**Downpour's Adagrad** (Dean et al. 2012; 8 workers, one "
-         "parameter server, Fashion-MNIST, the same learning rate for "
-         "both optimizers)", "", *dean_table(runs)],
+         "parameter server, Fashion-MNIST, the same learning "
+         "rate for both optimizers; the paper found Adagrad on the "
+         "servers what made asynchronous Downpour stable)", "",
+         *dean_table(runs)],
         ["**Bytes a worker sends per step** (the bandwidth-bound network)",
          "", *bytes_table(runs)],
         ["**Projection to 64 and 256 workers** (the cost model, not a "

@@ -252,10 +252,11 @@ def test_rudra_staleness_against_lambda_over_c(tmp_path):
     text = readme_table.generate("results", root=str(tmp_path))
     row = _line(text, "| SOFTSYNC_C2 (`softsync_c2`) |")
     assert row == (
-        "| SOFTSYNC_C2 (`softsync_c2`) | 4.00 [3.50-4.50] (n=2) | about 4 "
-        "(n = lambda / c = 8/2) | 2:5 4:5 | 0.810 [0.800-0.820] (n=2) |"
+        "| SOFTSYNC_C2 (`softsync_c2`) | 1 Gbit/s, 1 ms, 0.40 MB | 4.00 "
+        "[3.50-4.50] (n=2) | about 4 (n = lambda / c = 8/2) | 2:5 4:5 | "
+        "0.810 [0.800-0.820] (n=2) | n/a, 2 of 2 never |"
     )
-    assert _line(text, "| SPSGD (`spsgd`) |").split(" | ")[2] == "0"
+    assert _line(text, "| SPSGD (`spsgd`) |").split(" | ")[3] == "0"
 
 
 def test_downpour_goal_against_the_best_steps_per_execution(tmp_path):
