@@ -179,8 +179,7 @@ EXPERIMENTS = {
             "softsync_c8",
             "softsync_c1_lr",
             "softsync_c8_lr",
-            "downpour",
-        ),
+        ),  # (softsync_c1 applies every push alone: Downpour's async)
         networks=(("1gbit", 1.0),),
         hidden="128",
         steps=300,
