@@ -181,6 +181,14 @@ class DownpourParameterServerStrategy(_tf_private.ParameterServerStrategyBase):
     - The logs hold the model's metrics plus `staleness` (mean over the
       epoch's pushes) and `staleness_max`; `staleness_histogram()` counts
       every push by staleness.
+    - The learning rate: `"async"` applies every push on its own, so `n`
+      workers move the model about `n` times per round of steps, each time
+      by a gradient computed on parameters several updates old. A plain
+      SGD rate that suits synchronous training can diverge: measured with
+      8 workers on Fashion-MNIST at 100 Mbit/s + 20 ms, SGD at 0.05
+      (fine for `"sync"` and for all-reduce) diverged in every seed
+      (`bench/results/fair_s11/tta`). Use Adagrad, as Dean et al. did,
+      `staleness_lr=True` (Gupta et al.), or a smaller rate.
 
     Args:
         cluster_resolver: A `tf.distribute.cluster_resolver.ClusterResolver`
