@@ -218,6 +218,35 @@ def step_table(runs):
     return lines
 
 
+def round_trip_table(runs):
+    """Round trips on a step's critical path, from the `latency`
+    experiment: (step at the largest latency - step unshaped) / (2 x that
+    one-way latency), paired by repeat; the PS module's docstring quotes
+    it (issue 15: the round trips a worker step costs, checked)."""
+    rows = _ok(runs, experiment="latency", stragglers="none")
+    top = max((_f(r["latency_ms"]) for r in rows), default=0.0)
+    if not top or not any(unshaped(r) for r in rows):
+        return []
+    lines = [
+        f"| scheme | round trips per step (step at {top:g} ms - step "
+        f"unshaped) / {2 * top:g} ms |",
+        "|---|---|",
+    ]
+    labels = _labels(runs)
+    for scheme in _schemes(rows):
+        for suffix, column in variants(runs, scheme):
+            slow, fast = (
+                _by_repeat(runs, "latency", scheme, column, latency_ms=v)
+                for v in (top, 0.0)
+            )
+            counts = _paired(slow, fast, lambda a, b: (a - b) / (2e-3 * top))
+            lines.append(
+                f"| {labels[scheme]} (`{scheme}`){suffix} | "
+                f"{_spread(counts, 1, 1)} |"
+            )
+    return lines
+
+
 def predicted_bytes(r):
     scheme = schemes_lib.SCHEMES.get(r["scheme"])
     if scheme is None:
@@ -985,6 +1014,9 @@ def generate(results_dir, root=None):
         ["**Step time** (ms per step; AD-PSGD's active and passive "
          "workers apart)", "", *step_table(runs)],
         ["**Goals**", "", *goals(runs)],
+        ["**Round trips per step** (each one-way latency of the latency "
+         "experiment's shaped network paid on a step's critical path, two "
+         "per round trip)", "", *round_trip_table(runs)],
         ["**Throughput kept with a straggler** (samples/s of every worker "
          "over a window in which all of them train, with the straggler "
          "over without; the straggler's slowdown as achieved in the run)",

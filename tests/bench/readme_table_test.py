@@ -378,3 +378,16 @@ def test_time_to_accuracy_with_a_straggler_against_one_peer(tmp_path):
     assert row[6] == "4.10 [4.10-4.10] (n=2)"
     goal = _line(text, "| `adpsgd` time to the target accuracy / one-peer")
     assert goal.endswith("| <= 0.5 | inf [0.40-inf] (n=2) | missed |")
+
+
+def test_round_trips_per_step_from_the_latency_sweep(results):
+    text = readme_table.generate("results", root=str(results))
+    section = "**Round trips per step**"
+    assert "(step at 20 ms - step unshaped) / 40 ms |" in text
+    # Repeat 0 only has both networks: (0.4 - 0.05) / 0.04 = 8.75.
+    row = _line(text, "| ALLREDUCE (`allreduce`) |", section)
+    assert row.endswith("| 8.8 [8.8-8.8] (n=1) |")
+    # Both repeats: (0.04 - 0.05) / 0.04 and (0.06 - 0.07) / 0.04, both
+    # -0.25 (up to round-off, which decides the rounding).
+    row = _line(text, "| DPSGD_ONEPEER (`dpsgd_onepeer`) |", section)
+    assert row.split(" | ")[1][:2] == "-0" and row.endswith("(n=2) |")

@@ -44,7 +44,10 @@ Round trips per worker step, measured (bench/results/speed_s8/, one worker,
 20 ms one way on one host at a time; step time over the 40 ms round trip):
 A-PSGD / Downpour with n_fetch = n_push = 1: 4.4 involve the chief, 8.9 the
 worker, 7.0 the ps; S-PSGD: 6.8, 15.2 and 16.5. With 8 workers at 20 ms
-everywhere a step is 12.5 round trips (A-PSGD) and 24 (S-PSGD). Of a
+everywhere, on a step's critical path (the README's "Round trips per step",
+generated from bench/results/fair_s11/latency: the step's growth from an
+unshaped network to 20 ms one way, over 40 ms): 13.0 for A-PSGD, 28.4 for
+S-PSGD, 3.7 with n_fetch = n_push = 4 (14.8 per 4-step closure). Of a
 closure's, about 4 are TF's dispatch (`ClusterCoordinator` makes three
 synchronous calls to the worker before the closure starts, and copies its
 result back), which `steps_per_execution` amortizes; the chief's own
