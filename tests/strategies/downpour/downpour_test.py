@@ -365,7 +365,7 @@ class DownpourValidationTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_a_pipeline_holding_large_arrays_gets_a_warning(self):
         from tf_decentral import _tf_private
-        from tf_decentral.strategies.downpour import driver
+        from tf_decentral.cluster import lifecycle
 
         # fit ships this pipeline to every worker: its 46 MB of constants
         # are in the size the driver measures.
@@ -373,13 +373,13 @@ class DownpourValidationTest(tf.test.TestCase, parameterized.TestCase):
         size = int(tf.strings.length(_tf_private.serialize_dataset(big)))
         self.assertBetween(size, 11 << 22, (11 << 22) + 4096)
         with self.assertLogs(level="WARNING") as logs:
-            driver._warn_if_large(size, 8)
+            lifecycle.warn_if_pipeline_large(size, 8)
         (message,) = logs.output
         self.assertIn("is 46.1 MB", message)
         self.assertIn("each of the 8 workers (369.1 MB in all)", message)
         self.assertIn("chief_grace_seconds", message)
         with self.assertNoLogs(level="WARNING"):
-            driver._warn_if_large(driver.LARGE_PIPELINE_BYTES, 8)
+            lifecycle.warn_if_pipeline_large(lifecycle.LARGE_PIPELINE_BYTES, 8)
 
     def test_registry_builds_and_validates_downpour(self):
         self.assertIn("downpour", tfd.strategies.NAMES)

@@ -34,9 +34,9 @@ import threading
 import time
 
 import tensorflow as tf
-from absl import logging
 
 from tf_decentral import _tf_private
+from tf_decentral.cluster import lifecycle
 from tf_decentral.strategies import _collective
 from tf_decentral.strategies import _keras_hooks
 from tf_decentral.strategies.downpour import placement
@@ -345,7 +345,8 @@ class TrainFunction:
                 "smaller `batch_size` or more data."
             )
         graph_def = _tf_private.serialize_dataset(dataset)
-        _warn_if_large(int(tf.strings.length(graph_def)), num_workers)
+        size = int(tf.strings.length(graph_def))
+        lifecycle.warn_if_pipeline_large(size, num_workers)
         element_spec = dataset.element_spec
 
         worker_index = (
@@ -497,33 +498,3 @@ def explain_errors(coordinator=None, ps_addresses=()):
             raise
         raise clearer from exc
 
-
-LARGE_PIPELINE_BYTES = 32 << 20
-"""A pipeline graph above this size (per worker) gets a warning."""
-
-
-def _warn_if_large(graph_bytes, num_workers):
-    """Warns when the pipeline `fit` ships holds large constants.
-
-    The chief sends the serialized pipeline to every worker through the
-    same per-task stream as its heartbeats (`cluster/lifecycle.py`), which
-    wait behind it: measured at 100 Mbit/s, 188 MB of Fashion-MNIST arrays
-    to 8 workers held them past the serving tasks' 30 s grace and the job
-    stopped."""
-    if graph_bytes <= LARGE_PIPELINE_BYTES:
-        return
-    logging.warning(
-        "The input pipeline `fit` ships to the workers is %.1f MB: arrays "
-        "held in memory (NumPy arrays given to `fit`, `from_tensor_slices`) "
-        "are constants of its graph. The chief sends it to each of the %d "
-        "workers (%.1f MB in all) before training starts, and its "
-        "heartbeats to a worker wait behind that worker's copy: a serving "
-        "task whose heartbeat stands still for its `chief_grace_seconds` "
-        "(`tfd.cluster.run_server`, default 30) exits and the job is lost. "
-        "On a slow network, read the data from files inside the pipeline "
-        "(`tfds.load`, `tf.data.TFRecordDataset` on storage every worker "
-        "reaches) or give `run_server` a larger `chief_grace_seconds`.",
-        graph_bytes / 1e6,
-        num_workers,
-        graph_bytes * num_workers / 1e6,
-    )
