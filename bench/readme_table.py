@@ -679,7 +679,10 @@ def _rudra_staleness(scheme, lam):
     if scheme.startswith("softsync_c"):
         c = int(scheme[len("softsync_c") :].split("_")[0])
         return f"about {lam / c:g} (n = lambda / c = {lam}/{c})"
-    return {"spsgd": "0", "downpour": f"about {lam} (lambda)"}.get(scheme, "")
+    return {
+        "spsgd": "0 (here 1: this count includes the push's own update)",
+        "downpour": f"about {lam} (lambda)",
+    }.get(scheme, "")
 
 
 def _ps_table(runs, experiment):
