@@ -497,4 +497,3 @@ def explain_errors(coordinator=None, ps_addresses=()):
         if clearer is None:
             raise
         raise clearer from exc
-
