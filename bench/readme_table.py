@@ -715,9 +715,10 @@ def _ps_table(runs, experiment):
 
 def software_terms(runs):
     """Per scheme: the cost model's software term, measured step minus a
-    priori prediction on the unshaped network (median over repeats)."""
+    priori prediction on the `latency` experiment's unshaped network
+    (median over repeats; not `tta16`'s unshaped runs: 16 workers)."""
     terms = collections.defaultdict(list)
-    for r in _ok(runs, stragglers="none"):
+    for r in _ok(runs, experiment="latency", stragglers="none"):
         if not unshaped(r) or _f(r["latency_ms"]) != 0.0:
             continue
         gap = measured_step(r) - _f(r["predicted_step_s"])

@@ -393,3 +393,17 @@ def test_round_trips_per_step_from_the_latency_sweep(results):
     # -0.25 (up to round-off, which decides the rounding).
     row = _line(text, "| DPSGD_ONEPEER (`dpsgd_onepeer`) |", section)
     assert row.split(" | ")[1][:2] == "-0" and row.endswith("(n=2) |")
+
+
+def test_software_term_comes_from_the_latency_experiment_only(results):
+    before = readme_table.software_terms(
+        readme_table.load(results / "results")
+    )
+    # An unshaped run of another experiment (16 workers) changes nothing.
+    _write(
+        results / "results" / "tta16",
+        [_run("tta16", "allreduce", 0, 0.9, rate="", latency=0.0,
+              workers=16)],
+    )  # fmt: skip
+    after = readme_table.software_terms(readme_table.load(results / "results"))
+    assert after == before
