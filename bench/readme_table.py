@@ -176,6 +176,12 @@ def _over(a, b):
     return a / b
 
 
+def _over_or_never(a, b):
+    """`a / b` of two times to the target; a run that never reached it
+    (NaN) is slower than any ratio (inf)."""
+    return math.inf if math.isnan(a) else a / b
+
+
 def _minus(a, b):
     return a - b
 
@@ -633,11 +639,7 @@ def tta_straggler_table(runs):
         "|---|---|---|---|---|---|---|---|",
     ]
     labels = _labels(runs)
-
-    def over(a, b):
-        # A run that never reached the target is slower than any ratio.
-        return math.inf if math.isnan(a) else a / b
-
+    over = _over_or_never
     for scheme in _schemes(rows):
         none = _tta_straggler(runs, scheme, "none")
         slow = _tta_straggler(runs, scheme, spec)
@@ -865,12 +867,7 @@ def goals(runs):
         base = _by_repeat(runs, "tta", BASELINE, "time_to_target_s")
         if not tta:
             continue
-        # A run that never reached the target is slower than any ratio.
-        values = [
-            math.inf if math.isnan(tta[k]) else tta[k] / base[k]
-            for k in sorted(set(tta) & set(base))
-        ]
-        measured, verdict = _verdict(values, 0.5)
+        measured, verdict = _verdict(_paired(tta, base, _over_or_never), 0.5)
         rows.append(
             f"| `{scheme}` time to the target accuracy / "
             f"AllReduceStrategy's ({source}; inf: never reached) | <= 0.5 "
@@ -890,10 +887,7 @@ def goals(runs):
     if spec is not None:
         slow = _tta_straggler(runs, "adpsgd", spec)
         base = _tta_straggler(runs, "dpsgd_onepeer", spec)
-        measured, verdict = _verdict(
-            [math.inf if math.isnan(slow[k]) else slow[k] / base[k]
-             for k in sorted(set(slow) & set(base))], 0.5
-        )  # fmt: skip
+        measured, verdict = _verdict(_paired(slow, base, _over_or_never), 0.5)
         rows.append(
             "| `adpsgd` time to the target accuracy / one-peer D-PSGD's, "
             f"worker {spec.replace(':', ' ')}x slower (issue 15; inf: never "
