@@ -222,7 +222,7 @@ def mean_curve(evals):
     return curve
 
 
-_TTA_EXPERIMENTS = ("tta", "tta_straggler", "tta16")
+_TTA_EXPERIMENTS = ("tta", "tta_long", "tta_straggler", "tta16")
 
 
 def plot_time_to_accuracy(runs, evals, out_dir):

@@ -331,21 +331,24 @@ def test_accuracy_per_epoch_interpolates_the_workers_mean(tmp_path):
     epochs = "**Accuracy per epoch**"
     row16 = _line(text, "| ALLREDUCE (`allreduce`) | 16,", epochs)
     assert row16.split(" | ")[1:5] == [
-        "16, unshaped, 0.40 MB",
+        "16, unshaped, 0.40 MB, 0.2",  # (5 + 20) x 512 / 60000 epochs run
         "0.197 [0.197-0.197] (n=1)",  # epoch 0.25: timed step 24.296875
         "0.314 [0.314-0.314] (n=1)",
         "0.549 [0.549-0.549] (n=1)",
     ]
     base = _line(text, "| ALLREDUCE (`allreduce`) |", epochs).split(" | ")
     # Seed 0 at epoch 1: 0.1 + 0.002 * 229.375 = 0.55875; seed 1: 0.788125.
-    assert base[1] == "8, 1 Gbit/s, 20 ms, 0.40 MB"
+    assert base[1] == "8, 1 Gbit/s, 20 ms, 0.40 MB, 0.1"
     assert base[4] == "0.673 [0.559-0.788] (n=2)"
     row = _line(text, "| DPSGD_RING (`dpsgd_ring`) |", epochs).split(" | ")
     # Mean of workers 0 and 1: 0.15 + 0.002 * step, at epoch 0.25 (timed
     # step 53.59375): 0.2571875; paired with seed 0 only at epoch 1: 0.15
     # + 0.45875 - 0.55875 = +0.05, 5 points.
     assert row[2] == "0.257 [0.257-0.257] (n=1)"
-    assert row[5] == "5.0 [5.0-5.0] (n=1) |"
+    assert row[7] == "5.0 [5.0-5.0] (n=1)"
+    # Beyond 1 epoch: no evaluation there, no gap at the last epoch.
+    assert row[5:7] == ["n/a", "n/a"]
+    assert row[8] == "n/a |"
     # Outside the evaluations every worker reached: nan (300 warm-up steps
     # put epoch 1 before the first one; a 40-example split after the last).
     early = dict(runs[2], warmup_steps="300")
@@ -353,6 +356,42 @@ def test_accuracy_per_epoch_interpolates_the_workers_mean(tmp_path):
     assert math.isnan(readme_table.epoch_accuracy(early, evals)[0.25])
     late = dict(runs[2], batch_size="1")
     assert math.isnan(readme_table.epoch_accuracy(late, evals)[1.0])
+
+
+def test_three_epochs_give_the_gap_at_the_last_epoch_every_run_reached(
+    tmp_path,
+):
+    # tta_long: 705 steps of 8 x 32 examples = 3.008 epochs; epoch 2 at
+    # timed step 463.75, epoch 3 at 698.125. Ring D-PSGD evaluates 1 point
+    # (seed 0) and 2 points (seed 1) below AllReduce; its second seed's
+    # last evaluation is at step 600 (2.58 epochs), so the last epoch
+    # every run reached is 2.
+    runs, evals = [], []
+    for seed, gap, last in ((0, 0.01, 700), (1, 0.02, 600)):
+        for scheme, minus, top in (("allreduce", 0.0, 700),
+                                   ("dpsgd_ring", gap, last)):
+            run = _run("tta_long", scheme, seed, 0.1, steps=700,
+                       rate="100mbit", time_to_target_s=10 * (1 + seed),
+                       final_accuracy=0.8, target_accuracy=0.8)
+            runs.append(run)
+            evals += [
+                {"run_id": run["run_id"], "worker": 0, "step": step,
+                 "accuracy": 0.5 + 0.0002 * step - minus}
+                for step in (0, 350, top)
+            ]  # fmt: skip
+    _write(tmp_path / "results" / "tta_long", runs, evals)
+    text = readme_table.generate("results", root=str(tmp_path))
+    epochs = "**Accuracy per epoch**"
+    row = _line(text, "| DPSGD_RING (`dpsgd_ring`) |", epochs).split(" | ")
+    assert row[1] == "8, 100 Mbit/s, 20 ms, 0.40 MB, 3.0"
+    # At epoch 2: 0.5 + 0.0002 * 463.75 - 0.01 / 0.02 = 0.58275 / 0.57275;
+    # at epoch 3, seed 0 only: 0.5 + 0.0002 * 698.125 - 0.01 = 0.629625.
+    assert row[5] == "0.578 [0.573-0.583] (n=2)"
+    assert row[6] == "0.630 [0.630-0.630] (n=1)"
+    assert row[7] == "-1.5 [-2.0--1.0] (n=2)"
+    assert row[8] == "-1.5 [-2.0--1.0] (n=2) at 2 |"
+    tta = _line(text, "| DPSGD_RING (`dpsgd_ring`) |", "**Time to accuracy**")
+    assert tta.startswith("| DPSGD_RING (`dpsgd_ring`) | 3.0 | 15 [10-20]")
 
 
 def test_time_to_accuracy_with_a_straggler_against_one_peer(tmp_path):
