@@ -368,11 +368,19 @@ def test_three_epochs_give_the_gap_at_the_last_epoch_every_run_reached(
     # every run reached is 2.
     runs, evals = [], []
     for seed, gap, last in ((0, 0.01, 700), (1, 0.02, 600)):
-        for scheme, minus, top in (("allreduce", 0.0, 700),
-                                   ("dpsgd_ring", gap, last)):
-            run = _run("tta_long", scheme, seed, 0.1, steps=700,
-                       rate="100mbit", time_to_target_s=10 * (1 + seed),
-                       final_accuracy=0.8, target_accuracy=0.8)
+        schemes = (("allreduce", 0.0, 700), ("dpsgd_ring", gap, last))
+        for scheme, minus, top in schemes:
+            run = _run(
+                "tta_long",
+                scheme,
+                seed,
+                0.1,
+                steps=700,
+                rate="100mbit",
+                time_to_target_s=10 * (1 + seed),
+                final_accuracy=0.8,
+                target_accuracy=0.8,
+            )
             runs.append(run)
             evals += [
                 {"run_id": run["run_id"], "worker": 0, "step": step,
