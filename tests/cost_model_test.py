@@ -190,6 +190,26 @@ class DownpourTest(absltest.TestCase):
         with self.assertRaisesRegex(ValueError, "n_fetch"):
             cm.downpour(_MB4, 8, _BW, n_fetch=0)
 
+    def test_counted_round_trips_replace_the_protocols(self):
+        # The protocol: one round trip per fetch and per push, so 1.5 per
+        # step with n_push = 2; a count of 13 replaces them, the bytes stay.
+        kwargs = dict(compute=0.1, num_shards=8, n_push=2)
+        default = cm.downpour(_MB4, 8, _BW, **kwargs)
+        self.assertAlmostEqual(
+            default, 0.1 + 1.5 * (2 * _BW.hop + _MB4 * _BW.beta)
+        )
+        self.assertAlmostEqual(
+            cm.downpour(_MB4, 8, _BW, round_trips=1.5, **kwargs), default
+        )
+        self.assertAlmostEqual(
+            cm.downpour(_MB4, 8, _BW, round_trips=13, **kwargs),
+            0.1 + 13 * 2 * _BW.hop + 1.5 * _MB4 * _BW.beta,
+        )
+        with self.assertRaisesRegex(ValueError, "round_trips=0"):
+            cm.downpour(_MB4, 8, _BW, round_trips=0)
+        with self.assertRaisesRegex(ValueError, "textbook"):
+            cm.downpour(_MB4, 8, _BW, round_trips=2, textbook=True)
+
 
 class AdPsgdTest(absltest.TestCase):
     def test_round_trips_and_two_transfers(self):
@@ -292,6 +312,16 @@ class StepTimeTest(parameterized.TestCase):
             kwargs = self._kwargs(slow, num_shards=8)
             ratio = cm.throughput(scheme, batch_size=32, **kwargs) / base
             self.assertBetween(ratio, low, high)
+
+    def test_round_trips_reach_the_schemes_that_take_them(self):
+        latency = cm.Network.from_netsim(None, 10)  # hop only, no transfer
+        kwargs = dict(self._kwargs(0.1), network=latency, num_shards=8)
+        for scheme, protocol in (("ps_sync", 3), ("downpour", 2)):
+            base = cm.step_time(scheme, **kwargs)
+            more = cm.step_time(scheme, round_trips=protocol + 10, **kwargs)
+            self.assertAlmostEqual(more - base, 10 * 2 * latency.hop)
+        with self.assertRaisesRegex(ValueError, "applies to"):
+            cm.step_time("allreduce", round_trips=3, **kwargs)
 
     def test_overlap_hides_gossip_under_compute(self):
         kwargs = self._kwargs(0.2)

@@ -311,8 +311,8 @@ def parameter_server(
 
     with `round_trips` = 3 (dispatch, fetch, push) for the protocol's
     minimum; an implementation that makes more (per-variable calls, polls
-    of a barrier) sets it higher: `bench/report.py` fits it from a latency
-    sweep.
+    of a barrier) sets it higher: the benchmark measures it once, on a
+    separate experiment (`bench/run.py`'s `round_trips`).
 
     Textbook (one server, gradients and models sent one after another):
     `2 p (L + o + m beta)`; with `s` shards, `2 (p / s) (L + o + m beta)`.
@@ -352,6 +352,7 @@ def downpour(
     n_fetch: int = 1,
     n_push: int = 1,
     num_shards: int = 1,
+    round_trips: float | None = None,
     textbook: bool = False,
 ) -> Seconds:
     """Returns one worker's time per step under Downpour / A-PSGD.
@@ -366,6 +367,12 @@ def downpour(
         T = max(c + (2 (L + o) + m beta) (1 / n_fetch + 1 / n_push),
                 p m beta / (s min(n_fetch, n_push)))
 
+    The protocol's round trips per step, `1 / n_fetch + 1 / n_push`, are
+    the default of `round_trips`; an implementation that makes more
+    (TF's dispatch of each closure, its completion) passes its own count
+    `r`, which replaces them: `c + r 2 (L + o) + m beta (1 / n_fetch +
+    1 / n_push)`.
+
     Textbook (Dean et al. 2012): `c + (L + o + m beta) (1 / n_fetch +
     1 / n_push)`, no server bound.
 
@@ -377,17 +384,31 @@ def downpour(
         n_fetch: Steps between fetches, >= 1.
         n_push: Steps between pushes, >= 1.
         num_shards: `s`, parameter servers, >= 1.
-        textbook: Use the textbook form.
+        round_trips: Sequential round trips per step, > 0; None: the
+            protocol's, `1 / n_fetch + 1 / n_push`.
+        textbook: Use the textbook form (`round_trips` must be None).
     """
     _check_workers(num_workers)
     _check_at_least_one("n_fetch", n_fetch)
     _check_at_least_one("n_push", n_push)
     m = np.asarray(model_bytes)
-    per_message = (network.hop if textbook else 2.0 * network.hop) + (
-        m * network.beta
-    )
-    worker = np.asarray(compute) + per_message * (
-        1.0 / np.asarray(n_fetch) + 1.0 / np.asarray(n_push)
+    messages = 1.0 / np.asarray(n_fetch) + 1.0 / np.asarray(n_push)
+    if round_trips is None:
+        round_trips = messages
+    elif textbook:
+        raise ValueError(
+            "The textbook form counts one message per fetch and push: "
+            f"`round_trips` must be None. Received: round_trips={round_trips!r}"
+        )
+    elif not np.all(np.asarray(round_trips) > 0):
+        raise ValueError(
+            f"`round_trips` must be > 0. Received: round_trips={round_trips!r}"
+        )
+    hops = network.hop if textbook else 2.0 * network.hop
+    worker = (
+        np.asarray(compute)
+        + np.asarray(round_trips, dtype=float) * hops
+        + messages * m * network.beta
     )
     if textbook:
         return _out(worker)
@@ -500,13 +521,17 @@ def communication_time(
     degree: int = 2,
     num_shards: int = 1,
     extra_reductions: int = 0,
+    round_trips: float | None = None,
     textbook: bool = False,
 ) -> Seconds:
     """Returns the communication part of one step of `scheme` (no compute).
 
     For `downpour` this is one worker's fetch + push per step with
     `n_fetch = n_push = 1` and no server bound (see `downpour`).
+    `round_trips` (None: the protocol's) applies to the schemes whose
+    function takes it: `ps_sync`, `downpour` and `ad_psgd`.
     """
+    _check_round_trips_scheme(scheme, round_trips)
     if scheme == "allreduce":
         return ring_allreduce(
             model_bytes,
@@ -521,19 +546,38 @@ def communication_time(
             num_workers,
             network,
             num_shards=num_shards,
+            **({} if round_trips is None else {"round_trips": round_trips}),
             textbook=textbook,
         )
     if scheme == "downpour":
-        return downpour(model_bytes, 1, network, textbook=textbook)
+        return downpour(
+            model_bytes, 1, network, round_trips=round_trips, textbook=textbook
+        )
     if scheme == "gossip":
         return gossip(model_bytes, degree, network, textbook=textbook)
     if scheme == "one_peer":
         return one_peer_gossip(model_bytes, network, textbook=textbook)
     if scheme == "ad_psgd":
-        return ad_psgd(model_bytes, network, textbook=textbook)
+        return ad_psgd(
+            model_bytes,
+            network,
+            **({} if round_trips is None else {"round_trips": round_trips}),
+            textbook=textbook,
+        )
     raise ValueError(
         f"`scheme` must be one of {SCHEMES}. Received: scheme={scheme!r}"
     )
+
+
+_ROUND_TRIP_SCHEMES = ("ps_sync", "downpour", "ad_psgd")
+
+
+def _check_round_trips_scheme(scheme, round_trips):
+    if round_trips is not None and scheme not in _ROUND_TRIP_SCHEMES:
+        raise ValueError(
+            f"`round_trips` applies to {_ROUND_TRIP_SCHEMES} only. Received: "
+            f"scheme={scheme!r}, round_trips={round_trips!r}"
+        )
 
 
 def _compute_array(compute, num_workers):
@@ -561,6 +605,7 @@ def worker_step_times(
     n_push: int = 1,
     extra_reductions: int = 0,
     overlap: bool = False,
+    round_trips: float | None = None,
     textbook: bool = False,
 ) -> np.ndarray:
     """Returns each worker's time per step, shape `(num_workers,)`.
@@ -588,6 +633,9 @@ def worker_step_times(
             after the gradients' (Keras `fit`: loss + metrics; see
             `ring_allreduce`).
         overlap: `gossip` and `one_peer`: communication overlaps compute.
+        round_trips: `ps_sync`, `downpour` and `ad_psgd`: sequential round
+            trips per step (per exchange for `ad_psgd`) in place of the
+            protocol's count, e.g. counted on an implementation.
         textbook: Use the textbook communication forms.
     """
     if scheme not in SCHEMES:
@@ -606,6 +654,7 @@ def worker_step_times(
                 n_fetch=n_fetch,
                 n_push=n_push,
                 num_shards=num_shards,
+                round_trips=round_trips,
                 textbook=textbook,
             ),
             dtype=float,
@@ -618,6 +667,7 @@ def worker_step_times(
         degree=degree,
         num_shards=num_shards,
         extra_reductions=extra_reductions,
+        round_trips=round_trips,
         textbook=textbook,
     )
     if scheme in SYNCHRONOUS:

@@ -163,9 +163,10 @@ def test_software_term_is_measured_on_the_unshaped_network(results):
     errors = readme_table.model_errors(readme_table.load(results / "results"))
     shaped = {(r["scheme"], r["repeat"]): e for r, *e in errors}
     assert ("allreduce", "0") in shaped  # the unshaped runs are not scored
-    a_priori, with_term = shaped[("dpsgd_onepeer", "0")]
+    a_priori, with_term, counted = shaped[("dpsgd_onepeer", "0")]
     assert a_priori == pytest.approx(0.1 / 0.04 - 1)
     assert with_term == pytest.approx(0.06 / 0.04 - 1)
+    assert counted == with_term  # no round trips measured, none to count
 
 
 def test_write_then_check_and_a_hand_edit_fails_the_check(
@@ -454,3 +455,47 @@ def test_software_term_comes_from_the_latency_experiment_only(results):
     )  # fmt: skip
     after = readme_table.software_terms(readme_table.load(results / "results"))
     assert after == before
+
+
+def test_round_trips_measured_once_replace_the_protocols_in_the_model(
+    tmp_path,
+):
+    # The calibration: Downpour's step grows by 0.26 s from unshaped to
+    # 10 ms one way: 0.26 / 0.02 = 13 round trips per step.
+    calibration = [
+        _run("round_trips", "downpour", 0, 0.05, rate="", latency=0.0),
+        _run("round_trips", "downpour", 0, 0.31, latency=10.0),
+    ]
+    # With 13 round trips, o = 2 ms, c = 0.01 s and 0.4 MB at 1 Gbit/s
+    # (m beta = 3.2 ms, a fetch and a push): unshaped 0.01 + 13 x 2 x
+    # 0.002 = 0.062 s, measured 0.082 (software term 0.02); at 20 ms
+    # 0.01 + 13 x 2 x 0.022 + 2 x 0.0032 = 0.5884 s, measured 0.6084.
+    latency = [
+        _run("latency", "downpour", 0, 0.082, rate="", latency=0.0),
+        _run("latency", "downpour", 0, 0.6084),
+        # No count of its own, and not a fetch and a push every step:
+        # the protocol's count stays.
+        _run("latency", "downpour_n4", 0, 0.3),
+    ]
+    _write(tmp_path / "results" / "round_trips", calibration)
+    _write(tmp_path / "results" / "latency", latency)
+    runs = readme_table.load(tmp_path / "results")
+    assert readme_table.measured_round_trips(runs) == {
+        ("downpour", 1): pytest.approx(13.0)
+    }
+    errors = {r["run_id"]: e for r, *e in readme_table.model_errors(runs)}
+    # The calibration's own runs are not predicted.
+    assert set(errors) == {latency[1]["run_id"], latency[2]["run_id"]}
+    a_priori, _, counted = errors[latency[1]["run_id"]]
+    assert a_priori == pytest.approx(0.1 / 0.6084 - 1)  # predicted_step_s
+    assert counted == pytest.approx(0.0)
+    n4 = errors[latency[2]["run_id"]]
+    assert math.isnan(n4[2])  # no unshaped downpour_n4 run: no term
+    text = readme_table.generate("results", root=str(tmp_path))
+    assert (
+        "- the PS schemes' round trips measured once (`round_trips/`: "
+        "`downpour` 13.0 per step) in place of the protocol's, plus the "
+        "software term: 1 of 1 runs within +-30 % (100 %)." in text
+    )
+    goal = _line(text, "| cost model with the PS schemes' round trips")
+    assert goal.endswith("| >= 80 % of runs | 1 of 1 (100%) | met |")
