@@ -608,6 +608,36 @@ def _pipeline_sleep_us(spec, strag, worker):
     return round(seconds * 1e6 / spec.workers)
 
 
+_BURN_SECONDS_PER_ITERATION = []
+
+
+def _burn_iterations(compute_ms):
+    """cpu_quota mode: `compute_ms` of burned compute on one idle thread,
+    in `stragglers.burn` iterations (timed once per sweep, in a child
+    process: this one imports no TensorFlow)."""
+    if not _BURN_SECONDS_PER_ITERATION:
+        code = (
+            "import sys; sys.path.insert(0, 'bench'); import stragglers; "
+            "print(stragglers.burn_seconds_per_iteration())"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=_REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
+        seconds = float(out.stdout.strip().splitlines()[-1])
+        print(f"burn: {seconds * 1e6:.1f} us per iteration", flush=True)
+        _BURN_SECONDS_PER_ITERATION.append(seconds)
+    return max(1, round(compute_ms / 1e3 / _BURN_SECONDS_PER_ITERATION[0]))
+
+
+def _burn_log_dir(run_dir, task):
+    return os.path.join(run_dir, "burns", task.name.replace(":", "-"))
+
+
 def launch_and_wait(net, spec, scheme, run_dir, port):
     """Starts every task in its host; returns (status, detail, results)."""
     tasks = scheme.tasks(spec.workers)
@@ -615,6 +645,11 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
         spec.stragglers, spec.straggler_mode
     )
     no_straggler = stragglers_lib.Stragglers({}, spec.straggler_mode)
+    burned = spec.straggler_mode == "cpu_quota" and spec.compute_ms > 0
+    iterations = _burn_iterations(spec.compute_ms) if burned else 0
+    training = [
+        scheme.training_task(i, spec.workers) for i in range(spec.workers)
+    ]
     common = [
         f"--strategy={scheme.strategy}",
         *scheme.worker_flags,
@@ -625,7 +660,9 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
         f"--learning_rate={_LR.value}",
         f"--warmup_steps={spec.warmup_steps}",
         f"--steps={spec.steps}",
-        f"--compute_ms={spec.compute_ms}",
+        # cpu_quota mode: no sleep, the compute is burned (and logged).
+        f"--compute_ms={0.0 if burned else spec.compute_ms}",
+        f"--burn_iterations={0 if scheme.parameter_servers else iterations}",
         f"--eval_every={spec.eval_every}",
         f"--eval_examples={_EVAL_EXAMPLES.value}",
         f"--seed={spec.repeat}",
@@ -637,6 +674,7 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
     ]
     procs = {}
     quotas = {}
+    steering = None
     counters = CounterSampler(net).start()
     try:
         for task in tasks:
@@ -653,6 +691,14 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
                         task.index,
                     )
                 )
+                if burned:  # 1/n of a step's burn per element, like sleep
+                    extra[stragglers_lib.BURN_ITERATIONS_ENV] = str(
+                        max(1, round(iterations / spec.workers))
+                    )
+            if burned and (task in training or task.job == "chief"):
+                log_dir = _burn_log_dir(run_dir, task)
+                os.makedirs(log_dir, exist_ok=True)
+                extra[stragglers_lib.COMPUTE_LOG_ENV] = log_dir
             preexec = None
             for worker in strag.factors:
                 if (
@@ -678,6 +724,16 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
             )
             log.close()
         reporting = scheme.reporting_tasks(spec.workers)
+        if burned and quotas:
+            factors = {
+                scheme.training_task(w, spec.workers).name: f
+                for w, f in strag.factors.items()
+            }
+            steering = stragglers_lib.QuotaSteering(
+                {t.name: _burn_log_dir(run_dir, t) for t in training},
+                quotas,
+                factors,
+            )
         deadline = time.monotonic() + _RUN_TIMEOUT.value
         status, detail = "ok", ""
         while True:
@@ -698,6 +754,8 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
             if time.monotonic() > deadline:
                 status, detail = "failed", f"timeout {_RUN_TIMEOUT.value}s"
                 break
+            if steering is not None:
+                steering.poll()
             time.sleep(0.5)
     finally:
         counters.stop()
@@ -733,6 +791,11 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
     for r in results:
         r["_host_rates"] = _window_rates(counters, results)
         r["_tasks"] = tasks
+    if steering is not None:
+        steering.write(os.path.join(run_dir, "quota.csv"))
+        achieved = steering.achieved(results)
+        for r in results:
+            r["_straggler_burns"] = achieved
     return status, detail, results
 
 
@@ -830,6 +893,7 @@ RUN_COLUMNS = (
     "tx_bytes_per_step_active", "tx_bytes_per_step_passive",
     "exchanges_per_active_step", "steps_per_execution",
     "slowest_worker_slowdown", "staleness_mean", "staleness_histogram",
+    "straggler_compute_slowdown", "straggler_cpus",
 )  # fmt: skip
 EVAL_COLUMNS = (
     "run_id", "experiment", "scheme", "worker", "step", "train_clock_s",
@@ -977,6 +1041,19 @@ def run_all(specs, out_dir):
                 started=f"{started:.1f}",  # _fmt keeps 6 digits
                 loadavg_mean=sampler.mean_between(started, ended),
             )
+            if results and results[0].get("_straggler_burns"):
+                # cpu_quota: the (first) straggler's achieved slowdown.
+                name = min(results[0]["_straggler_burns"])
+                slowdown, cpus = results[0]["_straggler_burns"][name]
+                row.update(
+                    straggler_compute_slowdown=slowdown, straggler_cpus=cpus
+                )
+                print(
+                    f"  cpu_quota straggler: compute {slowdown:.2f}x the "
+                    f"others' (burns in the timed window), cap {cpus:.3f} "
+                    "CPUs",
+                    flush=True,
+                )
             if status == "ok" and results:
                 row.update(summarize(results, _BATCH.value, _TARGET.value))
                 row.update(predict(spec, scheme, results, _OVERHEAD_MS.value))

@@ -18,13 +18,21 @@ processes (and by neighbours), so real compute time is noisy:
   worker's process reads its own sleep from its environment
   (`PIPELINE_SLEEP_ENV`, set per task by the runner), so a sleep straggler
   is one worker of a PS scheme too.
-* **Real CPU cap (`mode="cpu_quota"`).** The runner puts the straggler's
-  process into a CPU-quota cgroup (`bench/netsim/cgroups.py`): cgroup v2
+* **Real CPU cap (`mode="cpu_quota"`), calibrated.** Every worker's
+  compute is real: `burn`, products of 64 x 64 matrices, in the same
+  places as the sleep (`burn_layer` inside the train step; for PS schemes
+  `process_delayed_dataset`, iterations per element from
+  `BURN_ITERATIONS_ENV`), each burn's wall time logged to the process's
+  `COMPUTE_LOG_ENV` directory. The runner puts the straggler's whole
+  process into a CPU-quota cgroup (`bench/netsim/cgroups.py`: cgroup v2
   `cpu.max` where the `cpu` controller is enabled, else cgroup v1
-  `cpu.cfs_quota_us`. Here only v1 works (v2's unified hierarchy offers
-  only `hugetlb`). A worker capped at `share / f` CPUs, where `share` is
-  its fair share of the machine, computes about `f` times slower, but only
-  as far as it would otherwise get its share.
+  `cpu.cfs_quota_us`; here only v1 works, v2's unified hierarchy offers
+  only `hugetlb`) and steers its cap while the job runs
+  (`QuotaController`) until the straggler's burns take `f` times the
+  others' median: on 2 cores shared by 8-10 processes no fixed cap gives
+  a fixed slowdown (each worker's share depends on what the others do;
+  session 3's fixed `share / f` gave 60-200x). The achieved slowdown
+  over the timed window is measured from the logs and recorded.
 
 Importing this module imports neither TensorFlow nor Keras; the Keras pieces
 import them when called.
@@ -41,6 +49,16 @@ MODES = ("sleep", "cpu_quota")
 PIPELINE_SLEEP_ENV = "TFD_BENCH_PIPELINE_SLEEP_US"
 """Microseconds a PS worker's input pipeline sleeps per element read (see
 `process_delayed_dataset`); set in the worker process's environment."""
+
+BURN_ITERATIONS_ENV = "TFD_BENCH_BURN_ITERATIONS"
+"""Matrix products a PS worker's input pipeline burns per element read
+(cpu_quota mode, `process_delayed_dataset`); set per worker process."""
+
+COMPUTE_LOG_ENV = "TFD_BENCH_COMPUTE_LOG"
+"""Directory in which a process logs each burn: an empty file named
+`<end>_<seconds>` (epoch seconds, wall seconds of the burn); unset: none."""
+
+BURN_SIZE = 64  # the burned products' matrices are BURN_SIZE x BURN_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +121,16 @@ class Stragglers:
         return float(self.factors.get(worker, 1.0))
 
     def compute_seconds(self, worker: int, compute_ms: float) -> float:
-        """Returns the slept compute per step of `worker` (sleep mode)."""
+        """Returns the slept compute per step of `worker`: sleep mode's
+        (the straggler's multiplied); none in cpu_quota mode, whose
+        compute is burned (`burn`)."""
         if self.mode != "sleep":
-            return compute_ms / 1e3
+            return 0.0
         return self.factor(worker) * compute_ms / 1e3
 
     def cpu_quota(self, worker: int, num_processes: int) -> float | None:
-        """Returns the CPU cap of `worker` in CPUs (cpu_quota mode) or None.
+        """Returns the initial CPU cap of `worker` in CPUs (cpu_quota mode)
+        or None; `QuotaController` steers it from there.
 
         The cap is the worker's fair share of this machine's CPUs
         (`cpus / num_processes`, at most 1) divided by its multiplier.
@@ -118,6 +139,262 @@ class Stragglers:
             return None
         share = min(1.0, (os.cpu_count() or 1) / max(1, num_processes))
         return share / self.factor(worker)
+
+
+class QuotaController:
+    """Steers a CPU-quota straggler's cap to a target compute slowdown.
+
+    Every `update` compares the straggler's last `own` burns (wall
+    seconds; few, so that burns under an older cap soon stop counting: a
+    longer memory oscillates) with the median of the other workers'
+    medians over their last `window`, and scales the cap by
+    `(ratio / target) ** gain`: too slow, more CPU; too fast, less. The
+    cap stays within `bounds` (CPUs) and changes by at most 4x per update.
+
+    Args:
+        target: The slowdown to reach, e.g. 4.0.
+        cpus: The initial cap.
+        bounds: `(lowest, highest)` cap.
+        gain: Exponent of the correction, in (0, 1].
+        window: Recent burns per other worker that count.
+        own: Recent burns of the straggler that count.
+    """
+
+    def __init__(
+        self, target, cpus, bounds=(0.005, 2.0), gain=0.5, window=6, own=2
+    ):
+        if not target >= 1 or not cpus > 0 or not 0 < gain <= 1:
+            raise ValueError(
+                "QuotaController needs target >= 1, cpus > 0 and gain in "
+                f"(0, 1]. Received: target={target!r}, cpus={cpus!r}, "
+                f"gain={gain!r}"
+            )
+        self.target, self.cpus, self.bounds = target, cpus, bounds
+        self.gain, self.window, self.own = gain, window, own
+
+    def ratio(self, straggler, others):
+        """Returns the straggler's recent median burn over the others'
+        (NaN without 2 burns of the straggler and of some other worker)."""
+        import statistics
+
+        recent = [d[-self.window :] for d in others.values() if len(d) >= 2]
+        if len(straggler) < 2 or not recent:
+            return float("nan")
+        theirs = statistics.median(statistics.median(d) for d in recent)
+        mine = statistics.median(straggler[-self.own :])
+        return mine / theirs if theirs > 0 else float("nan")
+
+    def update(self, straggler, others):
+        """Returns the new cap, or None (not enough burns yet).
+
+        Args:
+            straggler: The straggler's burns so far, oldest first.
+            others: `{worker: burns}` of the other workers.
+        """
+        ratio = self.ratio(straggler, others)
+        if ratio != ratio:  # NaN
+            return None
+        step = min(4.0, max(0.25, (ratio / self.target) ** self.gain))
+        low, high = self.bounds
+        self.cpus = min(high, max(low, self.cpus * step))
+        return self.cpus
+
+
+class QuotaSteering:
+    """Steers each CPU-quota straggler's cap (a `QuotaController` each)
+    from the training tasks' burn logs, at most every `period` seconds,
+    and keeps the trajectory.
+
+    Args:
+        log_dirs: `{task: its COMPUTE_LOG_ENV directory}` of every
+            training task.
+        quotas: `{task: cap}` of the stragglers; a cap has `cpus` and
+            `set(cpus)` (`bench/netsim/cgroups.CpuQuota`).
+        factors: `{task: target slowdown}` of the stragglers.
+        period: Seconds between corrections.
+        bounds: The caps' `(lowest, highest)` CPUs.
+    """
+
+    def __init__(self, log_dirs, quotas, factors, period=2.0, bounds=None):
+        import time
+
+        self._clock = time.monotonic
+        self.log_dirs, self.quotas, self.period = log_dirs, quotas, period
+        self.controllers = {
+            name: QuotaController(
+                factors[name], quota.cpus, bounds=bounds or (0.02, 2.0)
+            )
+            for name, quota in quotas.items()
+        }
+        self.next, self.trajectory = -float("inf"), []
+
+    def burns(self, start=None, end=None):
+        """`{task: its burns' wall seconds}` ended within [start, end]."""
+        return {
+            name: read_burns(log_dir, start, end)
+            for name, log_dir in self.log_dirs.items()
+        }
+
+    def _others(self, burns):
+        return {k: v for k, v in burns.items() if k not in self.quotas}
+
+    def poll(self):
+        """Corrects every cap if `period` has passed since the last time."""
+        import time
+
+        if self._clock() < self.next:
+            return
+        self.next = self._clock() + self.period
+        burns = self.burns()
+        for name, controller in self.controllers.items():
+            ratio = controller.ratio(burns[name], self._others(burns))
+            cpus = controller.update(burns[name], self._others(burns))
+            if cpus is not None:
+                self.quotas[name].set(cpus)
+            self.trajectory.append(
+                (time.time(), name, ratio, self.quotas[name].cpus)
+            )
+
+    def achieved(self, results):
+        """`{task: (slowdown, final cap)}`: the straggler's median burn
+        over the other workers' median of medians, over the run's timed
+        window (`results`: the reporting tasks' `timed_start` and
+        `step_end_times`; every burn if there is no window)."""
+        try:
+            start = max(r["timed_start"] for r in results)
+            end = min(r["step_end_times"][-1] for r in results)
+        except (KeyError, TypeError, IndexError, ValueError):
+            start = end = None
+        if start is None or end <= start:
+            start = end = None
+        burns = self.burns(start, end)
+        whole = QuotaController(1.0, 1.0, window=10**9, own=10**9)
+        return {
+            name: (
+                whole.ratio(burns[name], self._others(burns)),
+                self.quotas[name].cpus,
+            )
+            for name in self.quotas
+        }
+
+    def write(self, path):
+        """Writes the trajectory as CSV: time, task, ratio, cpus."""
+        with open(path, "w") as f:
+            f.write("time,task,ratio,cpus\n")
+            for t, name, ratio, cpus in self.trajectory:
+                f.write(f"{t:.3f},{name},{ratio:.4g},{cpus:.4g}\n")
+
+
+def read_burns(log_dir, start=None, end=None):
+    """Returns the wall seconds of the burns logged in `log_dir` (see
+    `COMPUTE_LOG_ENV`), oldest first, that ended within [start, end]."""
+    burns = []
+    try:
+        names = os.listdir(log_dir)
+    except OSError:
+        return []
+    for name in names:
+        ended, sep, seconds = name.partition("_")
+        try:
+            ended, seconds = float(ended), float(seconds)
+        except ValueError:
+            continue
+        if sep and (start is None or ended >= start):
+            if end is None or ended <= end:
+                burns.append((ended, seconds))
+    return [seconds for _, seconds in sorted(burns)]
+
+
+def burn(iterations, log_dir, after=None):
+    """Burns CPU: `iterations` products of BURN_SIZE^2 matrices (one thread
+    at `intra_op=1`), then logs the burn's wall time to `log_dir` (a file,
+    see `COMPUTE_LOG_ENV`; `""`: no log). Returns a scalar that depends on
+    it (graph or eager). `after`: a tensor the burn waits for (so that it
+    runs in the step, not folded into a constant)."""
+    import tensorflow as tf
+
+    deps = [] if after is None else [after]
+    with tf.control_dependencies(deps):
+        start = tf.timestamp()
+    with tf.control_dependencies([start]):
+        block = tf.ones([BURN_SIZE, BURN_SIZE])
+    eye = tf.eye(BURN_SIZE)
+    _, block = tf.while_loop(
+        lambda i, _: i < tf.cast(iterations, tf.int64),
+        lambda i, b: (i + 1, tf.matmul(b, eye)),
+        (tf.constant(0, tf.int64), block),
+    )
+    done = block[0, 0]
+    with tf.control_dependencies([done]):
+        end = tf.timestamp()
+    log_dir = tf.convert_to_tensor(log_dir, tf.string)
+    name = tf.strings.join(
+        [
+            log_dir,
+            "/",
+            tf.strings.as_string(end, precision=6),
+            "_",
+            tf.strings.as_string(end - start, precision=6),
+        ]
+    )
+
+    def write():
+        with tf.control_dependencies([tf.io.write_file(name, "")]):
+            return tf.identity(done)
+
+    return tf.cond(tf.strings.length(log_dir) > 0, write, lambda: done)
+
+
+def burn_seconds_per_iteration(iterations=3000):
+    """Returns the wall seconds of one `burn` iteration on one idle thread
+    (the runner converts `compute_ms` to iterations with it, once)."""
+    import time
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    run = tf.function(lambda n: burn(n, ""))
+    run(tf.constant(10, tf.int64))  # trace
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        run(tf.constant(iterations, tf.int64)).numpy()
+        best = min(best, time.perf_counter() - start)
+    return best / iterations
+
+
+def burn_layer(iterations: int, log_dir: str = ""):
+    """Returns a Keras layer that burns `iterations` products per training
+    call (`burn`), before the forward pass, logging to `log_dir`; identity
+    at inference. The cpu_quota straggler's counterpart of `delay_layer`."""
+    import keras
+    import tensorflow as tf
+
+    class ComputeBurn(keras.layers.Layer):
+        def __init__(self, iterations, log_dir="", **kwargs):
+            super().__init__(**kwargs)
+            self.iterations, self.log_dir = int(iterations), str(log_dir)
+
+        def call(self, inputs, training=None):
+            if not training or self.iterations <= 0:
+                return inputs
+            first = tf.reshape(inputs, [-1])[:1]
+            done = burn(self.iterations, self.log_dir, after=first)
+            with tf.control_dependencies([done]):
+                return tf.identity(inputs)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {
+                **super().get_config(),
+                "iterations": self.iterations,
+                "log_dir": self.log_dir,
+            }
+
+    return ComputeBurn(iterations, log_dir, name="compute_burn")
 
 
 def delay_layer(seconds: float):
@@ -160,22 +437,45 @@ def delay_layer(seconds: float):
     return ComputeDelay(seconds, name="compute_delay")
 
 
+def _environment_value(name, value, default, environ_path):
+    """Returns (a string tensor) variable `name` of the environment file
+    `environ_path` (NUL-separated `NAME=value`) if its value matches the
+    regex `value`, else `default`."""
+    import tensorflow as tf
+
+    pattern = f"(?s)(?:.*\\x00)?{name}=({value})(?:\\x00.*)?"
+    environ = tf.io.read_file(environ_path)
+    found = tf.strings.regex_full_match(environ, pattern)
+    text = tf.strings.regex_replace(environ, pattern, "\\1")
+    return tf.where(found, text, default)
+
+
 def pipeline_sleep_microseconds(environ_path="/proc/self/environ"):
     """Returns (as an int64 tensor) `PIPELINE_SLEEP_ENV` of the environment
     file `environ_path` (NUL-separated `NAME=value`), 0 if it is absent."""
     import tensorflow as tf
 
-    pattern = f"(?s)(?:.*\\x00)?{PIPELINE_SLEEP_ENV}=([0-9]+)(?:\\x00.*)?"
-    environ = tf.io.read_file(environ_path)
-    found = tf.strings.regex_full_match(environ, pattern)
-    digits = tf.strings.regex_replace(environ, pattern, "\\1")
-    digits = tf.where(found, digits, "0")
+    digits = _environment_value(PIPELINE_SLEEP_ENV, "[0-9]+", "0", environ_path)
     return tf.strings.to_number(digits, tf.int64)
 
 
-def process_delayed_dataset(dataset):
+def pipeline_burn(environ_path="/proc/self/environ"):
+    """Returns `(iterations, log directory)` tensors: `BURN_ITERATIONS_ENV`
+    (0 if absent) and `COMPUTE_LOG_ENV` (`""`) of the environment file."""
+    import tensorflow as tf
+
+    digits = _environment_value(
+        BURN_ITERATIONS_ENV, "[0-9]+", "0", environ_path
+    )
+    log_dir = _environment_value(COMPUTE_LOG_ENV, "[^\\x00]+", "", environ_path)
+    return tf.strings.to_number(digits, tf.int64), log_dir
+
+
+def process_delayed_dataset(dataset, environ_path="/proc/self/environ"):
     """Returns `dataset` whose elements each take a sleep of this process's
-    `PIPELINE_SLEEP_ENV` microseconds (0 if unset) to produce.
+    `PIPELINE_SLEEP_ENV` microseconds (0 if unset) to produce, and a burn
+    of its `BURN_ITERATIONS_ENV` products (none if unset), logged to its
+    `COMPUTE_LOG_ENV` (cpu_quota mode).
 
     For parameter-server schemes, whose steps run as closures on the
     workers' TF servers: a `tf.py_function` there would run back on the
@@ -189,7 +489,8 @@ def process_delayed_dataset(dataset):
     `dataset` (one sleep per element; a sleeping dataset of one element per
     element would sleep twice, once more to find its end). No prefetch may
     follow it (tf.data's automatic prefetch injection is turned off), so
-    every step waits for it.
+    every step waits for it. The burn is a map after the sleep, with the
+    same environment read. `environ_path`: for tests.
     """
     import tensorflow as tf
 
@@ -199,14 +500,27 @@ def process_delayed_dataset(dataset):
 
     def endless_sleeper(_):
         ticks = tf.data.Dataset.from_tensors(0).repeat()
-        return ticks.apply(testing.sleep(pipeline_sleep_microseconds()))
+        sleep = pipeline_sleep_microseconds(environ_path)
+        return ticks.apply(testing.sleep(sleep))
+
+    def burned(element, _):
+        # cpu_quota mode: this process's burn per element (none if unset).
+        iterations, log_dir = pipeline_burn(environ_path)
+        first = tf.reshape(tf.nest.flatten(element)[0], [-1])[:1]
+
+        def run():
+            return burn(iterations, log_dir, after=first)
+
+        done = tf.cond(iterations > 0, run, lambda: tf.constant(0.0))
+        with tf.control_dependencies([done]):
+            return tf.nest.map_structure(tf.identity, element)
 
     sleeper = tf.data.Dataset.from_tensors(0).flat_map(endless_sleeper)
     options = tf.data.Options()
     options.experimental_optimization.inject_prefetch = False
     options.autotune.enabled = False
     delayed = tf.data.Dataset.zip((dataset, sleeper))
-    return delayed.map(lambda element, _: element).with_options(options)
+    return delayed.map(burned).with_options(options)
 
 
 def step_delay_callback(seconds: float):

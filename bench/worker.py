@@ -120,6 +120,15 @@ _STEPS = flags.DEFINE_integer("steps", 40, "Timed steps.", lower_bound=1)
 _COMPUTE_MS = flags.DEFINE_float(
     "compute_ms", 0.0, "Slept compute per step (straggler base)."
 )
+_BURN = flags.DEFINE_integer(
+    "burn_iterations",
+    0,
+    "cpu_quota mode: matrix products burned per step inside the train step "
+    "(bench/stragglers.burn_layer), logged to "
+    f"${stragglers_lib.COMPUTE_LOG_ENV}; PS schemes burn in their input "
+    "pipeline instead.",
+    lower_bound=0,
+)
 _DELAY_MODE = flags.DEFINE_enum(
     "delay_mode",
     "graph",
@@ -228,6 +237,9 @@ def build_model(compute_s):
     in_graph = _DELAY_MODE.value == "graph" and _STRATEGY.value != "downpour"
     if in_graph and compute_s > 0:
         layers.append(stragglers_lib.delay_layer(compute_s))
+    if _BURN.value and _STRATEGY.value != "downpour":
+        log_dir = os.environ.get(stragglers_lib.COMPUTE_LOG_ENV, "")
+        layers.append(stragglers_lib.burn_layer(_BURN.value, log_dir))
     layers.append(keras.layers.Flatten())
     for width in _HIDDEN.value:
         layers.append(keras.layers.Dense(int(width), activation="relu"))

@@ -18,7 +18,7 @@ import os
 
 _V2_ROOTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
 _V1_CPU_ROOTS = ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct")
-_PERIOD_US = 100_000
+_PERIOD_US = 50_000  # a cap's smallest is 1 ms per period: 0.02 CPUs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +90,23 @@ class CpuQuota:
         if not cpus > 0:
             raise ValueError(f"`cpus` must be > 0. Received: cpus={cpus!r}")
         self.support = support
-        self.cpus = cpus
         self.path = os.path.join(support.root, name)
         os.makedirs(self.path, exist_ok=True)
+        if support.version == "v1":
+            self._write("cpu.cfs_period_us", str(_PERIOD_US))
+        self.set(cpus)
+
+    def set(self, cpus: float):
+        """Changes the cap to `cpus` CPUs (at least 1 ms per period), also
+        while the group's processes run."""
+        if not cpus > 0:
+            raise ValueError(f"`cpus` must be > 0. Received: cpus={cpus!r}")
         quota = max(1000, int(cpus * _PERIOD_US))
-        if support.version == "v2":
+        if self.support.version == "v2":
             self._write("cpu.max", f"{quota} {_PERIOD_US}")
         else:
-            self._write("cpu.cfs_period_us", str(_PERIOD_US))
             self._write("cpu.cfs_quota_us", str(quota))
+        self.cpus = quota / _PERIOD_US
 
     def _write(self, leaf, value):
         with open(os.path.join(self.path, leaf), "w") as f:

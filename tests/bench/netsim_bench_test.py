@@ -76,7 +76,7 @@ def test_stragglers():
     env = {stragglers.STRAGGLERS_ENV: "1:3"}
     assert stragglers.Stragglers.from_env(env).factor(1) == 3.0
     quota = stragglers.Stragglers.parse("1:4", mode="cpu_quota")
-    assert quota.compute_seconds(1, 100) == pytest.approx(0.1)
+    assert quota.compute_seconds(1, 100) == 0.0  # burned, not slept
     assert quota.cpu_quota(0, 8) is None
     share = min(1.0, (os.cpu_count() or 1) / 8)
     assert quota.cpu_quota(1, 8) == pytest.approx(share / 4)
@@ -124,6 +124,120 @@ def test_process_delayed_dataset_sleeps_in_the_graph_it_ships():
     text = graph.numpy().decode("latin-1")
     for op in ("ReadFile", "SleepDataset", "ZipDataset"):
         assert op in text
+
+
+class _Cap:
+    """A cgroup cap's stand-in: the straggler's burns take `work / cpus`."""
+
+    def __init__(self, cpus):
+        self.cpus = cpus
+
+    def set(self, cpus):
+        self.cpus = cpus
+
+
+def _log_burns(log_dir, seconds, start=1000.0):
+    log_dir.mkdir(exist_ok=True)
+    ended = start
+    for duration in seconds:
+        ended += duration
+        (log_dir / f"{ended:.6f}_{duration:.6f}").touch()
+    return ended
+
+
+def test_quota_controller_steers_the_cap_to_the_target_slowdown():
+    # The others burn 0.4 s; the straggler's 0.1 CPU-seconds take 0.1 /
+    # cpus: 4x is 1.6 s, at 0.0625 CPUs. Start 4x too generous.
+    cap = _Cap(0.25)
+    controller = stragglers.QuotaController(4.0, cap.cpus)
+    others = {"w0": [0.4] * 6, "w1": [0.41] * 6}
+    straggler = []
+    for _ in range(12):
+        straggler.append(0.1 / cap.cpus)  # a burn per correction
+        cap.set(controller.update(straggler, others) or cap.cpus)
+    assert controller.ratio(straggler, others) == pytest.approx(4.0, rel=0.05)
+    assert cap.cpus == pytest.approx(0.0625, rel=0.05)
+    # Not enough burns: no correction; a bound holds.
+    assert controller.update([1.0], others) is None
+    assert math.isnan(controller.ratio([1.0, 1.0], {"w0": [0.4]}))
+    bounded = stragglers.QuotaController(4.0, 0.05, bounds=(0.04, 2.0))
+    assert bounded.update([0.1, 0.1], others) == 0.04  # 1x: less CPU
+    with pytest.raises(ValueError, match="target >= 1"):
+        stragglers.QuotaController(0.5, 0.1)
+
+
+def test_quota_steering_reads_the_logs_and_measures_the_timed_window(
+    tmp_path,
+):
+    logs = {name: tmp_path / name for name in ("w0", "w1", "w2")}
+    _log_burns(logs["w0"], [0.4] * 20)
+    _log_burns(logs["w1"], [0.5] * 20)
+    # Two slow burns before the window (1000-1004), four at 4x after.
+    _log_burns(logs["w2"], [2.0, 2.0, 1.6, 1.6, 1.6, 1.6])
+    (logs["w2"] / "not-a-burn").touch()
+    assert stragglers.read_burns(logs["w2"], 1004.5) == [1.6] * 4
+    assert stragglers.read_burns(tmp_path / "missing") == []
+    cap = _Cap(0.1)
+    steering = stragglers.QuotaSteering(
+        {k: str(v) for k, v in logs.items()}, {"w2": cap}, {"w2": 4.0}
+    )
+    steering.poll()
+    steering.poll()  # within the period: no second correction
+    assert len(steering.trajectory) == 1
+    # Its last two, 1.6, over the others' 0.45: 3.56x, too fast: less CPU.
+    assert steering.trajectory[0][2] == pytest.approx(1.6 / 0.45)
+    assert cap.cpus < 0.1
+    window = [{"timed_start": 1004.5, "step_end_times": [1005.0, 1011.0]}]
+    slowdown, cpus = steering.achieved(window)["w2"]
+    # In [1004.5, 1011]: w2's four 1.6 s burns over the medians of w0's
+    # (ended 1004.8-1008) and w1's (1005-1010), 0.4 and 0.5.
+    assert slowdown == pytest.approx(1.6 / 0.45)
+    assert cpus == cap.cpus
+    path = tmp_path / "quota.csv"
+    steering.write(path)
+    assert path.read_text().splitlines()[0] == "time,task,ratio,cpus"
+
+
+def test_burns_log_their_wall_time_in_the_step_and_the_pipeline(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # The pipeline (PS schemes) reads its burn from the process's
+    # environment; elements pass through unchanged, one burn each.
+    environ = tmp_path / "environ"
+    environ.write_bytes(
+        f"A=1\x00{stragglers.BURN_ITERATIONS_ENV}=200\x00"
+        f"{stragglers.COMPUTE_LOG_ENV}={logs}\x00".encode()
+    )
+    data = tf.data.Dataset.range(6).batch(2)
+    burned = stragglers.process_delayed_dataset(data, str(environ))
+    assert [x.tolist() for x in burned.as_numpy_iterator()] == [
+        [0, 1],
+        [2, 3],
+        [4, 5],
+    ]
+    burns = stragglers.read_burns(logs)
+    assert len(burns) == 3 and all(b > 0 for b in burns)
+    # Without the variables: no burn, no log.
+    environ.write_bytes(b"A=1\x00")
+    list(stragglers.process_delayed_dataset(data, str(environ)))
+    assert len(stragglers.read_burns(logs)) == 3
+    # In the train step: one burn per step, none at inference.
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            stragglers.burn_layer(200, str(logs)),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile("sgd", "mse")
+    x, y = tf.ones((8, 3)), tf.ones((8, 1))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert len(stragglers.read_burns(logs)) == 5
+    model.predict(x, verbose=0)
+    assert len(stragglers.read_burns(logs)) == 5
 
 
 def test_runner_metrics_and_schemes():
