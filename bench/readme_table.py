@@ -424,6 +424,11 @@ def bytes_table(runs):
 
 def _slowdown(r):
     """The straggler's achieved slowdown and how it was measured."""
+    if _column(r, "straggler_compute_slowdown"):
+        return (
+            _f(r["straggler_compute_slowdown"]),
+            "its burned compute in the window, cap steered",
+        )
     if _column(r, "slowest_worker_slowdown"):
         return _f(r["slowest_worker_slowdown"]), "applied steps"
     if r["scheme"].startswith("adpsgd"):

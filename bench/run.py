@@ -133,6 +133,19 @@ EXPERIMENTS = {
         stragglers=("none", "3:4"),
         compute_ms=300.0,
     ),
+    # A CPU-quota straggler calibrated to 4x (issue 16), run with
+    # --straggler_mode=cpu_quota: every worker burns 100 ms of CPU (on one
+    # idle thread) per step, the straggler's cap is steered until its burns
+    # take 4x the others'; long enough that it trains through the window.
+    "straggler_quota": dict(
+        _EIGHT_WORKERS,
+        schemes=("allreduce", "dpsgd_onepeer", "adpsgd", "downpour", "spsgd"),
+        networks=(("1gbit", 1.0),),
+        hidden="128",
+        steps=40,
+        stragglers=("none", "3:4"),
+        compute_ms=100.0,
+    ),
     # The synchronous baselines' goals (issue 14), with --repeats=3.
     "sync_latency": dict(
         _EIGHT_WORKERS,
