@@ -224,6 +224,50 @@ def step_table(runs):
     return lines
 
 
+_COMPUTE_BOUND = ("compute_latency", "compute_bandwidth")
+
+
+def _compute_key(runs, experiment):
+    """The network key of `experiment`'s runs (None if it did not run)."""
+    rows = _ok(runs, experiment=experiment)
+    return _network_key(rows[0]) if rows else None
+
+
+def _compute_label(runs, experiment):
+    r = _ok(runs, experiment=experiment)[0]
+    return f"{_network_label(r)}, {_f(r['compute_ms']):g} ms slept compute"
+
+
+def compute_bound_table(runs):
+    """Step time with compute-bound steps (slept compute longer than the
+    communication): AD-PSGD's active workers against one-peer D-PSGD's
+    (issue 15: within 1.2x), each ratio paired by repeat."""
+    keys = {
+        e: _compute_key(runs, e)
+        for e in _COMPUTE_BOUND
+        if _compute_key(runs, e)
+    }
+    if not keys:
+        return []
+    head = ["scheme"]
+    for experiment in keys:
+        label = _compute_label(runs, experiment)
+        head += [f"{label}: ms", "/ one-peer D-PSGD"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    labels = _labels(runs)
+    rows = [r for r in runs if r["experiment"] in keys]
+    for scheme in _schemes(rows):
+        for suffix, column in variants(rows, scheme):
+            cells = [f"{labels[scheme]} (`{scheme}`){suffix}"]
+            for key in keys.values():
+                match = _match(key, stragglers="none")
+                own = _by_repeat(runs, key[0], scheme, column, **match)
+                ratio = _ratios(runs, key, scheme, "dpsgd_onepeer", column)
+                cells += [_spread(own.values(), 1e3, 0), _spread(ratio)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def round_trip_table(runs):
     """Round trips on a step's critical path, from the `latency`
     experiment: (step at the largest latency - step unshaped) / (2 x that
@@ -1013,6 +1057,23 @@ def goals(runs):
          [_f(_column(r, "exchanges_per_active_step"))
           for r in _ok(runs, scheme="adpsgd", stragglers="none")
           if _network_key(r) == latency], 0.95, False),
+        *(
+            row
+            for experiment in _COMPUTE_BOUND
+            if _compute_key(runs, experiment)
+            for row in (
+                (f"AD-PSGD active step / one-peer D-PSGD, "
+                 f"{_compute_label(runs, experiment)} (issue 15)",
+                 _ratios(runs, _compute_key(runs, experiment), "adpsgd",
+                         "dpsgd_onepeer", _ACTIVE), 1.2, True),
+                (f"AD-PSGD exchanges per active step, "
+                 f"{_compute_label(runs, experiment)} (issue 15)",
+                 [_f(_column(r, "exchanges_per_active_step"))
+                  for r in _ok(runs, experiment=experiment,
+                               scheme="adpsgd", stragglers="none")],
+                 0.95, False),
+            )
+        ),
     ):  # fmt: skip
         if text.startswith("Downpour, n_fetch") and spe_rows:
             continue  # judged against the best AllReduce (spe) below
@@ -1187,6 +1248,10 @@ def generate(results_dir, root=None):
         ["**Round trips per step** (each one-way latency of the latency "
          "experiment's shaped network paid on a step's critical path, two "
          "per round trip)", "", *round_trip_table(runs)],
+        ["**AD-PSGD with compute-bound steps** (slept compute longer than "
+         "the communication; issue 15's goal: the active workers' step "
+         "within 1.2x of one-peer D-PSGD's, ratios paired by repeat)", "",
+         *compute_bound_table(runs)],
         ["**Throughput kept with a straggler** (samples/s of every worker "
          "over a window in which all of them train, with the straggler "
          "over without; the straggler's slowdown as achieved in the run)",
@@ -1230,8 +1295,9 @@ def generate(results_dir, root=None):
          "worker's compute measured alone; the software term is each "
          "scheme's measured step minus the prediction on the unshaped "
          "network, added to its other predictions; cells: error a priori "
-         "/ with the term, predicted over measured - 1, on the shaped "
-         "networks)", "", *model_table(runs)],
+         "/ with the term (/ with the PS schemes' round trips measured by "
+         "`round_trips` and their term, where it ran), predicted over "
+         "measured - 1, on the shaped networks)", "", *model_table(runs)],
     ]  # fmt: skip
     body = "\n\n".join(
         "\n".join(s) for s in sections if len(s) == 1 or len(s) > 2

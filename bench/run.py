@@ -146,6 +146,26 @@ EXPERIMENTS = {
         stragglers=("none", "3:4"),
         compute_ms=100.0,
     ),
+    # Issue 15's AD-PSGD goals with compute-bound steps: slept compute
+    # longer than either scheme's communication (at 20 ms one way, 0.4 MB;
+    # at 100 Mbit/s, 4 MB, where AD-PSGD's exchange moves the model both
+    # ways: about 0.7 s), so that overlap decides the step.
+    "compute_latency": dict(
+        _EIGHT_WORKERS,
+        schemes=("allreduce", "dpsgd_onepeer", "adpsgd"),
+        networks=(("1gbit", 20.0),),
+        hidden="128",
+        steps=20,
+        compute_ms=300.0,
+    ),
+    "compute_bandwidth": dict(
+        _EIGHT_WORKERS,
+        schemes=("allreduce", "dpsgd_onepeer", "adpsgd"),
+        networks=(("100mbit", 1.0),),
+        hidden="1280",
+        steps=20,
+        compute_ms=1000.0,
+    ),
     # The synchronous baselines' goals (issue 14), with --repeats=3.
     "sync_latency": dict(
         _EIGHT_WORKERS,

@@ -499,3 +499,28 @@ def test_round_trips_measured_once_replace_the_protocols_in_the_model(
     )
     goal = _line(text, "| cost model with the PS schemes' round trips")
     assert goal.endswith("| >= 80 % of runs | 1 of 1 (100%) | met |")
+
+
+def test_compute_bound_ad_psgd_against_one_peer(tmp_path):
+    rows = []
+    for seed, (active, onepeer) in enumerate(((0.33, 0.30), (0.45, 0.30))):
+        rows += [
+            _run("compute_latency", "dpsgd_onepeer", seed, onepeer,
+                 compute_ms=300),
+            _run("compute_latency", "adpsgd", seed, 0.32, compute_ms=300,
+                 step_time_active_s=active, step_time_passive_s=0.31,
+                 exchanges_per_active_step=0.97),
+        ]  # fmt: skip
+    _write(tmp_path / "results" / "compute_latency", rows)
+    text = readme_table.generate("results", root=str(tmp_path))
+    section = "**AD-PSGD with compute-bound steps**"
+    head = _line(text, "| scheme |", section)
+    assert "1 Gbit/s, 20 ms, 0.40 MB, 300 ms slept compute: ms" in head
+    active = _line(text, "| ADPSGD (`adpsgd`), active workers |", section)
+    # Paired: 0.33 / 0.30 = 1.1 and 0.45 / 0.30 = 1.5.
+    assert active.endswith("| 390 [330-450] (n=2) | 1.30 [1.10-1.50] (n=2) |")
+    goal = _line(text, "| AD-PSGD active step / one-peer D-PSGD, 1 Gbit/s")
+    assert "300 ms slept compute (issue 15) | <= 1.2 |" in goal
+    assert goal.endswith("| missed |")
+    goal = _line(text, "| AD-PSGD exchanges per active step, 1 Gbit/s")
+    assert goal.endswith("| >= 0.95 | 0.97 [0.97-0.97] (n=2) | met |")
