@@ -77,25 +77,12 @@ def calibrate(runs):
     return runs
 
 
-def _pick(runs, experiment, scheme, **match):
-    rows = [
-        r
-        for r in runs
-        if r["status"] == "ok"
-        and r["experiment"] == experiment
-        and r["scheme"] == scheme
-        and all(str(r[k]) == str(v) for k, v in match.items())
-    ]
-    values = [_f(r["step_time_s"]) for r in rows]
-    return sum(values) / len(values) if values else float("nan"), rows
-
-
 def _ms(seconds):
     return "-" if math.isnan(seconds) else f"{seconds * 1e3:.0f}"
 
 
-def _ratio(a, b):
-    return "-" if math.isnan(a) or math.isnan(b) or b == 0 else f"{a / b:.2f}"
+def _div(a, b):
+    return a / b if b else float("nan")
 
 
 def step_table(runs, experiment, x_key, x_label, sort_key=None):
@@ -137,44 +124,55 @@ def step_table(runs, experiment, x_key, x_label, sort_key=None):
 
 def goals(runs):
     out = ["## Goals (ratios measured in this run)", ""]
-    # 1. Latency-bound.
+    # 1. Latency-bound; 2. bandwidth-bound: ratios paired by repeat.
     lat = [r for r in runs if r["experiment"] == "latency"]
     if lat:
         top = max(_f(r["latency_ms"]) for r in lat)
-        ar, _ = _pick(runs, "latency", "allreduce", latency_ms=_tx(top, lat))
-        op, _ = _pick(
-            runs, "latency", "dpsgd_onepeer", latency_ms=_tx(top, lat)
-        )
-        ring, _ = _pick(runs, "latency", "dpsgd_ring", latency_ms=_tx(top, lat))
+        step = {
+            s: _by_repeat(runs, "latency", s, latency_ms=top, stragglers="none")
+            for s in ("allreduce", "dpsgd_onepeer", "dpsgd_ring")
+        }
+
+        def over(scheme, base="allreduce"):
+            return _spread(_paired(step[scheme], step[base], _div))
+
         out += [
-            f"- Latency-bound ({top:g} ms one way, 1 Gbit/s): one-peer / "
-            f"AllReduce = {_ratio(op, ar)} (goal <= 0.15), ring / AllReduce "
-            f"= {_ratio(ring, ar)} (goal <= 0.2); AllReduce {_ms(ar)} ms, "
-            f"one-peer {_ms(op)} ms, ring {_ms(ring)} ms.",
+            f"- Latency-bound ({top:g} ms one way, 1 Gbit/s; ratios paired "
+            f"by repeat): one-peer / AllReduce = {over('dpsgd_onepeer')} "
+            f"(goal <= 0.15), ring / AllReduce = {over('dpsgd_ring')} (goal "
+            "<= 0.2); "
+            + ", ".join(
+                f"{s} {_spread(v.values(), 1e3, 0)} ms" for s, v in step.items()
+            )
+            + ".",
         ]
-    # 2. Bandwidth-bound.
     bw = [r for r in runs if r["experiment"] == "bandwidth"]
     if bw:
         low = min(_f(r["rate_mbit"]) for r in bw)
         sel = [r for r in bw if _f(r["rate_mbit"]) == low]
+        step = {
+            s: _by_repeat(
+                runs, "bandwidth", s, rate_mbit=low, stragglers="none"
+            )
+            for s in dict.fromkeys(r["scheme"] for r in sel)
+        }
+        step = {s: v for s, v in step.items() if v}
         ranking = sorted(
-            (
-                (_f(r["step_time_s"]), r["scheme"])
-                for r in sel
-                if r["status"] == "ok"
-            ),
-            reverse=True,
+            step, key=lambda s: -statistics.median(step[s].values())
         )
-        ar = next((t for t, s in ranking if s == "allreduce"), float("nan"))
-        op = next((t for t, s in ranking if s == "dpsgd_onepeer"), float("nan"))
-        ring = next((t for t, s in ranking if s == "dpsgd_ring"), float("nan"))
+        base = step.get("allreduce", {})
         out += [
             f"- Bandwidth-bound ({low:g} Mbit/s, "
-            f"{_f(sel[0]['model_bytes']) / 1e6:.2f} MB model): one-peer / "
-            f"AllReduce = {_ratio(op, ar)} (goal <= 0.6); ring / AllReduce "
-            f"= {_ratio(ring, ar)} (ring gossip sends 2 m per worker, ring "
-            "all-reduce 2 (p-1)/p m = 1.75 m); slowest first: "
-            + ", ".join(f"{s} {_ms(t)} ms" for t, s in ranking)
+            f"{_f(sel[0]['model_bytes']) / 1e6:.2f} MB model; ratios paired "
+            "by repeat): one-peer / AllReduce = "
+            f"{_spread(_paired(step.get('dpsgd_onepeer', {}), base, _div))} "
+            "(goal <= 0.6); ring / AllReduce = "
+            f"{_spread(_paired(step.get('dpsgd_ring', {}), base, _div))} "
+            "(ring gossip sends 2 m per worker, ring all-reduce 2 (p-1)/p m "
+            "= 1.75 m); slowest first: "
+            + ", ".join(
+                f"{s} {_spread(step[s].values(), 1e3, 0)} ms" for s in ranking
+            )
             + ".",
         ]
     # 3. Straggler: `straggler_goals` (paired by repeat).
@@ -204,13 +202,6 @@ def goals(runs):
             "ratios paired by seed): " + "; ".join(parts) + ".",
         ]
     return out
-
-
-def _tx(value, rows):
-    for r in rows:
-        if _f(r["latency_ms"]) == value:
-            return r["latency_ms"]
-    return str(value)
 
 
 def model_errors(runs):
