@@ -19,6 +19,7 @@ per library: every adapter of a private TensorFlow name is here, in one
 section per strategy, so that an upgrade is checked against one file.
 """
 
+import contextlib
 import os
 
 # pylint: disable=g-direct-tensorflow-import
@@ -96,7 +97,30 @@ PRIVATE_NAMES.update({
         "whether a launcher defers instance keys at all (TF1 graph mode "
         "does not); the patch above keeps TF's keys when it does not"
     ),
+    "_communication_options": (
+        "the CommunicationOptions MWMS's extended merges into every "
+        "collective it builds; AllReduceStrategy swaps in a 0 per-op "
+        "timeout while Keras' step is traced (the step watchdog times it "
+        "out instead: see _collective.StepWatchdog)"
+    ),
 })
+
+
+@contextlib.contextmanager
+def collective_options_of(extended, options):
+    """Within the block, `extended` (a CollectiveAllReduceExtended) builds
+    its collectives with `options` in place of its own."""
+    saved = extended._communication_options
+    extended._communication_options = options
+    try:
+        yield
+    finally:
+        extended._communication_options = saved
+
+
+def collective_options(extended):
+    """The CommunicationOptions of a CollectiveAllReduceExtended."""
+    return extended._communication_options
 
 
 # Collective all-reduce (MultiWorkerMirroredStrategy) -------------------
@@ -274,7 +298,11 @@ PRIVATE_NAMES.update({
         "as in TF's MirroredExtended._create_variable; for "
         "AsyncGossipStrategy's rejoin, check_alive / get_server_def / "
         "update_server_def, as TF's ClusterCoordinator uses them to take a "
-        "restarted worker back (see reattach_restarted_task)"
+        "restarted worker back (see reattach_restarted_task); "
+        "abort_collective_ops, as MWMS's health check uses it: the "
+        "collective strategies' one step watchdog per process in place of "
+        "TF's per-op timeout, which starts a thread per collective op that "
+        "sleeps the whole timeout (see _collective.StepWatchdog)"
     ),
     "tensorflow.python.eager.record": (
         "stop_recording() around each copy's creation, as in TF's "
@@ -621,6 +649,14 @@ def disable_async_executor_globally() -> None:
     `PRIVATE_NAMES["TF_PS_DISABLE_ASYNC_EXECUTOR_GLOBALLY"]`).
     """
     os.environ["TF_PS_DISABLE_ASYNC_EXECUTOR_GLOBALLY"] = "True"
+
+
+def abort_collective_ops(message: str) -> None:
+    """Aborts this process's collectives with `DeadlineExceeded`, as TF's
+    own per-op timeout does (`Collective ops is aborted by: message`)."""
+    context.context().abort_collective_ops(
+        tf.errors.DEADLINE_EXCEEDED, message
+    )
 
 
 def task_is_alive(task: str) -> bool:

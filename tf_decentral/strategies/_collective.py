@@ -13,9 +13,13 @@
   naming it (probing which peers still accept connections).
 * `broadcast_training_state`: every worker takes the chief's model,
   optimizer and resume epoch (after a BackupAndRestore restore).
+* `StepWatchdog`: the collective timeout of Keras' training step, one
+  thread per process (`NO_OP_TIMEOUT` for the step's own collectives).
 """
 
+import contextlib
 import re
+import threading
 import time
 
 import tensorflow as tf
@@ -95,6 +99,85 @@ def communication_options(options=None, default_timeout=None):
             f"Received: timeout_seconds={timeout!r}"
         )
     return options
+
+
+NO_OP_TIMEOUT = 0
+"""The per-op timeout of a collective in Keras' step (0: none; TF's
+`CommunicationOptions` merge keeps a 0 over a default, unlike None): the
+step's `StepWatchdog` enforces the timeout instead."""
+
+
+class StepWatchdog:
+    """Aborts this process's collectives when a step outlives `timeout`.
+
+    TF's per-op timeout (`CommunicationOptions.timeout_seconds`, a
+    collective op's `timeout`) starts, for every collective op it runs, a
+    thread that sleeps the whole timeout (two: one more for the op's
+    parameters; `base_collective_executor.cc`, `SchedNonBlockingClosure
+    After`), and TF's docs say to use it for debugging only. A process then
+    holds about `2 x timeout x collective ops per second` threads: ring
+    D-PSGD at 20 ms one way, 15 steps/s and a 180 s timeout grew by 100
+    threads a second to 3500 per worker, and 8 workers on one host hit
+    the kernel's `pid_max` (32768): every thread creation failed and the
+    workers aborted (`std::system_error`, "Resource temporarily
+    unavailable").
+
+    So the collectives of Keras' step run without a per-op timeout
+    (`NO_OP_TIMEOUT`) and `step()` arms this watchdog instead: one thread,
+    which aborts the collectives (`DeadlineExceeded`, as TF's timeout
+    does; a dead or hung peer is then named by `explain_lost_worker`) when
+    a step runs longer than `timeout` seconds.
+
+    Args:
+        timeout: Seconds a step may take; None: no watchdog.
+        what: Names the step in the abort message.
+    """
+
+    def __init__(self, timeout, what="the training step"):
+        self.timeout, self.what = timeout, what
+        self.fired = 0
+        self._deadline = None
+        self._condition = threading.Condition()
+        self._thread = None
+
+    @contextlib.contextmanager
+    def step(self):
+        """Within the block, the step's collectives have `timeout` seconds
+        (re-entrant: the outermost block counts)."""
+        if not self.timeout or self._deadline is not None:
+            yield
+            return
+        with self._condition:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="tfd_step_watchdog", daemon=True
+                )
+                self._thread.start()
+            self._deadline = time.monotonic() + self.timeout
+            self._condition.notify()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._deadline = None
+                self._condition.notify()
+
+    def _watch(self):
+        while True:
+            with self._condition:
+                while self._deadline is None:
+                    self._condition.wait()
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._condition.wait(left)
+                    continue
+                self._deadline = None
+                self.fired += 1
+            _tf_private.abort_collective_ops(
+                "Collective has timed out during execution: "
+                f"{self.what} ran longer than {self.timeout:g} s "
+                "(communication_options.timeout_seconds)."
+            )
 
 
 _TASK_IN_ERROR = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")

@@ -61,6 +61,11 @@ class _AllReduceExtended(
             cluster_resolver=cluster_resolver,
             communication_options=options,
         )
+        self.watchdog = _collective.StepWatchdog(
+            self.timeout_seconds,
+            f"the training step of {cluster_resolver.task_type}:"
+            f"{cluster_resolver.task_id}",
+        )
 
     @property
     def in_keras_step(self) -> bool:
@@ -69,10 +74,20 @@ class _AllReduceExtended(
 
     @contextlib.contextmanager
     def keras_step(self):
-        """Within the block, `Strategy.reduce` stays on this worker."""
+        """Within the block, `Strategy.reduce` stays on this worker and the
+        collectives traced have no per-op timeout (the step's watchdog
+        times them out: TF's per-op timeout holds a thread per collective
+        for the whole timeout, see `_collective.StepWatchdog`)."""
         self._step.depth = getattr(self._step, "depth", 0) + 1
+        # A 0 timeout overrides the default's in TF's merge (None would not).
+        options = _tf_private.collective_options(self).merge(
+            tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=_collective.NO_OP_TIMEOUT
+            )
+        )
         try:
-            yield
+            with _tf_private.collective_options_of(self, options):
+                yield
         finally:
             self._step.depth -= 1
 
@@ -80,7 +95,8 @@ class _AllReduceExtended(
         del model
 
         def train_function_in_step(*args, **kwargs):
-            with self.keras_step():
+            self.hook_counts["watched_steps"] += 1
+            with self.keras_step(), self.watchdog.step():
                 return train_function(*args, **kwargs)
 
         return train_function_in_step

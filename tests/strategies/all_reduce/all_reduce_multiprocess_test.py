@@ -93,6 +93,17 @@ class AllReduceMultiWorkerTest(tf.test.TestCase, parameterized.TestCase):
             rtol=1e-5,
         )
 
+    @pytest.mark.timeout(300)
+    def test_steps_hold_no_thread_per_collective(self):
+        # TF's per-op collective timeout holds two threads per op for the
+        # whole timeout: 300 steps would leave about 600. Keras' step has
+        # a watchdog thread instead (_collective.StepWatchdog).
+        reports = run_cluster("threads")
+        for report in reports.values():
+            grown = report["threads_after"] - report["threads_before"]
+            self.assertLess(grown, 100, report)
+            self.assertEqual(report["hook_counts"]["watched_steps"], 320)
+
     @parameterized.parameters("local", "global")
     @pytest.mark.timeout(300)
     def test_steps_per_execution(self, step_logs):

@@ -134,6 +134,22 @@ def phase_checkpoint(strategy, dataset, node):
     }
 
 
+def phase_threads(strategy, model, node, x, y):
+    """This process's threads before and after 300 more steps of `fit`."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.batch(PER_WORKER_BATCH).repeat()
+    dataset = strategy.distribute_datasets_from_function(lambda c: ds)
+    model.fit(dataset, steps_per_epoch=20, verbose=0)  # warm up, trace
+    before = len(os.listdir("/proc/self/task"))
+    model.fit(dataset, steps_per_epoch=300, verbose=0)
+    return {
+        "node": node,
+        "threads_before": before,
+        "threads_after": len(os.listdir("/proc/self/task")),
+        "hook_counts": dict(strategy.extended.hook_counts),
+    }
+
+
 def main(phase, step_logs, timeout):
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=timeout
@@ -154,6 +170,10 @@ def main(phase, step_logs, timeout):
         return ds.repeat() if phase == "checkpoint" else ds
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    if phase == "threads":
+        result = phase_threads(strategy, model, node, x, y)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
     if phase == "checkpoint":
         try:
             result = phase_checkpoint(strategy, dataset, node)

@@ -270,6 +270,17 @@ class GossipMultiprocessTest(tf.test.TestCase, parameterized.TestCase):
                 )
 
     @pytest.mark.timeout(400)
+    @pytest.mark.timeout(300)
+    def test_steps_hold_no_thread_per_exchange(self):
+        # TF's per-op collective timeout holds a thread per op (two) for the
+        # whole timeout (20 s here): 300 steps of 2 exchanges would leave
+        # about 1200 threads. Keras' step has a watchdog thread instead.
+        reports = run_cluster("threads", "ring", num_workers=2)
+        for report in reports.values():
+            grown = report["threads_after"] - report["threads_before"]
+            self.assertLess(grown, 100, report)
+            self.assertEqual(report["hook_counts"]["watched_steps"], 320)
+
     def test_bytes_per_worker_grow_with_degree_not_workers(self):
         per_worker = {}
         for name, n in (("ring", 3), ("ring", 5), ("one_peer_exponential", 2)):

@@ -321,6 +321,20 @@ def _overlap(strategy, node, n, result):
     result["order"] = exchange_order(model, next(iter(dataset)))
 
 
+def _threads(strategy, node, n, result):
+    """This process's threads before and after 300 more steps of `fit`."""
+    model = linear_model(strategy, LR)
+    x, y = worker_shard(*data(n, steps=8), node, n)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.batch(PER_WORKER_BATCH).repeat()
+    dataset = strategy.distribute_datasets_from_function(lambda c: ds)
+    model.fit(dataset, steps_per_epoch=20, verbose=0)  # warm up, trace
+    result["threads_before"] = len(os.listdir("/proc/self/task"))
+    model.fit(dataset, steps_per_epoch=300, verbose=0)
+    result["threads_after"] = len(os.listdir("/proc/self/task"))
+    result["hook_counts"] = dict(strategy.extended.hook_counts)
+
+
 def main(phase, topology, update, timeout):
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=timeout
@@ -345,6 +359,8 @@ def main(phase, topology, update, timeout):
         _checkpoint(strategy, node, n, result)
     elif phase == "overlap":
         _overlap(strategy, node, n, result)
+    elif phase == "threads":
+        _threads(strategy, node, n, result)
     else:
         raise ValueError(f"Unknown phase {phase!r}")
     print("RESULT " + json.dumps(result), flush=True)

@@ -25,6 +25,7 @@ gradient: it cannot overlap.
 import collections
 import contextlib
 import os
+import threading
 
 import tensorflow as tf
 
@@ -83,10 +84,37 @@ class MultiWorkerGossipExtended(
         self.update_rule = update
         self.node = self.id_in_cluster
         self.timeout = options.timeout_seconds
+        self.watchdog = _collective.StepWatchdog(
+            self.timeout,
+            f"the training step of worker {self.task_type}:{self.task_id}",
+        )
+        self._step = threading.local()
         self._global_reductions = False
 
     def use_merge_call(self):
         return True
+
+    @property
+    def in_keras_step(self) -> bool:
+        """Whether Keras' training step is being traced or run here."""
+        return getattr(self._step, "depth", 0) > 0
+
+    def keras_wrap_train_function(self, model, train_function):
+        """Runs every call of Keras' step under the step watchdog: its
+        exchanges are traced without TF's per-op timeout (a thread per op,
+        see `_collective.StepWatchdog`)."""
+        del model
+
+        def watched_train_function(*args, **kwargs):
+            self.hook_counts["watched_steps"] += 1
+            self._step.depth = getattr(self._step, "depth", 0) + 1
+            try:
+                with self.watchdog.step():
+                    return train_function(*args, **kwargs)
+            finally:
+                self._step.depth -= 1
+
+        return watched_train_function
 
     # Optimizer hooks ----------------------------------------------------
 
@@ -142,6 +170,11 @@ class MultiWorkerGossipExtended(
         if not variables:
             return
         self.hook_counts["mix"] += 1
+        # In Keras' step the watchdog times the step out (one thread); a
+        # per-op timeout would hold a thread per exchange for `timeout` s.
+        timeout = (
+            _collective.NO_OP_TIMEOUT if self.in_keras_step else self.timeout
+        )
         groups = packing.group_by_dtype(variables).values()
         for slot, group in enumerate(groups):
             with tf.device(self.worker_devices[0]):
@@ -151,7 +184,7 @@ class MultiWorkerGossipExtended(
                     self.node,
                     step,
                     slot=slot,
-                    timeout=self.timeout,
+                    timeout=timeout,
                 )
             self._assign_every_copy(group, mixed)
 
