@@ -1,5 +1,7 @@
 """What the strategies share: errors, options, collective key ranges."""
 
+import time
+
 import tensorflow as tf
 from absl.testing import parameterized
 
@@ -222,3 +224,46 @@ class ExplainLostWorkerTest(tf.test.TestCase):
         )
         self.assertEqual(probed, [])
         self.assertIn("a peer (TF did not say which)", message)
+
+
+class StepWatchdogTest(tf.test.TestCase):
+    def _watchdog(self, timeout):
+        aborts = []
+        self.enter_context(
+            tf.compat.v1.test.mock.patch.object(
+                _tf_private, "abort_collective_ops", aborts.append
+            )
+        )
+        return _collective.StepWatchdog(timeout, "the step of w:1"), aborts
+
+    def test_a_step_longer_than_the_timeout_aborts_the_collectives(self):
+        watchdog, aborts = self._watchdog(0.2)
+        with watchdog.step():
+            time.sleep(0.6)
+        self.assertEqual(watchdog.fired, 1)
+        self.assertLen(aborts, 1)
+        # TF's own timeout says this; explain_lost_worker looks for it.
+        self.assertStartsWith(
+            aborts[0], "Collective has timed out during execution: the step"
+        )
+        self.assertIn("0.2 s", aborts[0])
+
+    def test_steps_within_the_timeout_never_abort(self):
+        watchdog, aborts = self._watchdog(0.3)
+        for _ in range(5):  # 1 s in all, each step 0.2 s
+            with watchdog.step():
+                time.sleep(0.2)
+        time.sleep(0.4)  # idle between steps: not timed
+        self.assertEqual(aborts, [])
+        # Nested steps count once: the outermost.
+        with watchdog.step():
+            with watchdog.step():
+                time.sleep(0.1)
+        self.assertEqual(aborts, [])
+
+    def test_no_timeout_no_thread(self):
+        watchdog, aborts = self._watchdog(None)
+        with watchdog.step():
+            time.sleep(0.05)
+        self.assertIsNone(watchdog._thread)
+        self.assertEqual(aborts, [])

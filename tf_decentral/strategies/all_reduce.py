@@ -157,8 +157,11 @@ class AllReduceStrategy(
         communication_options: A
             `tf.distribute.experimental.CommunicationOptions`. Its
             `timeout_seconds` (default 120; must be positive) is how long a
-            collective waits for a dead or stuck worker before raising an
-            error that names it.
+            training step of `fit` (outside `fit`: a collective) waits for a
+            dead or stuck worker before raising an error that names it. In
+            `fit` one watchdog thread per worker keeps it
+            (`_collective.StepWatchdog`); TF's per-op timeout, used outside
+            `fit`, holds a thread per collective op for that long.
         step_logs: `"local"` (default): each step's loss and metrics are
             this worker's; `"global"`: averaged over every worker, at the
             cost of one extra collective per step (all scalars packed).

@@ -69,7 +69,9 @@ class MultiWorkerGossipExtended(
         topology: The `Topology` whose nodes are the workers.
         update_rule: `"dpsgd"` or `"atc"`.
         node: This worker's gossip node (`id_in_cluster`).
-        timeout: Collective timeout in seconds (None: wait forever).
+        timeout: Collective timeout in seconds (None: wait forever); in
+            Keras' step, per step (`watchdog`), else per collective op.
+        watchdog: The `_collective.StepWatchdog` of Keras' step.
         hook_counts: How often each hook fired (tests read it).
     """
 
