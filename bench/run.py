@@ -136,12 +136,14 @@ EXPERIMENTS = {
     # A CPU-quota straggler calibrated to 4x (issue 16), run with
     # --straggler_mode=cpu_quota: every worker burns 100 ms of CPU (on one
     # idle thread) per step, the straggler's cap is steered until its burns
-    # take 4x the others'; long enough that it trains through the window.
+    # take 4x the others'; long enough that it trains through the window,
+    # with 10 warm-up steps for the cap to settle before the timing.
     "straggler_quota": dict(
         _EIGHT_WORKERS,
         schemes=("allreduce", "dpsgd_onepeer", "adpsgd", "downpour", "spsgd"),
         networks=(("1gbit", 1.0),),
         hidden="128",
+        warmup_steps=10,
         steps=40,
         stragglers=("none", "3:4"),
         compute_ms=100.0,

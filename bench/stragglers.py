@@ -171,6 +171,7 @@ class QuotaController:
             )
         self.target, self.cpus, self.bounds = target, cpus, bounds
         self.gain, self.window, self.own = gain, window, own
+        self._seen = 0  # the straggler's burns at the last correction
 
     def ratio(self, straggler, others):
         """Returns the straggler's recent median burn over the others'
@@ -185,15 +186,21 @@ class QuotaController:
         return mine / theirs if theirs > 0 else float("nan")
 
     def update(self, straggler, others):
-        """Returns the new cap, or None (not enough burns yet).
+        """Returns the new cap, or None (not enough burns yet, or none of
+        the straggler's since the last correction).
 
         Args:
             straggler: The straggler's burns so far, oldest first.
             others: `{worker: burns}` of the other workers.
         """
+        # Without a new burn of the straggler the same ratio would be
+        # corrected for again (and again): wait for one.
+        if len(straggler) == self._seen:
+            return None
         ratio = self.ratio(straggler, others)
         if ratio != ratio:  # NaN
             return None
+        self._seen = len(straggler)
         step = min(4.0, max(0.25, (ratio / self.target) ** self.gain))
         low, high = self.bounds
         self.cpus = min(high, max(low, self.cpus * step))

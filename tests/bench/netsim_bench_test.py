@@ -157,6 +157,8 @@ def test_quota_controller_steers_the_cap_to_the_target_slowdown():
         cap.set(controller.update(straggler, others) or cap.cpus)
     assert controller.ratio(straggler, others) == pytest.approx(4.0, rel=0.05)
     assert cap.cpus == pytest.approx(0.0625, rel=0.05)
+    # No new burn of the straggler: no correction again for the old ones.
+    assert controller.update(straggler, others) is None
     # Not enough burns: no correction; a bound holds.
     assert controller.update([1.0], others) is None
     assert math.isnan(controller.ratio([1.0, 1.0], {"w0": [0.4]}))
