@@ -93,12 +93,14 @@ class AllReduceMultiWorkerTest(tf.test.TestCase, parameterized.TestCase):
             rtol=1e-5,
         )
 
+    @parameterized.parameters("local", "global")
     @pytest.mark.timeout(300)
-    def test_steps_hold_no_thread_per_collective(self):
+    def test_steps_hold_no_thread_per_collective(self, step_logs):
         # TF's per-op collective timeout holds two threads per op for the
-        # whole timeout: 300 steps would leave about 600. Keras' step has
-        # a watchdog thread instead (_collective.StepWatchdog).
-        reports = run_cluster("threads")
+        # whole timeout: 300 steps would leave about 600 (1200 with the
+        # global step logs' collective). Keras' step has a watchdog thread
+        # instead (_collective.StepWatchdog).
+        reports = run_cluster("threads", step_logs)
         for report in reports.values():
             grown = report["threads_after"] - report["threads_before"]
             self.assertLess(grown, 100, report)
