@@ -316,21 +316,16 @@ PROJECTED_WORKERS = (8, 64, 256)
 def _projected_step(scheme, p, network, compute, term, straggler=1.0):
     """The cost model's mean worker step for `scheme` with `p` workers,
     plus the software term measured with 8 (assumed not to grow)."""
-    degree = scheme.degree
+    kwargs = scheme.cost_kwargs()
     if scheme.name == "dpsgd_exp":
-        degree = max(1, round(math.log2(p)))  # exponential graph: log2 p
+        kwargs["degree"] = max(1, round(math.log2(p)))  # exponential: log2 p
     times = cost_model.worker_step_times(
         scheme.cost,
         model_bytes=network.model_bytes,
         num_workers=p,
         network=network.links,
         compute=[compute] * (p - 1) + [compute * straggler],
-        degree=degree,
-        num_shards=max(1, scheme.parameter_servers),
-        n_fetch=scheme.n_fetch,
-        n_push=scheme.n_push,
-        extra_reductions=scheme.extra_reductions,
-        overlap=scheme.overlap,
+        **kwargs,
     )
     return times + term
 
@@ -882,13 +877,8 @@ def predicted_step(r, round_trips=None):
             None if unshaped(r) else _f(r["rate_mbit"]), _f(r["latency_ms"])
         ),
         compute=compute,
-        degree=scheme.degree,
-        num_shards=max(1, scheme.parameter_servers),
-        n_fetch=scheme.n_fetch,
-        n_push=scheme.n_push,
-        extra_reductions=scheme.extra_reductions,
-        overlap=scheme.overlap,
         round_trips=round_trips,
+        **scheme.cost_kwargs(),
     )
     return float(statistics.median(times))
 

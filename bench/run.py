@@ -879,12 +879,7 @@ def predict(spec, scheme, results, overhead_ms):
         num_workers=spec.workers,
         network=network,
         compute=compute,
-        degree=scheme.degree,
-        num_shards=max(1, scheme.parameter_servers),
-        overlap=scheme.overlap,
-        extra_reductions=scheme.extra_reductions,
-        n_fetch=scheme.n_fetch,
-        n_push=scheme.n_push,
+        **scheme.cost_kwargs(),
     )
     times = cost_model.worker_step_times(scheme.cost, **kwargs)
     textbook = cost_model.worker_step_times(

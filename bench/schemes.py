@@ -73,6 +73,18 @@ class Scheme:
             steps_per_execution, keras_per_step
         )
 
+    def cost_kwargs(self) -> dict:
+        """This scheme's `cost_model.worker_step_times` arguments besides
+        the model, the workers, the network and the compute."""
+        return dict(
+            degree=self.degree,
+            num_shards=max(1, self.parameter_servers),
+            n_fetch=self.n_fetch,
+            n_push=self.n_push,
+            extra_reductions=self.extra_reductions,
+            overlap=self.overlap,
+        )
+
     @property
     def synchronous(self) -> bool:
         return self.cost in cost_model.SYNCHRONOUS
