@@ -79,6 +79,10 @@ _EIGHT_WORKERS = dict(
     dataset="synthetic",
 )
 
+_COMPUTE_BOUND = dict(
+    _EIGHT_WORKERS, schemes=("allreduce", "dpsgd_onepeer", "adpsgd"), steps=20
+)
+
 EXPERIMENTS = {
     "smoke": dict(
         schemes=("allreduce", "dpsgd_ring", "dpsgd_onepeer"),
@@ -153,19 +157,15 @@ EXPERIMENTS = {
     # at 100 Mbit/s, 4 MB, where AD-PSGD's exchange moves the model both
     # ways: about 0.7 s), so that overlap decides the step.
     "compute_latency": dict(
-        _EIGHT_WORKERS,
-        schemes=("allreduce", "dpsgd_onepeer", "adpsgd"),
+        _COMPUTE_BOUND,
         networks=(("1gbit", 20.0),),
         hidden="128",
-        steps=20,
         compute_ms=300.0,
     ),
     "compute_bandwidth": dict(
-        _EIGHT_WORKERS,
-        schemes=("allreduce", "dpsgd_onepeer", "adpsgd"),
+        _COMPUTE_BOUND,
         networks=(("100mbit", 1.0),),
         hidden="1280",
-        steps=20,
         compute_ms=1000.0,
     ),
     # The synchronous baselines' goals (issue 14), with --repeats=3.
