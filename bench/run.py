@@ -831,6 +831,7 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
         achieved = steering.achieved(results)
         for r in results:
             r["_straggler_burns"] = achieved
+    stragglers_lib.compact_burns(os.path.join(run_dir, "burns"))
     return status, detail, results
 
 

@@ -312,6 +312,28 @@ def read_burns(log_dir, start=None, end=None):
     return [seconds for _, seconds in sorted(burns)]
 
 
+def compact_burns(burns_dir):
+    """Writes the burn logs below `burns_dir` (one directory per task, see
+    `COMPUTE_LOG_ENV`) as `burns_dir + ".csv"` (task, end, seconds) and
+    removes the directories: one file per run instead of one per burn."""
+    import csv
+    import shutil
+
+    if not os.path.isdir(burns_dir):
+        return None
+    path = burns_dir.rstrip("/") + ".csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("task", "end", "seconds"))
+        for task in sorted(os.listdir(burns_dir)):
+            for name in sorted(os.listdir(os.path.join(burns_dir, task))):
+                end, sep, seconds = name.partition("_")
+                if sep:
+                    writer.writerow((task, end, seconds))
+    shutil.rmtree(burns_dir)
+    return path
+
+
 def burn(iterations, log_dir, after=None):
     """Burns CPU: `iterations` products of BURN_SIZE^2 matrices (one thread
     at `intra_op=1`), then logs the burn's wall time to `log_dir` (a file,

@@ -198,6 +198,16 @@ def test_quota_steering_reads_the_logs_and_measures_the_timed_window(
     path = tmp_path / "quota.csv"
     steering.write(path)
     assert path.read_text().splitlines()[0] == "time,task,ratio,cpus"
+    # One CSV per run instead of a file per burn.
+    root = tmp_path / "burns"
+    root.mkdir()
+    for name in ("w0", "w2"):
+        shutil.move(logs[name], root / name)
+    written = stragglers.compact_burns(str(root))
+    lines = pathlib.Path(written).read_text().splitlines()
+    assert lines[0] == "task,end,seconds" and len(lines) == 1 + 20 + 6
+    assert lines[-1] == "w2,1010.400000,1.600000"
+    assert not root.exists()
 
 
 def test_burns_log_their_wall_time_in_the_step_and_the_pipeline(tmp_path):
