@@ -24,7 +24,7 @@ _COLUMNS = (
     "steps_per_execution", "slowest_worker_slowdown", "time_to_target_s",
     "final_accuracy", "averaged_accuracy", "target_accuracy",
     "staleness_mean", "staleness_histogram", "window_min_worker_steps",
-    "warmup_steps", "batch_size", "compute_ms",
+    "warmup_steps", "batch_size", "compute_ms", "straggler_compute_slowdown",
 )  # fmt: skip
 
 
@@ -524,3 +524,18 @@ def test_compute_bound_ad_psgd_against_one_peer(tmp_path):
     assert goal.endswith("| missed |")
     goal = _line(text, "| AD-PSGD exchanges per active step, 1 Gbit/s")
     assert goal.endswith("| >= 0.95 | 0.97 [0.97-0.97] (n=2) | met |")
+
+
+def test_cpu_quota_straggler_reports_its_burned_compute_slowdown(tmp_path):
+    rows = [
+        _run("straggler_quota", "allreduce", r, 0.5, stragglers=s,
+             straggler_mode="cpu_quota", samples_per_s=v, latency=1.0,
+             straggler_compute_slowdown=k, window_min_worker_steps=9)
+        for r, s, v, k in ((0, "none", 100, ""), (0, "3:4", 35, 3.88),
+                           (1, "none", 100, ""), (1, "3:4", 30, 4.1))
+    ]  # fmt: skip
+    _write(tmp_path / "results" / "straggler_quota", rows)
+    text = readme_table.generate("results", root=str(tmp_path))
+    row = _line(text, "| ALLREDUCE (`allreduce`) | worker 3, 4x (cpu_quota)")
+    assert "| 32.5 [30.0-35.0] (n=2) % | 3.99 [3.88-4.10] (n=2) |" in row
+    assert "| its burned compute in the window, cap steered |" in row
