@@ -246,7 +246,16 @@ class StepWatchdogTest(tf.test.TestCase):
         self.assertStartsWith(
             aborts[0], "Collective has timed out during execution: the step"
         )
-        self.assertIn("0.2 s", aborts[0])
+        self.assertIn("0.2 s per step", aborts[0])
+
+    def test_an_execution_of_several_steps_has_a_timeout_per_step(self):
+        watchdog, aborts = self._watchdog(0.2)
+        with watchdog.step(steps=4):  # 0.8 s for a call of 4 steps
+            time.sleep(0.5)
+        self.assertEqual(aborts, [])
+        with watchdog.step(steps=2):
+            time.sleep(0.7)
+        self.assertLen(aborts, 1)
 
     def test_steps_within_the_timeout_never_abort(self):
         watchdog, aborts = self._watchdog(0.3)

@@ -141,9 +141,11 @@ class StepWatchdog:
         self._thread = None
 
     @contextlib.contextmanager
-    def step(self):
-        """Within the block, the step's collectives have `timeout` seconds
-        (re-entrant: the outermost block counts)."""
+    def step(self, steps=1):
+        """Within the block, the collectives of `steps` training steps (one
+        call of Keras' step function runs `steps_per_execution` of them)
+        have `steps x timeout` seconds (re-entrant: the outermost block
+        counts)."""
         if not self.timeout or self._deadline is not None:
             yield
             return
@@ -153,7 +155,7 @@ class StepWatchdog:
                     target=self._watch, name="tfd_step_watchdog", daemon=True
                 )
                 self._thread.start()
-            self._deadline = time.monotonic() + self.timeout
+            self._deadline = time.monotonic() + self.timeout * max(1, steps)
             self._condition.notify()
         try:
             yield
@@ -175,7 +177,7 @@ class StepWatchdog:
                 self.fired += 1
             _tf_private.abort_collective_ops(
                 "Collective has timed out during execution: "
-                f"{self.what} ran longer than {self.timeout:g} s "
+                f"{self.what} ran longer than {self.timeout:g} s per step "
                 "(communication_options.timeout_seconds)."
             )
 

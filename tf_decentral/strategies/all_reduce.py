@@ -92,11 +92,11 @@ class _AllReduceExtended(
             self._step.depth -= 1
 
     def keras_wrap_train_function(self, model, train_function):
-        del model
+        steps = int(getattr(model, "steps_per_execution", 1) or 1)
 
         def train_function_in_step(*args, **kwargs):
             self.hook_counts["watched_steps"] += 1
-            with self.keras_step(), self.watchdog.step():
+            with self.keras_step(), self.watchdog.step(steps):
                 return train_function(*args, **kwargs)
 
         return train_function_in_step

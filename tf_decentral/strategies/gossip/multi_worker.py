@@ -105,13 +105,13 @@ class MultiWorkerGossipExtended(
         """Runs every call of Keras' step under the step watchdog: its
         exchanges are traced without TF's per-op timeout (a thread per op,
         see `_collective.StepWatchdog`)."""
-        del model
+        steps = int(getattr(model, "steps_per_execution", 1) or 1)
 
         def watched_train_function(*args, **kwargs):
             self.hook_counts["watched_steps"] += 1
             self._step.depth = getattr(self._step, "depth", 0) + 1
             try:
-                with self.watchdog.step():
+                with self.watchdog.step(steps):
                     return train_function(*args, **kwargs)
             finally:
                 self._step.depth -= 1
