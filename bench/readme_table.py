@@ -268,6 +268,17 @@ def compute_bound_table(runs):
     return lines
 
 
+def _round_trips(runs, experiment, scheme, top, column="step_time_s", **m):
+    """(step at `top` ms one way - step unshaped) / (2 x `top` ms) of
+    `scheme` in `experiment`, one count per repeat: the round trips on a
+    step's critical path."""
+    slow, fast = (
+        _by_repeat(runs, experiment, scheme, column, latency_ms=v, **m)
+        for v in (top, 0.0)
+    )
+    return _paired(slow, fast, lambda a, b: (a - b) / (2e-3 * top))
+
+
 def round_trip_table(runs):
     """Round trips on a step's critical path, from the `latency`
     experiment: (step at the largest latency - step unshaped) / (2 x that
@@ -285,11 +296,7 @@ def round_trip_table(runs):
     labels = _labels(runs)
     for scheme in _schemes(rows):
         for suffix, column in variants(runs, scheme):
-            slow, fast = (
-                _by_repeat(runs, "latency", scheme, column, latency_ms=v)
-                for v in (top, 0.0)
-            )
-            counts = _paired(slow, fast, lambda a, b: (a - b) / (2e-3 * top))
+            counts = _round_trips(runs, "latency", scheme, top, column)
             lines.append(
                 f"| {labels[scheme]} (`{scheme}`){suffix} | "
                 f"{_spread(counts, 1, 1)} |"
@@ -820,24 +827,18 @@ def measured_round_trips(runs):
     rows = _ok(runs, experiment=_CALIBRATION, stragglers="none")
     top = max((_f(r["latency_ms"]) for r in rows), default=0.0)
     out = {}
+    if not top:  # no shaped run: nothing to count (and no division by 0)
+        return out
     for scheme in _schemes(rows):
         for spe in {
             int(_f(_column(r, "steps_per_execution")))
             for r in rows
             if r["scheme"] == scheme
         }:
-            slow, fast = (
-                _by_repeat(
-                    runs,
-                    _CALIBRATION,
-                    scheme,
-                    latency_ms=v,
-                    steps_per_execution=spe,
-                )
-                for v in (top, 0.0)
+            counts = _round_trips(
+                runs, _CALIBRATION, scheme, top, steps_per_execution=spe
             )
-            counts = _paired(slow, fast, lambda a, b: (a - b) / (2e-3 * top))
-            if counts and top:
+            if counts:
                 out[(scheme, spe)] = statistics.median(counts)
     return out
 
