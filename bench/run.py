@@ -837,26 +837,30 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
         detail = f"{detail}; {tail}" if tail else detail
     if status == "not_available" and results:
         detail = results[0].get("error", detail)
+    window = _timed_window(results)
+    host_rates = counters.rates(*window) if window else {}
     for r in results:
-        r["_host_rates"] = _window_rates(counters, results)
+        r["_host_rates"] = host_rates
         r["_tasks"] = tasks
     if steering is not None:
         steering.write(os.path.join(run_dir, "quota.csv"))
-        achieved = steering.achieved(results)
+        achieved = steering.achieved(window)
         for r in results:
             r["_straggler_burns"] = achieved
     stragglers_lib.compact_burns(os.path.join(run_dir, "burns"))
     return status, detail, results
 
 
-def _window_rates(counters, results):
-    """Returns {host: (tx, rx) bytes/s} over the timed window of the run."""
+def _timed_window(results):
+    """`(start, end)` of the run's timed window (the last reporting task's
+    first timed step to the first one's last step), None without timings."""
     try:
-        t0 = max(r["timed_start"] for r in results)
-        t1 = min(r["step_end_times"][-1] for r in results)
+        return (
+            max(r["timed_start"] for r in results),
+            min(r["step_end_times"][-1] for r in results),
+        )
     except (KeyError, TypeError, IndexError, ValueError):
-        return {}
-    return counters.rates(t0, t1)
+        return None
 
 
 def _log_tail(run_dir, procs):

@@ -174,16 +174,9 @@ class QuotaController:
         self._seen = 0  # the straggler's burns at the last correction
 
     def ratio(self, straggler, others):
-        """Returns the straggler's recent median burn over the others'
-        (NaN without 2 burns of the straggler and of some other worker)."""
-        import statistics
-
-        recent = [d[-self.window :] for d in others.values() if len(d) >= 2]
-        if len(straggler) < 2 or not recent:
-            return float("nan")
-        theirs = statistics.median(statistics.median(d) for d in recent)
-        mine = statistics.median(straggler[-self.own :])
-        return mine / theirs if theirs > 0 else float("nan")
+        """Returns `burn_ratio` over the straggler's last `own` burns and
+        the others' last `window`."""
+        return burn_ratio(straggler, others, own=self.own, window=self.window)
 
     def update(self, straggler, others):
         """Returns the new cap, or None (not enough burns yet, or none of
@@ -205,6 +198,21 @@ class QuotaController:
         low, high = self.bounds
         self.cpus = min(high, max(low, self.cpus * step))
         return self.cpus
+
+
+def burn_ratio(straggler, others, own=None, window=None):
+    """Returns the median of the straggler's burns (its last `own`; None:
+    all) over the median of the other workers' medians (each over its last
+    `window`); NaN without 2 burns of the straggler and of some other."""
+    import statistics
+
+    recent = [d[-window:] if window else d for d in others.values()]
+    recent = [d for d in recent if len(d) >= 2]
+    if len(straggler) < 2 or not recent:
+        return float("nan")
+    theirs = statistics.median(statistics.median(d) for d in recent)
+    mine = statistics.median(straggler[-own:] if own else straggler)
+    return mine / theirs if theirs > 0 else float("nan")
 
 
 class QuotaSteering:
@@ -253,34 +261,25 @@ class QuotaSteering:
             return
         self.next = self._clock() + self.period
         burns = self.burns()
+        others = self._others(burns)
         for name, controller in self.controllers.items():
-            ratio = controller.ratio(burns[name], self._others(burns))
-            cpus = controller.update(burns[name], self._others(burns))
+            ratio = controller.ratio(burns[name], others)
+            cpus = controller.update(burns[name], others)
             if cpus is not None:
                 self.quotas[name].set(cpus)
             self.trajectory.append(
                 (time.time(), name, ratio, self.quotas[name].cpus)
             )
 
-    def achieved(self, results):
-        """`{task: (slowdown, final cap)}`: the straggler's median burn
-        over the other workers' median of medians, over the run's timed
-        window (`results`: the reporting tasks' `timed_start` and
-        `step_end_times`; every burn if there is no window)."""
-        try:
-            start = max(r["timed_start"] for r in results)
-            end = min(r["step_end_times"][-1] for r in results)
-        except (KeyError, TypeError, IndexError, ValueError):
-            start = end = None
-        if start is None or end <= start:
-            start = end = None
+    def achieved(self, window):
+        """`{task: (slowdown, final cap)}`: `burn_ratio` over every burn in
+        the run's timed `window` (`(start, end)`; every burn if it is None
+        or empty)."""
+        start, end = window if window and window[1] > window[0] else (None,) * 2
         burns = self.burns(start, end)
-        whole = QuotaController(1.0, 1.0, window=10**9, own=10**9)
+        others = self._others(burns)
         return {
-            name: (
-                whole.ratio(burns[name], self._others(burns)),
-                self.quotas[name].cpus,
-            )
+            name: (burn_ratio(burns[name], others), self.quotas[name].cpus)
             for name in self.quotas
         }
 
@@ -292,24 +291,28 @@ class QuotaSteering:
                 f.write(f"{t:.3f},{name},{ratio:.4g},{cpus:.4g}\n")
 
 
+def _parse_burn(name):
+    """`(end, seconds)` of a burn log's file name, or None if it is not."""
+    ended, sep, seconds = name.partition("_")
+    try:
+        return (float(ended), float(seconds)) if sep else None
+    except ValueError:
+        return None
+
+
 def read_burns(log_dir, start=None, end=None):
     """Returns the wall seconds of the burns logged in `log_dir` (see
     `COMPUTE_LOG_ENV`), oldest first, that ended within [start, end]."""
-    burns = []
     try:
         names = os.listdir(log_dir)
     except OSError:
         return []
-    for name in names:
-        ended, sep, seconds = name.partition("_")
-        try:
-            ended, seconds = float(ended), float(seconds)
-        except ValueError:
-            continue
-        if sep and (start is None or ended >= start):
-            if end is None or ended <= end:
-                burns.append((ended, seconds))
-    return [seconds for _, seconds in sorted(burns)]
+    burns = sorted(filter(None, map(_parse_burn, names)))
+    return [
+        seconds
+        for ended, seconds in burns
+        if (start is None or ended >= start) and (end is None or ended <= end)
+    ]
 
 
 def compact_burns(burns_dir):
@@ -327,9 +330,8 @@ def compact_burns(burns_dir):
         writer.writerow(("task", "end", "seconds"))
         for task in sorted(os.listdir(burns_dir)):
             for name in sorted(os.listdir(os.path.join(burns_dir, task))):
-                end, sep, seconds = name.partition("_")
-                if sep:
-                    writer.writerow((task, end, seconds))
+                if _parse_burn(name):
+                    writer.writerow((task, *name.split("_", 1)))
     shutil.rmtree(burns_dir)
     return path
 

@@ -189,8 +189,7 @@ def test_quota_steering_reads_the_logs_and_measures_the_timed_window(
     # Its last two, 1.6, over the others' 0.45: 3.56x, too fast: less CPU.
     assert steering.trajectory[0][2] == pytest.approx(1.6 / 0.45)
     assert cap.cpus < 0.1
-    window = [{"timed_start": 1004.5, "step_end_times": [1005.0, 1011.0]}]
-    slowdown, cpus = steering.achieved(window)["w2"]
+    slowdown, cpus = steering.achieved((1004.5, 1011.0))["w2"]
     # In [1004.5, 1011]: w2's four 1.6 s burns over the medians of w0's
     # (ended 1004.8-1008) and w1's (1005-1010), 0.4 and 0.5.
     assert slowdown == pytest.approx(1.6 / 0.45)
