@@ -31,6 +31,7 @@ _COLORS = {
     "dpsgd_exp": "tab:cyan",
     "dpsgd_onepeer": "tab:green",
     "adpsgd": "tab:purple",
+    "adpsgd_overlap": "indigo",
     "adpsgd_all": "tab:pink",
     "spsgd": "tab:brown",
     "downpour": "tab:orange",

@@ -1068,16 +1068,19 @@ def goals(runs):
             row
             for experiment in _COMPUTE_BOUND
             if _compute_key(runs, experiment)
+            for scheme, name in (("adpsgd", "AD-PSGD"),
+                                 ("adpsgd_overlap", "AD-PSGD (overlap)"))
+            if _ok(runs, experiment=experiment, scheme=scheme)
             for row in (
-                (f"AD-PSGD active step / one-peer D-PSGD, "
+                (f"{name} active step / one-peer D-PSGD, "
                  f"{_compute_label(runs, experiment)} (issue 15)",
-                 _ratios(runs, _compute_key(runs, experiment), "adpsgd",
+                 _ratios(runs, _compute_key(runs, experiment), scheme,
                          "dpsgd_onepeer", _ACTIVE), 1.2, True),
-                (f"AD-PSGD exchanges per active step, "
+                (f"{name} exchanges per active step, "
                  f"{_compute_label(runs, experiment)} (issue 15)",
                  [_f(_column(r, "exchanges_per_active_step"))
                   for r in _ok(runs, experiment=experiment,
-                               scheme="adpsgd", stragglers="none")],
+                               scheme=scheme, stragglers="none")],
                  0.95, False),
             )
         ),

@@ -80,7 +80,9 @@ _EIGHT_WORKERS = dict(
 )
 
 _COMPUTE_BOUND = dict(
-    _EIGHT_WORKERS, schemes=("allreduce", "dpsgd_onepeer", "adpsgd"), steps=20
+    _EIGHT_WORKERS,
+    schemes=("allreduce", "dpsgd_onepeer", "adpsgd", "adpsgd_overlap"),
+    steps=20,
 )
 
 EXPERIMENTS = {

@@ -177,6 +177,15 @@ SCHEMES = {
             requires="AsyncGossipStrategy",
         ),
         Scheme(
+            "adpsgd_overlap",
+            "AD-PSGD ring, exchange overlapping compute",
+            "async_gossip",
+            ("--topology=ring", "--overlap"),
+            cost="ad_psgd",
+            requires="AsyncGossipStrategy",
+            overlap=True,
+        ),
+        Scheme(
             "adpsgd_all",
             "AD-PSGD ring, all active",
             "async_gossip",

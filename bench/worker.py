@@ -48,6 +48,12 @@ _ACTIVE_PASSIVE = flags.DEFINE_enum(
     ["auto", "true", "false"],
     "AsyncGossipStrategy's active_passive (auto: split bipartite graphs).",
 )
+_OVERLAP = flags.DEFINE_bool(
+    "overlap",
+    False,
+    "AsyncGossipStrategy's overlap: an active worker's exchange runs while "
+    "its next step trains.",
+)
 _ALLREDUCE_STEP = flags.DEFINE_enum(
     "allreduce_step",
     "fit",
@@ -305,6 +311,7 @@ def make_strategy():
                 _ACTIVE_PASSIVE.value
             ],
             seed=_SEED.value,
+            overlap=_OVERLAP.value,
         )
     if name == "allreduce" and _ALLREDUCE_STEP.value == "stock_fit":
         return _stock_step_allreduce(**options)

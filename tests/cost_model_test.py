@@ -330,6 +330,19 @@ class StepTimeTest(parameterized.TestCase):
         self.assertAlmostEqual(overlapped, 0.2)
         self.assertGreater(serial, overlapped)
 
+    def test_overlap_hides_ad_psgd_exchange_per_worker(self):
+        # One worker's compute under its exchange, the other's above it.
+        net = cm.Network.from_netsim(None, 20)
+        comm = cm.ad_psgd(0.0, net)
+        compute = [comm / 2] + [comm * 2] * 7
+        kwargs = dict(model_bytes=0.0, num_workers=8, network=net)
+        overlapped = cm.worker_step_times(
+            "ad_psgd", compute=compute, overlap=True, **kwargs
+        )
+        serial = cm.worker_step_times("ad_psgd", compute=compute, **kwargs)
+        np.testing.assert_allclose(overlapped, [comm] + [comm * 2] * 7)
+        np.testing.assert_allclose(serial, np.add(compute, comm))
+
     def test_arrays_broadcast(self):
         latency = np.array([0.0, 0.005, 0.02])
         net = cm.Network(latency=latency, bandwidth=125e6)

@@ -616,7 +616,10 @@ def worker_step_times(
     `overlap=True` it runs during the compute (`max(c, T_comm)`, what
     `GossipStrategy` allows: its sends read the variables, not the
     gradients). Asynchronous schemes: each worker at its own pace,
-    `c_i + T_comm` (Downpour: bounded below by the servers' bandwidth).
+    `c_i + T_comm` (Downpour: bounded below by the servers' bandwidth);
+    AD-PSGD with `overlap=True` `max(c_i, T_comm)` (the paper's
+    communication thread, `AsyncGossipStrategy(overlap=True)`: exchange
+    `t` runs while step `t + 1` computes).
 
     Args:
         scheme: One of `SCHEMES`.
@@ -632,7 +635,8 @@ def worker_step_times(
         extra_reductions: `allreduce` only: small all-reduces per step
             after the gradients' (Keras `fit`: loss + metrics; see
             `ring_allreduce`).
-        overlap: `gossip` and `one_peer`: communication overlaps compute.
+        overlap: `gossip`, `one_peer` and `ad_psgd`: communication overlaps
+            compute.
         round_trips: `ps_sync`, `downpour` and `ad_psgd`: sequential round
             trips per step (per exchange for `ad_psgd`) in place of the
             protocol's count, e.g. counted on an implementation.
@@ -677,6 +681,8 @@ def worker_step_times(
         else:
             step = slowest + comm
         return np.full(int(num_workers), float(step))
+    if overlap and scheme == "ad_psgd":
+        return np.maximum(c, comm)
     return c + comm
 
 
