@@ -1,6 +1,10 @@
 """What the strategies share: errors, options, collective key ranges."""
 
+import collections
+import contextlib
+import threading
 import time
+import types
 
 import tensorflow as tf
 from absl.testing import parameterized
@@ -276,3 +280,61 @@ class StepWatchdogTest(tf.test.TestCase):
             time.sleep(0.05)
         self.assertIsNone(watchdog._thread)
         self.assertEqual(aborts, [])
+
+
+class WatchedKerasStepTest(tf.test.TestCase):
+    class _Extended(_collective.WatchedKerasStep):
+        def __init__(self, timeout):
+            self.hook_counts = collections.Counter()
+            self.options_entered = 0
+            self.init_watched_step(timeout, "the step of w:1")
+
+        @contextlib.contextmanager
+        def keras_step_options(self):
+            self.options_entered += 1
+            yield
+
+    def _train_function(self, extended, seen):
+        def train_function(x):
+            seen.append((extended.in_keras_step, extended.watchdog._deadline))
+            return x + 1
+
+        return train_function
+
+    def test_every_call_runs_in_the_step_under_the_watchdog(self):
+        extended = self._Extended(timeout=30.0)
+        model = types.SimpleNamespace(steps_per_execution=4)
+        seen = []
+        wrapped = extended.keras_wrap_train_function(
+            model, self._train_function(extended, seen)
+        )
+        self.assertFalse(extended.in_keras_step)
+        start = time.monotonic()
+        self.assertEqual(wrapped(1), 2)
+        self.assertEqual(wrapped(2), 3)
+        self.assertEqual(extended.hook_counts["watched_steps"], 2)
+        self.assertEqual(extended.options_entered, 2)
+        for in_step, deadline in seen:
+            self.assertTrue(in_step)
+            # A call of 4 steps has 4 x the timeout.
+            self.assertBetween(deadline - start, 110.0, 121.0)
+        self.assertFalse(extended.in_keras_step)
+        self.assertIsNone(extended.watchdog._deadline)
+
+    def test_in_keras_step_is_per_thread_and_reset_by_an_error(self):
+        extended = self._Extended(timeout=None)
+        other = []
+
+        def train_function():
+            thread = threading.Thread(
+                target=lambda: other.append(extended.in_keras_step)
+            )
+            thread.start()
+            thread.join()
+            raise ValueError("from the step")
+
+        wrapped = extended.keras_wrap_train_function(None, train_function)
+        with self.assertRaisesRegex(ValueError, "from the step"):
+            wrapped()
+        self.assertEqual(other, [False])
+        self.assertFalse(extended.in_keras_step)

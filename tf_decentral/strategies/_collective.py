@@ -14,7 +14,8 @@
 * `broadcast_training_state`: every worker takes the chief's model,
   optimizer and resume epoch (after a BackupAndRestore restore).
 * `StepWatchdog`: the collective timeout of Keras' training step, one
-  thread per process (`NO_OP_TIMEOUT` for the step's own collectives).
+  thread per process (`NO_OP_TIMEOUT` for the step's own collectives);
+  `WatchedKerasStep`: runs every call of Keras' step under it.
 """
 
 import contextlib
@@ -180,6 +181,59 @@ class StepWatchdog:
                 f"{self.what} ran longer than {self.timeout:g} s per step "
                 "(communication_options.timeout_seconds)."
             )
+
+
+class WatchedKerasStep:
+    """Runs every call of Keras' step under a `StepWatchdog` (an extended's
+    mixin, before `_keras_hooks.TrainFunctionHooks` in its bases).
+
+    The extended calls `init_watched_step` in its `__init__` and needs a
+    `hook_counts` counter. Its collectives read `in_keras_step` to drop
+    their per-op timeout (`NO_OP_TIMEOUT`) in the step; an extended whose
+    collectives take their options elsewhere overrides
+    `keras_step_options` (a context entered around every call).
+
+    Attributes:
+        watchdog: The `StepWatchdog` of Keras' step.
+    """
+
+    def init_watched_step(self, timeout, what):
+        """Sets up the watchdog: `timeout` seconds per step (None: none);
+        `what` names the step in its abort message."""
+        self.watchdog = StepWatchdog(timeout, what)
+        self._step = threading.local()
+
+    @property
+    def in_keras_step(self) -> bool:
+        """Whether Keras' training step is being traced or run here."""
+        return getattr(self._step, "depth", 0) > 0
+
+    @contextlib.contextmanager
+    def keras_step(self):
+        """Within the block (this thread), `in_keras_step` is True and
+        `keras_step_options` applies."""
+        self._step.depth = getattr(self._step, "depth", 0) + 1
+        try:
+            with self.keras_step_options():
+                yield
+        finally:
+            self._step.depth -= 1
+
+    def keras_step_options(self):
+        """A context around every call of Keras' step (default: none)."""
+        return contextlib.nullcontext()
+
+    def keras_wrap_train_function(self, model, train_function):
+        """Runs every call of Keras' step in `keras_step` and under the
+        watchdog, with `steps_per_execution x timeout` seconds per call."""
+        steps = int(getattr(model, "steps_per_execution", 1) or 1)
+
+        def watched_train_function(*args, **kwargs):
+            self.hook_counts["watched_steps"] += 1
+            with self.keras_step(), self.watchdog.step(steps):
+                return train_function(*args, **kwargs)
+
+        return watched_train_function
 
 
 _TASK_IN_ERROR = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")

@@ -27,7 +27,6 @@ baseline every benchmark compares with.
 
 import collections
 import contextlib
-import threading
 import weakref
 
 import tensorflow as tf
@@ -45,6 +44,7 @@ STEP_LOGS = ("local", "global")
 
 
 class _AllReduceExtended(
+    _collective.WatchedKerasStep,
     _keras_hooks.TrainFunctionHooks,
     _collective.Keras3ExtendedFixes,
     _tf_private.CollectiveAllReduceExtended,
@@ -55,51 +55,32 @@ class _AllReduceExtended(
         self.timeout_seconds = options.timeout_seconds
         self.resolver = cluster_resolver
         self._strategy_ref = weakref.ref(container)
-        self._step = threading.local()
         super().__init__(
             container,
             cluster_resolver=cluster_resolver,
             communication_options=options,
         )
-        self.watchdog = _collective.StepWatchdog(
+        self.init_watched_step(
             self.timeout_seconds,
             f"the training step of {cluster_resolver.task_type}:"
             f"{cluster_resolver.task_id}",
         )
 
-    @property
-    def in_keras_step(self) -> bool:
-        """Whether Keras' training step is being traced or run here."""
-        return getattr(self._step, "depth", 0) > 0
-
     @contextlib.contextmanager
-    def keras_step(self):
-        """Within the block, `Strategy.reduce` stays on this worker and the
-        collectives traced have no per-op timeout (the step's watchdog
-        times them out: TF's per-op timeout holds a thread per collective
-        for the whole timeout, see `_collective.StepWatchdog`)."""
-        self._step.depth = getattr(self._step, "depth", 0) + 1
+    def keras_step_options(self):
+        """In Keras' step, `Strategy.reduce` stays on this worker
+        (`in_keras_step`) and the collectives traced have no per-op timeout
+        (the step's watchdog times them out: TF's per-op timeout holds a
+        thread per collective for the whole timeout, see
+        `_collective.StepWatchdog`)."""
         # A 0 timeout overrides the default's in TF's merge (None would not).
         options = _tf_private.collective_options(self).merge(
             tf.distribute.experimental.CommunicationOptions(
                 timeout_seconds=_collective.NO_OP_TIMEOUT
             )
         )
-        try:
-            with _tf_private.collective_options_of(self, options):
-                yield
-        finally:
-            self._step.depth -= 1
-
-    def keras_wrap_train_function(self, model, train_function):
-        steps = int(getattr(model, "steps_per_execution", 1) or 1)
-
-        def train_function_in_step(*args, **kwargs):
-            self.hook_counts["watched_steps"] += 1
-            with self.keras_step(), self.watchdog.step(steps):
-                return train_function(*args, **kwargs)
-
-        return train_function_in_step
+        with _tf_private.collective_options_of(self, options):
+            yield
 
     @property
     def is_multi_worker(self) -> bool:

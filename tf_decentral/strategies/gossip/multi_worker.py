@@ -25,7 +25,6 @@ gradient: it cannot overlap.
 import collections
 import contextlib
 import os
-import threading
 
 import tensorflow as tf
 
@@ -58,6 +57,7 @@ def resolver_from_env():
 
 
 class MultiWorkerGossipExtended(
+    _collective.WatchedKerasStep,
     GossipVariableCreator,
     _collective.Keras3ExtendedFixes,
     _tf_private.GossipCollectiveExtended,
@@ -71,7 +71,8 @@ class MultiWorkerGossipExtended(
         node: This worker's gossip node (`id_in_cluster`).
         timeout: Collective timeout in seconds (None: wait forever); in
             Keras' step, per step (`watchdog`), else per collective op.
-        watchdog: The `_collective.StepWatchdog` of Keras' step.
+        watchdog: The `_collective.StepWatchdog` of Keras' step (every
+            call of it runs under it, `_collective.WatchedKerasStep`).
         hook_counts: How often each hook fired (tests read it).
     """
 
@@ -86,37 +87,14 @@ class MultiWorkerGossipExtended(
         self.update_rule = update
         self.node = self.id_in_cluster
         self.timeout = options.timeout_seconds
-        self.watchdog = _collective.StepWatchdog(
+        self.init_watched_step(
             self.timeout,
             f"the training step of worker {self.task_type}:{self.task_id}",
         )
-        self._step = threading.local()
         self._global_reductions = False
 
     def use_merge_call(self):
         return True
-
-    @property
-    def in_keras_step(self) -> bool:
-        """Whether Keras' training step is being traced or run here."""
-        return getattr(self._step, "depth", 0) > 0
-
-    def keras_wrap_train_function(self, model, train_function):
-        """Runs every call of Keras' step under the step watchdog: its
-        exchanges are traced without TF's per-op timeout (a thread per op,
-        see `_collective.StepWatchdog`)."""
-        steps = int(getattr(model, "steps_per_execution", 1) or 1)
-
-        def watched_train_function(*args, **kwargs):
-            self.hook_counts["watched_steps"] += 1
-            self._step.depth = getattr(self._step, "depth", 0) + 1
-            try:
-                with self.watchdog.step(steps):
-                    return train_function(*args, **kwargs)
-            finally:
-                self._step.depth -= 1
-
-        return watched_train_function
 
     # Optimizer hooks ----------------------------------------------------
 
