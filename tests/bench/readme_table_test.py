@@ -539,3 +539,30 @@ def test_cpu_quota_straggler_reports_its_burned_compute_slowdown(tmp_path):
     row = _line(text, "| ALLREDUCE (`allreduce`) | worker 3, 4x (cpu_quota)")
     assert "| 32.5 [30.0-35.0] (n=2) % | 3.99 [3.88-4.10] (n=2) |" in row
     assert "| its burned compute in the window, cap steered |" in row
+
+
+def test_the_downpour_docstring_quotes_the_committed_round_trips():
+    # Issue 15: the round trips per step stated per protocol in the module
+    # docstring are the ones the committed latency sweep gives (the
+    # README's "Round trips per step").
+    from tf_decentral.strategies.downpour import strategy
+
+    doc = " ".join(strategy.__doc__.split())
+    readme = (_REPO / "README.md").read_text()
+    _, _, results_dir = readme_table.find_block(readme)
+    runs = readme_table.load(str(_REPO / results_dir))
+    top = max(
+        float(r["latency_ms"])
+        for r in runs
+        if r["experiment"] == "latency" and r["status"] == "ok"
+    )
+    for scheme, phrase in (
+        ("downpour", "{} for A-PSGD"),
+        ("spsgd", "{} for S-PSGD"),
+        ("downpour_n4", "{} with n_fetch = n_push = 4"),
+    ):
+        counts = readme_table._round_trips(
+            runs, "latency", scheme, top, stragglers="none"
+        )
+        median = sorted(counts)[len(counts) // 2]
+        assert phrase.format(f"{median:.1f}") in doc, (scheme, counts)
