@@ -258,6 +258,17 @@ EXPERIMENTS = {
         eval_every=20,
         dataset="fashion_mnist",
     ),
+    # Whether AD-PSGD's overlap (a gradient one exchange staler) costs
+    # accuracy: `tta` for AD-PSGD with and without it, against AllReduce.
+    "tta_overlap": dict(
+        _EIGHT_WORKERS,
+        schemes=("allreduce", "adpsgd", "adpsgd_overlap"),
+        networks=(("100mbit", 20.0),),
+        hidden="128",
+        steps=300,
+        eval_every=20,
+        dataset="fashion_mnist",
+    ),
     # Several epochs (issue 16): 3 epochs of 8 x 32 examples per step,
     # the schemes of Lian et al.'s two papers against AllReduce.
     "tta_long": dict(

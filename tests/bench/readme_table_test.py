@@ -238,6 +238,31 @@ def test_time_to_accuracy_pairs_seeds_and_counts_runs_that_never_reach(
     assert goal.endswith("| >= -1 | -0.40 [-0.40--0.40] (n=2) | met |")
 
 
+def test_tta_overlap_rows_pair_with_their_own_allreduce(tmp_path):
+    rows = [
+        _run("tta", "allreduce", 0, 0.4, time_to_target_s=100,
+             final_accuracy=0.85, target_accuracy=0.8),
+        _run("tta", "adpsgd", 0, 0.2, time_to_target_s=60,
+             final_accuracy=0.84, target_accuracy=0.8),
+    ]  # fmt: skip
+    overlap = [
+        _run("tta_overlap", scheme, 0, 0.2, time_to_target_s=t,
+             final_accuracy=0.84, target_accuracy=0.8)
+        for scheme, t in (("allreduce", 80), ("adpsgd", 40),
+                          ("adpsgd_overlap", 20))
+    ]  # fmt: skip
+    _write(tmp_path / "results" / "tta", rows)
+    _write(tmp_path / "results" / "tta_overlap", overlap)
+    text = readme_table.generate("results", root=str(tmp_path))
+    row = _line(text, "| ADPSGD_OVERLAP (`adpsgd_overlap`, `tta_overlap`) |")
+    assert "| 20 [20-20] (n=1) | 0.25 [0.25-0.25] (n=1) |" in row
+    row = _line(text, "| ADPSGD (`adpsgd`, `tta_overlap`) |")
+    assert "| 40 [40-40] (n=1) | 0.50 [0.50-0.50] (n=1) |" in row
+    # The goal stays on `tta`'s runs: 60 / 100.
+    goal = _line(text, "| `adpsgd` time to the target accuracy")
+    assert goal.endswith("| <= 0.5 | 0.60 [0.60-0.60] (n=1) | missed |")
+
+
 def test_rudra_staleness_against_lambda_over_c(tmp_path):
     rows = [
         _run("rudra", scheme, seed, 0.1, rate="1gbit", latency=1.0,
