@@ -185,16 +185,10 @@ class StepWatchdog:
 
 class WatchedKerasStep:
     """Runs every call of Keras' step under a `StepWatchdog` (an extended's
-    mixin, before `_keras_hooks.TrainFunctionHooks` in its bases).
-
-    The extended calls `init_watched_step` in its `__init__` and needs a
-    `hook_counts` counter. Its collectives read `in_keras_step` to drop
-    their per-op timeout (`NO_OP_TIMEOUT`) in the step; an extended whose
-    collectives take their options elsewhere overrides
-    `keras_step_options` (a context entered around every call).
-
-    Attributes:
-        watchdog: The `StepWatchdog` of Keras' step.
+    mixin, before `_keras_hooks.TrainFunctionHooks` in its bases; it calls
+    `init_watched_step` and has a `hook_counts` counter). Its collectives
+    read `in_keras_step` to drop their per-op timeout (`NO_OP_TIMEOUT`);
+    or it overrides `keras_step_options`, a context around every call.
     """
 
     def init_watched_step(self, timeout, what):
@@ -210,8 +204,7 @@ class WatchedKerasStep:
 
     @contextlib.contextmanager
     def keras_step(self):
-        """Within the block (this thread), `in_keras_step` is True and
-        `keras_step_options` applies."""
+        """In the block, `in_keras_step` (this thread) and the options."""
         self._step.depth = getattr(self._step, "depth", 0) + 1
         try:
             with self.keras_step_options():
