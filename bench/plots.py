@@ -223,7 +223,13 @@ def mean_curve(evals):
     return curve
 
 
-_TTA_EXPERIMENTS = ("tta", "tta_long", "tta_straggler", "tta16")
+_TTA_EXPERIMENTS = (
+    "tta",
+    "tta_long",
+    "tta_overlap",
+    "tta_straggler",
+    "tta16",
+)
 
 
 def plot_time_to_accuracy(runs, evals, out_dir):
