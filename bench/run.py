@@ -85,6 +85,17 @@ _COMPUTE_BOUND = dict(
     steps=20,
 )
 
+# The CPU-quota straggler's runs (with --straggler_mode=cpu_quota): 100 ms
+# of burned CPU per step, 10 warm-up steps for the cap to settle.
+_CPU_QUOTA = dict(
+    _EIGHT_WORKERS,
+    networks=(("1gbit", 1.0),),
+    hidden="128",
+    warmup_steps=10,
+    stragglers=("none", "3:4"),
+    compute_ms=100.0,
+)
+
 # Time to accuracy on Fashion-MNIST at 100 Mbit/s + 20 ms, 1.3 epochs.
 _TIME_TO_ACCURACY = dict(
     _EIGHT_WORKERS,
@@ -155,29 +166,15 @@ EXPERIMENTS = {
     # take 4x the others'; long enough that it trains through the window,
     # with 10 warm-up steps for the cap to settle before the timing.
     "straggler_quota": dict(
-        _EIGHT_WORKERS,
+        _CPU_QUOTA,
         schemes=("allreduce", "dpsgd_onepeer", "adpsgd", "downpour", "spsgd"),
-        networks=(("1gbit", 1.0),),
-        hidden="128",
-        warmup_steps=10,
         steps=40,
-        stragglers=("none", "3:4"),
-        compute_ms=100.0,
     ),
     # AD-PSGD with the CPU-quota straggler: its fast workers do not wait,
     # so with 40 timed steps they finished before the straggler's 10
     # warm-up steps at 4x had (session 13: no common window in 1 of 2
     # runs); 100 steps leave it 15 or more in the window.
-    "straggler_quota_async": dict(
-        _EIGHT_WORKERS,
-        schemes=("adpsgd",),
-        networks=(("1gbit", 1.0),),
-        hidden="128",
-        warmup_steps=10,
-        steps=100,
-        stragglers=("none", "3:4"),
-        compute_ms=100.0,
-    ),
+    "straggler_quota_async": dict(_CPU_QUOTA, schemes=("adpsgd",), steps=100),
     # Issue 15's AD-PSGD goals with compute-bound steps: slept compute
     # longer than either scheme's communication (at 20 ms one way, 0.4 MB;
     # at 100 Mbit/s, 4 MB, where AD-PSGD's exchange moves the model both
