@@ -485,6 +485,31 @@ def _slowdown(r):
     return _f(r["compute_max_s"]) / _f(r["compute_s"]), "compute alone"
 
 
+# Every worker pushes once per update: applied steps cannot show its
+# straggler, whose extra time is on every step's critical path instead.
+_SYNCHRONOUS_PS = ("spsgd",)
+
+
+def _straggler_slowdown(runs, r):
+    """`_slowdown`, but for a synchronous PS scheme without burn logs: one
+    plus its step's growth over the straggler-free run of the same repeat,
+    in units of the compute per step."""
+    if r["scheme"] not in _SYNCHRONOUS_PS or _column(
+        r, "straggler_compute_slowdown"
+    ):
+        return _slowdown(r)
+    base = _ok(runs, experiment=r["experiment"], scheme=r["scheme"],
+               stragglers="none", straggler_mode=r["straggler_mode"],
+               repeat=r["repeat"])  # fmt: skip
+    growth = math.nan
+    if base:
+        growth = _f(r["step_time_s"]) - _f(base[0]["step_time_s"])
+    return (
+        1 + growth / _f(r["compute_s"]),
+        "its step's growth over the compute (synchronous)",
+    )
+
+
 def _straggler_experiments(runs):
     return list(
         dict.fromkeys(
@@ -536,7 +561,7 @@ def straggler_table(runs):
     for (experiment, scheme, strag, mode), values in kept.items():
         rows = _ok(runs, experiment=experiment, scheme=scheme,
                    stragglers=strag, straggler_mode=mode)  # fmt: skip
-        slow = [_slowdown(r) for r in rows]
+        slow = [_straggler_slowdown(runs, r) for r in rows]
         steps = [_f(_column(r, "window_min_worker_steps")) for r in rows]
         index, factor = strag.split(":")
         lines.append(
@@ -980,7 +1005,7 @@ def model_table(runs):
         good, n = within(index)
         lines.append(
             f"- {name}: {good} of {n} runs within +-30 % "
-            f"({100 * good / max(1, n):.0f} %)."
+            f"({100 * good / max(1, n):.1f} %)."
         )
     nets = _networks(runs, ("latency", "bandwidth", "straggler"))
     shaped = {k: v for k, v in nets.items() if "unshaped" not in v}
@@ -1166,7 +1191,7 @@ def goals(runs):
         share = good / len(errors)
         rows.append(
             "| cost model a priori within +-30 % (issue 16) | >= 80 % of "
-            f"runs | {good} of {len(errors)} ({share:.0%}) | "
+            f"runs | {good} of {len(errors)} ({share:.1%}) | "
             f"{'met' if share >= 0.8 else 'missed'} |"
         )
     scored = [e[3] for e in errors if not math.isnan(e[3])]
@@ -1177,7 +1202,7 @@ def goals(runs):
             "| cost model with the PS schemes' round trips and every "
             "scheme's software term, each measured once on other runs, "
             "within +-30 % (issue 16) | >= 80 % of runs | "
-            f"{good} of {len(scored)} ({share:.0%}) | "
+            f"{good} of {len(scored)} ({share:.1%}) | "
             f"{'met' if share >= 0.8 else 'missed'} |"
         )
     if not rows:
@@ -1213,10 +1238,27 @@ def _period(results_dir):
     return [min(times), max(times)] if times else []
 
 
+# What makes runs repeats of one cell (the seed aside).
+_CELL_COLUMNS = (
+    "experiment", "scheme", "workers", "rate", "latency_ms", "hidden",
+    "stragglers", "straggler_mode", "compute_ms", "steps",
+    "steps_per_execution",
+)  # fmt: skip
+
+
 def _machine(results_dir, runs, commits, period):
     loads = [_f(r["loadavg_mean"]) for r in runs if r["status"] == "ok"]
     loads = [v for v in loads if not math.isnan(v)]
-    repeats = {r.get("repeat") or r["run_id"].rsplit("-r", 1)[-1] for r in runs}
+    cells = collections.defaultdict(set)
+    for r in runs:
+        cell = tuple(_column(r, k) for k in _CELL_COLUMNS)
+        cells[cell].add(r.get("repeat") or r["run_id"].rsplit("-r", 1)[-1])
+    counts = sorted({len(v) for v in cells.values()}) or [0]
+    repeats = (
+        f"{counts[0]} repeats"
+        if len(counts) == 1
+        else f"{counts[0]}-{counts[-1]} repeats per cell"
+    )
     started = [
         datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
             "%Y-%m-%d %H:%M"
@@ -1232,9 +1274,10 @@ def _machine(results_dir, runs, commits, period):
         f"{started[-1] if started else '?'} UTC; load average "
         f"{min(loads, default=math.nan):.1f}-"
         f"{max(loads, default=math.nan):.1f} during the runs, on 2 cores). "
-        f"{'/'.join(map(str, workers))} workers, {len(repeats)} repeats "
-        "interleaved across schemes; cells are the median [min-max] over "
-        "repeats (n = repeats); a ratio pairs the runs of one repeat. "
+        f"{'/'.join(map(str, workers))} workers, {repeats}, "
+        "interleaved across the schemes of a run; cells are the median "
+        "[min-max] over repeats (n = repeats); a ratio pairs the runs of "
+        "one repeat. "
         "Baseline: `AllReduceStrategy` under `fit` (one all-reduce per "
         "step); the stock MultiWorkerMirroredStrategy step (three "
         "all-reduces: gradients, loss, accuracy; what MWMS would pay if "

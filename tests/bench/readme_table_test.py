@@ -520,10 +520,10 @@ def test_round_trips_measured_once_replace_the_protocols_in_the_model(
     assert (
         "- the PS schemes' round trips measured once (`round_trips/`: "
         "`downpour` 13.0 per step) in place of the protocol's, plus the "
-        "software term: 1 of 1 runs within +-30 % (100 %)." in text
+        "software term: 1 of 1 runs within +-30 % (100.0 %)." in text
     )
     goal = _line(text, "| cost model with the PS schemes' round trips")
-    assert goal.endswith("| >= 80 % of runs | 1 of 1 (100%) | met |")
+    assert goal.endswith("| >= 80 % of runs | 1 of 1 (100.0%) | met |")
 
 
 def test_compute_bound_ad_psgd_against_one_peer(tmp_path):
@@ -564,6 +564,35 @@ def test_cpu_quota_straggler_reports_its_burned_compute_slowdown(tmp_path):
     row = _line(text, "| ALLREDUCE (`allreduce`) | worker 3, 4x (cpu_quota)")
     assert "| 32.5 [30.0-35.0] (n=2) % | 3.99 [3.88-4.10] (n=2) |" in row
     assert "| its burned compute in the window, cap steered |" in row
+
+
+def test_header_counts_repeats_per_cell(results, tmp_path):
+    # The fixture's unshaped AllReduce and failed Downpour ran once, the
+    # other cells twice: a range, not the number of distinct seeds.
+    text = readme_table.generate("results", root=str(results))
+    assert "8 workers, 1-2 repeats per cell, interleaved" in text
+    rows = [_run("latency", "allreduce", r, 0.2) for r in (0, 1, 2)]
+    _write(tmp_path / "alone" / "latency", rows)
+    text = readme_table.generate("alone", root=str(tmp_path))
+    assert "8 workers, 3 repeats, interleaved" in text
+
+
+def test_synchronous_ps_straggler_slowdown_is_its_step_growth(tmp_path):
+    # S-PSGD's workers push once per update each, so their applied steps
+    # are equal (slowdown 1 by construction): the straggler's slowdown is
+    # its step's growth over the run without it, in compute per step.
+    rows = [
+        _run("straggler", "spsgd", r, t, stragglers=s, samples_per_s=v,
+             latency=1.0, compute_s=0.3, slowest_worker_slowdown=1.0)
+        for r, s, t, v in ((0, "none", 0.75, 340), (0, "3:4", 1.65, 155),
+                           (1, "none", 0.76, 336), (1, "3:4", 1.63, 157))
+    ]  # fmt: skip
+    _write(tmp_path / "results" / "straggler", rows)
+    text = readme_table.generate("results", root=str(tmp_path))
+    row = _line(text, "| SPSGD (`spsgd`) | worker 3, 4x (sleep)")
+    # 1 + (1.65 - 0.75) / 0.3 = 4.0; 1 + (1.63 - 0.76) / 0.3 = 3.9.
+    assert "| 3.95 [3.90-4.00] (n=2) |" in row
+    assert "| its step's growth over the compute (synchronous) |" in row
 
 
 def test_the_downpour_docstring_quotes_the_committed_round_trips():
