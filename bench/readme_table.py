@@ -547,10 +547,24 @@ def kept_by_scheme(runs):
     return out
 
 
+def _kept_names(runs, kept):
+    """`{key of kept: "`experiment`, " or ""}`: the experiment is named
+    where two experiments ran the same scheme, straggler and steps."""
+
+    def cell(key):
+        experiment, scheme, strag, mode = key
+        steps = _ok(runs, experiment=experiment, scheme=scheme)[0]["steps"]
+        return scheme, strag, mode, steps
+
+    seen = collections.Counter(cell(k) for k in kept)
+    return {k: f"`{k[0]}`, " if seen[cell(k)] > 1 else "" for k in kept}
+
+
 def straggler_table(runs):
     kept = kept_by_scheme(runs)
     if not kept:
         return []
+    names = _kept_names(runs, kept)
     lines = [
         "| scheme | straggler | timed steps per worker | throughput kept | "
         "its slowdown, achieved | measured from | fewest steps of a worker "
@@ -566,7 +580,8 @@ def straggler_table(runs):
         index, factor = strag.split(":")
         lines.append(
             f"| {labels[scheme]} (`{scheme}`) | worker {index}, {factor}x "
-            f"({mode}) | {rows[0]['steps']} | {_spread(values, 100, 1)} % | "
+            f"({names[experiment, scheme, strag, mode]}{mode}) | "
+            f"{rows[0]['steps']} | {_spread(values, 100, 1)} % | "
             f"{_spread([s for s, _ in slow])} | {slow[0][1]} | "
             f"{_spread(steps, 1, 0)} |"
         )
@@ -1167,13 +1182,15 @@ def goals(runs):
             f"{measured} | {verdict} |"
         )
     kept = kept_by_scheme(runs)
+    names = _kept_names(runs, kept)
     for scheme, goal, at_most, source in (
         ("downpour", 0.8, False, "issue 15"),
         ("adpsgd", 0.7, False, "the seed's goal"),
         ("allreduce", 0.35, True, "the seed's expectation"),
         ("dpsgd_onepeer", 0.35, True, "the seed's expectation"),
     ):
-        for (experiment, name, strag, mode), values in kept.items():
+        for key, values in kept.items():
+            experiment, name, strag, mode = key
             if name != scheme:
                 continue
             measured, verdict = _verdict(values, goal, at_most, True)
@@ -1181,7 +1198,8 @@ def goals(runs):
             steps = _ok(runs, experiment=experiment, scheme=scheme)[0]["steps"]
             rows.append(
                 f"| `{scheme}` keeps its throughput, worker "
-                f"{strag.replace(':', ' ')}x slower ({mode}, {steps} steps; "
+                f"{strag.replace(':', ' ')}x slower ({names[key]}{mode}, "
+                f"{steps} steps; "
                 f"{source}) | "
                 f"{sign} {goal:.0%} | {measured} | {verdict} |"
             )

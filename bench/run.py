@@ -85,6 +85,15 @@ _COMPUTE_BOUND = dict(
     steps=20,
 )
 
+# The slept straggler's runs: 300 ms of slept compute per step.
+_SLEPT = dict(
+    _EIGHT_WORKERS,
+    networks=(("1gbit", 1.0),),
+    hidden="128",
+    stragglers=("none", "3:4"),
+    compute_ms=300.0,
+)
+
 # The CPU-quota straggler's runs (with --straggler_mode=cpu_quota): 100 ms
 # of burned CPU per step, 10 warm-up steps for the cap to settle.
 _CPU_QUOTA = dict(
@@ -138,28 +147,19 @@ EXPERIMENTS = {
         hidden="1280",
         steps=20,
     ),
-    "straggler": dict(
-        _EIGHT_WORKERS,
-        schemes=ALL_SCHEMES,
-        networks=(("1gbit", 1.0),),
-        hidden="128",
-        steps=20,
-        stragglers=("none", "3:4"),
-        compute_ms=300.0,
+    "straggler": dict(_SLEPT, schemes=ALL_SCHEMES, steps=20),
+    # The PS schemes as `straggler`, with the chief no longer sleeping
+    # along (session 15: stragglers.process_delayed_dataset keeps an
+    # endless dataset's size known); its own experiment, so that the
+    # earlier runs stay apart.
+    "straggler_ps": dict(
+        _SLEPT, schemes=("downpour", "downpour_n4", "spsgd"), steps=20
     ),
     # The asynchronous schemes with a straggler, long enough that a 4x
     # straggler takes 10 or more steps in the window in which every worker
     # trains (the fast ones end 65 x 0.3 s after their start, the
     # straggler's 5 warm-up steps take 6 s).
-    "straggler_async": dict(
-        _EIGHT_WORKERS,
-        schemes=("adpsgd", "adpsgd_all"),
-        networks=(("1gbit", 1.0),),
-        hidden="128",
-        steps=60,
-        stragglers=("none", "3:4"),
-        compute_ms=300.0,
-    ),
+    "straggler_async": dict(_SLEPT, schemes=("adpsgd", "adpsgd_all"), steps=60),
     # A CPU-quota straggler calibrated to 4x (issue 16), run with
     # --straggler_mode=cpu_quota: every worker burns 100 ms of CPU (on one
     # idle thread) per step, the straggler's cap is steered until its burns
@@ -175,6 +175,11 @@ EXPERIMENTS = {
     # warm-up steps at 4x had (session 13: no common window in 1 of 2
     # runs); 100 steps leave it 15 or more in the window.
     "straggler_quota_async": dict(_CPU_QUOTA, schemes=("adpsgd",), steps=100),
+    # The PS schemes as `straggler_quota`, without the chief's burns
+    # (see `straggler_ps`).
+    "straggler_quota_ps": dict(
+        _CPU_QUOTA, schemes=("downpour", "spsgd"), steps=40
+    ),
     # Issue 15's AD-PSGD goals with compute-bound steps: slept compute
     # longer than either scheme's communication (at 20 ms one way, 0.4 MB;
     # at 100 Mbit/s, 4 MB, where AD-PSGD's exchange moves the model both

@@ -550,8 +550,18 @@ def process_delayed_dataset(dataset, environ_path="/proc/self/environ"):
     options = tf.data.Options()
     options.experimental_optimization.inject_prefetch = False
     options.autotune.enabled = False
-    delayed = tf.data.Dataset.zip((dataset, sleeper))
-    return delayed.map(burned).with_options(options)
+    delayed = tf.data.Dataset.zip((dataset, sleeper)).map(burned)
+    if int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY:
+        # The endless sleeper's flat_map leaves the zip's size unknown, and
+        # a Downpour chief reads a dataset of unknown size along with its
+        # workers to find the epoch's end, in its own process, which sleeps
+        # (and burns) like a worker's: 1/n of the compute per step on the
+        # chief's dispatch path (found in session 15). Infinite, it does not.
+        infinite = tf.data.experimental.assert_cardinality(
+            tf.data.INFINITE_CARDINALITY
+        )
+        delayed = delayed.apply(infinite)
+    return delayed.with_options(options)
 
 
 def step_delay_callback(seconds: float):

@@ -126,6 +126,22 @@ def test_process_delayed_dataset_sleeps_in_the_graph_it_ships():
         assert op in text
 
 
+def test_process_delayed_dataset_keeps_an_endless_dataset_endless():
+    # A Downpour chief reads a dataset of unknown size along with its
+    # workers (`_consume_chief_batches` in its driver; it would sleep the
+    # compute in its own process): an endless input must stay of known,
+    # infinite size; a finite one's size is not claimed.
+    import tensorflow as tf
+
+    endless = tf.data.Dataset.range(4).repeat()
+    delayed = stragglers.process_delayed_dataset(endless)
+    assert int(delayed.cardinality()) == tf.data.INFINITE_CARDINALITY
+    assert list(delayed.take(5).as_numpy_iterator()) == [0, 1, 2, 3, 0]
+    finite = stragglers.process_delayed_dataset(tf.data.Dataset.range(4))
+    assert int(finite.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+    assert list(finite.as_numpy_iterator()) == [0, 1, 2, 3]
+
+
 class _Cap:
     """A cgroup cap's stand-in: the straggler's burns take `work / cpus`."""
 

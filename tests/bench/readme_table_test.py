@@ -566,6 +566,28 @@ def test_cpu_quota_straggler_reports_its_burned_compute_slowdown(tmp_path):
     assert "| its burned compute in the window, cap steered |" in row
 
 
+def test_two_experiments_of_one_straggler_cell_are_named(results):
+    # A later experiment with the same scheme, straggler and steps (as
+    # straggler_ps re-ran Downpour) is a row of its own, named; the
+    # earlier one too.
+    rows = [
+        _run("straggler_ps", "downpour", r, 0.1, stragglers=s,
+             samples_per_s=v, slowest_worker_slowdown=3.5, latency=1.0,
+             window_min_worker_steps=6)
+        for r, s, v in ((0, "none", 100), (0, "3:4", 70), (1, "none", 100),
+                        (1, "3:4", 80))
+    ]  # fmt: skip
+    _write(results / "results" / "straggler_ps", rows)
+    text = readme_table.generate("results", root=str(results))
+    old = _line(text, "| DOWNPOUR (`downpour`) | worker 3, 4x (`straggler`, ")
+    assert "| 90.0 [85.0-95.0] (n=2) % |" in old
+    new = _line(text, "| DOWNPOUR (`downpour`) | worker 3, 4x (`straggler_ps`")
+    assert "| 75.0 [70.0-80.0] (n=2) % |" in new
+    goal = _line(text, "| `downpour` keeps its throughput, worker 3 4x slower "
+                 "(`straggler_ps`, sleep, 20 steps")  # fmt: skip
+    assert goal.endswith("| >= 80% | 75.0 [70.0-80.0] (n=2) % | missed |")
+
+
 def test_header_counts_repeats_per_cell(results, tmp_path):
     # The fixture's unshaped AllReduce and failed Downpour ran once, the
     # other cells twice: a range, not the number of distinct seeds.
