@@ -61,6 +61,30 @@ def _run(experiment, scheme, repeat, step, *, latency=20.0, rate="1gbit",
     return row
 
 
+def _paired_runs(experiment, scheme, rates, **extra):
+    """A run without straggler and one with worker 3 at 4x per repeat.
+
+    `rates`: (samples/s without, with) per repeat; each of `extra` is one
+    value for both runs, a (without, with) pair, or a list of either per
+    repeat."""
+
+    def pick(value, repeat, i):
+        if isinstance(value, list):
+            value = value[repeat]
+        return value[i] if isinstance(value, tuple) else value
+
+    rows = []
+    for repeat, pair in enumerate(rates):
+        for i, stragglers in enumerate(("none", "3:4")):
+            columns = {k: pick(v, repeat, i) for k, v in extra.items()}
+            step = columns.pop("step", 0.1)
+            run = _run(experiment, scheme, repeat, step, latency=1.0,
+                       stragglers=stragglers, samples_per_s=pair[i],
+                       **columns)  # fmt: skip
+            rows.append(run)
+    return rows
+
+
 def _write(directory, rows, evals=()):
     directory.mkdir(parents=True)
     with open(directory / "runs.csv", "w", newline="") as f:
@@ -551,17 +575,22 @@ def test_compute_bound_ad_psgd_against_one_peer(tmp_path):
     assert goal.endswith("| >= 0.95 | 0.97 [0.97-0.97] (n=2) | met |")
 
 
+def _written_line(root, rows, start):
+    """The generated line starting with `start` once `rows` (one
+    experiment) are the only results below `root`."""
+    _write(root / "results" / rows[0]["experiment"], rows)
+    return _line(readme_table.generate("results", root=str(root)), start)
+
+
 def test_cpu_quota_straggler_reports_its_burned_compute_slowdown(tmp_path):
-    rows = [
-        _run("straggler_quota", "allreduce", r, 0.5, stragglers=s,
-             straggler_mode="cpu_quota", samples_per_s=v, latency=1.0,
-             straggler_compute_slowdown=k, window_min_worker_steps=9)
-        for r, s, v, k in ((0, "none", 100, ""), (0, "3:4", 35, 3.88),
-                           (1, "none", 100, ""), (1, "3:4", 30, 4.1))
-    ]  # fmt: skip
-    _write(tmp_path / "results" / "straggler_quota", rows)
-    text = readme_table.generate("results", root=str(tmp_path))
-    row = _line(text, "| ALLREDUCE (`allreduce`) | worker 3, 4x (cpu_quota)")
+    rows = _paired_runs(
+        "straggler_quota", "allreduce", ((100, 35), (100, 30)), step=0.5,
+        straggler_mode="cpu_quota", window_min_worker_steps=9,
+        straggler_compute_slowdown=[("", 3.88), ("", 4.1)],
+    )  # fmt: skip
+    row = _written_line(
+        tmp_path, rows, "| ALLREDUCE (`allreduce`) | worker 3, 4x (cpu_quota)"
+    )
     assert "| 32.5 [30.0-35.0] (n=2) % | 3.99 [3.88-4.10] (n=2) |" in row
     assert "| its burned compute in the window, cap steered |" in row
 
@@ -570,13 +599,10 @@ def test_two_experiments_of_one_straggler_cell_are_named(results):
     # A later experiment with the same scheme, straggler and steps (as
     # straggler_ps re-ran Downpour) is a row of its own, named; the
     # earlier one too.
-    rows = [
-        _run("straggler_ps", "downpour", r, 0.1, stragglers=s,
-             samples_per_s=v, slowest_worker_slowdown=3.5, latency=1.0,
-             window_min_worker_steps=6)
-        for r, s, v in ((0, "none", 100), (0, "3:4", 70), (1, "none", 100),
-                        (1, "3:4", 80))
-    ]  # fmt: skip
+    rows = _paired_runs(
+        "straggler_ps", "downpour", ((100, 70), (100, 80)),
+        slowest_worker_slowdown=3.5, window_min_worker_steps=6,
+    )  # fmt: skip
     _write(results / "results" / "straggler_ps", rows)
     text = readme_table.generate("results", root=str(results))
     old = _line(text, "| DOWNPOUR (`downpour`) | worker 3, 4x (`straggler`, ")
@@ -603,15 +629,13 @@ def test_synchronous_ps_straggler_slowdown_is_its_step_growth(tmp_path):
     # S-PSGD's workers push once per update each, so their applied steps
     # are equal (slowdown 1 by construction): the straggler's slowdown is
     # its step's growth over the run without it, in compute per step.
-    rows = [
-        _run("straggler", "spsgd", r, t, stragglers=s, samples_per_s=v,
-             latency=1.0, compute_s=0.3, slowest_worker_slowdown=1.0)
-        for r, s, t, v in ((0, "none", 0.75, 340), (0, "3:4", 1.65, 155),
-                           (1, "none", 0.76, 336), (1, "3:4", 1.63, 157))
-    ]  # fmt: skip
-    _write(tmp_path / "results" / "straggler", rows)
-    text = readme_table.generate("results", root=str(tmp_path))
-    row = _line(text, "| SPSGD (`spsgd`) | worker 3, 4x (sleep)")
+    rows = _paired_runs(
+        "straggler", "spsgd", ((340, 155), (336, 157)), compute_s=0.3,
+        slowest_worker_slowdown=1.0, step=[(0.75, 1.65), (0.76, 1.63)],
+    )  # fmt: skip
+    row = _written_line(
+        tmp_path, rows, "| SPSGD (`spsgd`) | worker 3, 4x (sleep)"
+    )
     # 1 + (1.65 - 0.75) / 0.3 = 4.0; 1 + (1.63 - 0.76) / 0.3 = 3.9.
     assert "| 3.95 [3.90-4.00] (n=2) |" in row
     assert "| its step's growth over the compute (synchronous) |" in row
