@@ -161,6 +161,10 @@ class DownpourParameterServerStrategy(_tf_private.ParameterServerStrategyBase):
       sent to every worker as a pipeline; worker `i` of `n` reads batches
       `i, i + n, ...` and repeats them. A Keras step is one batch read by
       some worker, so `steps_per_epoch` counts batches over all workers.
+      A dataset of unknown size (after `filter`, `flat_map`, ...) is also
+      read on the chief, a batch per step, to find the epoch's end, so its
+      pipeline runs there too; an endless one can say so with
+      `tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY)`.
     - Closures of `lcm(n_fetch, n_push)` steps run asynchronously on the
       workers; at the end of every epoch the chief waits for them, so the
       epoch's logs, `ModelCheckpoint` and `BackupAndRestore` see every
