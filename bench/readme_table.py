@@ -547,14 +547,18 @@ def kept_by_scheme(runs):
     return out
 
 
+def _steps(runs, experiment, scheme):
+    """The timed steps per worker of `scheme`'s runs in `experiment`."""
+    return _ok(runs, experiment=experiment, scheme=scheme)[0]["steps"]
+
+
 def _kept_names(runs, kept):
     """`{key of kept: "`experiment`, " or ""}`: the experiment is named
     where two experiments ran the same scheme, straggler and steps."""
 
     def cell(key):
         experiment, scheme, strag, mode = key
-        steps = _ok(runs, experiment=experiment, scheme=scheme)[0]["steps"]
-        return scheme, strag, mode, steps
+        return scheme, strag, mode, _steps(runs, experiment, scheme)
 
     seen = collections.Counter(cell(k) for k in kept)
     return {k: f"`{k[0]}`, " if seen[cell(k)] > 1 else "" for k in kept}
@@ -1195,7 +1199,7 @@ def goals(runs):
                 continue
             measured, verdict = _verdict(values, goal, at_most, True)
             sign = "<=" if at_most else ">="
-            steps = _ok(runs, experiment=experiment, scheme=scheme)[0]["steps"]
+            steps = _steps(runs, experiment, scheme)
             rows.append(
                 f"| `{scheme}` keeps its throughput, worker "
                 f"{strag.replace(':', ' ')}x slower ({names[key]}{mode}, "
