@@ -15,6 +15,17 @@ to one step per worker, and with `steps_per_execution` k, whose k steps end
 together, a whole execution (20 % of 20 steps at k = 4). A run in which
 the workers' timed steps do not overlap has no throughput (NaN,
 `window_s` <= 0): it is not replaced by anything else.
+
+The parameter-server schemes report from their chief alone, whose timed
+window is a fixed amount of work: it ends when the last worker (the
+straggler) finishes its last step, while the others have nothing left to
+do. With the workers' element logs (`_worker_elements`: the time each
+element of a worker's input pipeline was produced, `_elements_per_step` of
+them per step; see `stragglers.process_delayed_dataset`), their
+throughput is taken per worker instead: over the window from the chief's
+timed start to the first worker's last element, each worker's steps
+interpolated between its elements' times. The chief's own window stays
+beside it as `chief_window_samples_per_s`.
 """
 
 import bisect
@@ -38,7 +49,12 @@ def _steps_done_by(result, t):
     """Timed steps `result`'s worker finished by time `t`, interpolated
     between its step end times (several steps ending at one time, as with
     `steps_per_execution`, end together there)."""
-    times = result["step_end_times"][result["warmup_steps"] - 1 :]
+    return _done_by(result["step_end_times"][result["warmup_steps"] - 1 :], t)
+
+
+def _done_by(times, t):
+    """Events (after the first) of the sorted `times` done by time `t`,
+    interpolated between them (events at one time end together)."""
     ends, done = [], []
     for count, end in enumerate(times):
         if ends and end == ends[-1]:
@@ -96,6 +112,9 @@ def summarize(results, batch_size, target):
         out["samples_per_s"] = steps * batch_size / max(1e-9, t1 - t0 - pauses)
     else:
         out["samples_per_s"] = math.nan  # no window in which all trained
+    if results[0].get("_worker_elements"):
+        out["chief_window_samples_per_s"] = out["samples_per_s"]
+        out.update(_per_worker_window(results[0], batch_size, pauses))
     out.update(_by_role(results, per_worker))
     rates = results[0].get("_host_rates") or {}
     tasks = results[0].get("_tasks") or []
@@ -160,6 +179,25 @@ def summarize(results, batch_size, target):
         out["loadavg_end"] = sum(loads) / len(loads)
     out["params"] = results[0].get("params")
     out["model_bytes"] = results[0].get("model_bytes")
+    return out
+
+
+def _per_worker_window(chief, batch_size, pauses):
+    """A PS scheme's throughput from its workers' element logs: the window
+    from the chief's timed start to the first worker's last element, each
+    worker's steps in it interpolated between its elements' times."""
+    elements = chief["_worker_elements"].values()
+    per_step = chief["_elements_per_step"]
+    if not all(elements):  # a worker that never read: no common window
+        return {"samples_per_s": math.nan, "window_min_worker_steps": 0}
+    t0 = chief["timed_start"]
+    t1 = min(times[-1] for times in elements)
+    steps = [(_done_by(e, t1) - _done_by(e, t0)) / per_step for e in elements]
+    out = {"window_s": t1 - t0, "window_min_worker_steps": min(steps)}
+    if t1 > t0 and sum(steps):
+        out["samples_per_s"] = sum(steps) * batch_size / (t1 - t0 - pauses)
+    else:
+        out["samples_per_s"] = math.nan
     return out
 
 

@@ -749,7 +749,10 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
                     extra[stragglers_lib.BURN_ITERATIONS_ENV] = str(
                         max(1, round(iterations / spec.workers))
                     )
-            if burned and (task in training or task.job == "chief"):
+            # A PS worker logs every element its pipeline produces (its
+            # rate through the run: `metrics`' per-worker window).
+            logged = scheme.parameter_servers and task in training
+            if logged or (burned and (task in training or task.job == "chief")):
                 log_dir = _burn_log_dir(run_dir, task)
                 os.makedirs(log_dir, exist_ok=True)
                 extra[stragglers_lib.COMPUTE_LOG_ENV] = log_dir
@@ -852,6 +855,15 @@ def launch_and_wait(net, spec, scheme, run_dir, port):
         achieved = steering.achieved(window)
         for r in results:
             r["_straggler_burns"] = achieved
+    if scheme.parameter_servers:
+        # Worker i of n reads every n-th element: n elements per step.
+        elements = {
+            t.name: stragglers_lib.element_times(_burn_log_dir(run_dir, t))
+            for t in training
+        }
+        for r in results:
+            r["_worker_elements"] = elements
+            r["_elements_per_step"] = spec.workers
     stragglers_lib.compact_burns(os.path.join(run_dir, "burns"))
     return status, detail, results
 
@@ -948,6 +960,7 @@ RUN_COLUMNS = (
     "exchanges_per_active_step", "steps_per_execution",
     "slowest_worker_slowdown", "staleness_mean", "staleness_histogram",
     "straggler_compute_slowdown", "straggler_cpus",
+    "chief_window_samples_per_s",
 )  # fmt: skip
 EVAL_COLUMNS = (
     "run_id", "experiment", "scheme", "worker", "step", "train_clock_s",

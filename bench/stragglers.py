@@ -56,7 +56,10 @@ BURN_ITERATIONS_ENV = "TFD_BENCH_BURN_ITERATIONS"
 
 COMPUTE_LOG_ENV = "TFD_BENCH_COMPUTE_LOG"
 """Directory in which a process logs each burn: an empty file named
-`<end>_<seconds>` (epoch seconds, wall seconds of the burn); unset: none."""
+`<end>_<seconds>` (epoch seconds, wall seconds of the burn); unset: none.
+A PS worker's pipeline logs every element it produces, with a burn of 0
+iterations in sleep mode (`process_delayed_dataset`): the runner measures
+each worker's rate from those times (`element_times`)."""
 
 BURN_SIZE = 64  # the burned products' matrices are BURN_SIZE x BURN_SIZE
 
@@ -315,6 +318,17 @@ def read_burns(log_dir, start=None, end=None):
     ]
 
 
+def element_times(log_dir):
+    """Returns the end times (epoch seconds) of the burns logged in
+    `log_dir`, oldest first: in a PS worker's pipeline, the time each
+    element was produced (`process_delayed_dataset`)."""
+    try:
+        names = os.listdir(log_dir)
+    except OSError:
+        return []
+    return sorted(ended for ended, _ in filter(None, map(_parse_burn, names)))
+
+
 def compact_burns(burns_dir):
     """Writes the burn logs below `burns_dir` (one directory per task, see
     `COMPUTE_LOG_ENV`) as `burns_dir + ".csv"` (task, end, seconds) and
@@ -506,7 +520,9 @@ def process_delayed_dataset(dataset, environ_path="/proc/self/environ"):
     """Returns `dataset` whose elements each take a sleep of this process's
     `PIPELINE_SLEEP_ENV` microseconds (0 if unset) to produce, and a burn
     of its `BURN_ITERATIONS_ENV` products (none if unset), logged to its
-    `COMPUTE_LOG_ENV` (cpu_quota mode).
+    `COMPUTE_LOG_ENV` if set: then every element is logged, with a burn of
+    0 iterations if none is set (sleep mode), so that the log holds the
+    time each element was produced (a worker's rate, `element_times`).
 
     For parameter-server schemes, whose steps run as closures on the
     workers' TF servers: a `tf.py_function` there would run back on the
@@ -535,14 +551,16 @@ def process_delayed_dataset(dataset, environ_path="/proc/self/environ"):
         return ticks.apply(testing.sleep(sleep))
 
     def burned(element, _):
-        # cpu_quota mode: this process's burn per element (none if unset).
+        # This process's burn per element (cpu_quota mode; none if unset),
+        # logged with the element's time if it has a log directory.
         iterations, log_dir = pipeline_burn(environ_path)
         first = tf.reshape(tf.nest.flatten(element)[0], [-1])[:1]
 
         def run():
             return burn(iterations, log_dir, after=first)
 
-        done = tf.cond(iterations > 0, run, lambda: tf.constant(0.0))
+        wanted = tf.logical_or(iterations > 0, tf.strings.length(log_dir) > 0)
+        done = tf.cond(wanted, run, lambda: tf.constant(0.0))
         with tf.control_dependencies([done]):
             return tf.nest.map_structure(tf.identity, element)
 

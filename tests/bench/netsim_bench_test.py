@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -251,6 +252,17 @@ def test_burns_log_their_wall_time_in_the_step_and_the_pipeline(tmp_path):
     environ.write_bytes(b"A=1\x00")
     list(stragglers.process_delayed_dataset(data, str(environ)))
     assert len(stragglers.read_burns(logs)) == 3
+    # A log directory without a burn (sleep mode): every element is still
+    # logged, at the time it was produced, with a burn of 0 iterations.
+    elements = tmp_path / "elements"
+    elements.mkdir()
+    environ.write_bytes(f"{stragglers.COMPUTE_LOG_ENV}={elements}\x00".encode())
+    before = time.time()
+    list(stragglers.process_delayed_dataset(data, str(environ)))
+    times = stragglers.element_times(elements)
+    assert len(times) == 3 and before <= times[0] <= times[-1] <= time.time()
+    assert times == sorted(times)
+    assert stragglers.element_times(tmp_path / "missing") == []
     # In the train step: one burn per step, none at inference.
     model = keras.Sequential(
         [
@@ -345,6 +357,41 @@ def test_runner_metrics_and_schemes():
     assert "slowest_worker_slowdown" not in metrics.summarize(
         [result(0, 0.1, [])], 32, 0.8
     )
+
+    # With its workers' element logs (2 elements per step), the chief's
+    # window of fixed work is replaced by the per-worker one: from its
+    # timed start to the first worker's last element. Workers 0 and 1 step
+    # every 0.1 s until 1012; worker 2, a 4x straggler, until 1014, while
+    # the chief's last step ends (the drain) at 1014.4.
+    def elements(step, end):
+        count = round((end - base) * 2 / step)
+        return [base + step / 2 * i for i in range(count + 1)]
+
+    chief = result(0, 0.1, [])
+    chief.update(
+        # 268 timed Keras steps from 1001 to the drain's end at 1014.4.
+        step_end_times=[base, base + 1.0]
+        + [base + 1.0 + 0.05 * k for k in range(1, 269)],
+        timed_start=base + 1.0,
+        _elements_per_step=2,
+        _worker_elements={
+            "worker_0": elements(0.1, base + 12),
+            "worker_1": elements(0.1, base + 12),
+            "worker_2": elements(0.4, base + 14),
+        },
+    )
+    out = metrics.summarize([chief], 32, 0.8)
+    assert out["window_s"] == pytest.approx(11.0)
+    assert out["window_min_worker_steps"] == pytest.approx(11 / 0.4)
+    kept = 110 + 110 + 11 / 0.4
+    assert out["samples_per_s"] == pytest.approx(kept * 32 / 11)
+    # The chief's own window (the drain in it) stays beside it.
+    assert out["chief_window_samples_per_s"] == pytest.approx(268 * 32 / 13.4)
+    # A worker that never read an element: no common window, no stand-in.
+    chief["_worker_elements"]["worker_2"] = []
+    out = metrics.summarize([chief], 32, 0.8)
+    assert math.isnan(out["samples_per_s"])
+    assert out["window_min_worker_steps"] == 0
     # Its staleness histogram: the mean, and the histogram as text.
     chief["staleness_histogram"] = {"0": 2, "1": 5, "3": 3}
     out = metrics.summarize([chief], 32, 0.8)
