@@ -25,6 +25,7 @@ _COLUMNS = (
     "final_accuracy", "averaged_accuracy", "target_accuracy",
     "staleness_mean", "staleness_histogram", "window_min_worker_steps",
     "warmup_steps", "batch_size", "compute_ms", "straggler_compute_slowdown",
+    "chief_window_samples_per_s",
 )  # fmt: skip
 
 
@@ -173,7 +174,13 @@ def test_straggler_kept_throughput_and_its_achieved_slowdown(results):
     text = readme_table.generate("results", root=str(results))
     row = _line(text, "| DOWNPOUR (`downpour`) | worker 3, 4x (sleep) | 20 |")
     assert "| 90.0 [85.0-95.0] (n=2) % | 4.00 [4.00-4.00] (n=2) |" in row
-    assert row.endswith("| applied steps | 6 [6-6] (n=2) |")
+    assert "| applied steps | 6 [6-6] (n=2) |" in row
+    # Without its workers' element logs, an asynchronous PS scheme's
+    # window is the chief's fixed work, said to be a lower bound.
+    assert row.endswith(
+        "| the chief's fixed work, to the straggler's last closure: a lower "
+        "bound |"
+    )
     goal = _line(text, "| `downpour` keeps its throughput")
     assert goal.endswith("| >= 80% | 90.0 [85.0-95.0] (n=2) % | met |")
     assert "(sleep, 20 steps; issue 15)" in goal
@@ -625,6 +632,25 @@ def test_header_counts_repeats_per_cell(results, tmp_path):
     assert "8 workers, 3 repeats, interleaved" in text
 
 
+def test_straggler_rows_name_the_window_of_their_throughput(tmp_path):
+    # A PS run with its workers' element logs was counted per worker (the
+    # chief's window beside it); the other schemes from step end times.
+    rows = _paired_runs(
+        "straggler_ps", "downpour_n4", ((100, 90), (100, 88)),
+        chief_window_samples_per_s=(98, 66), window_min_worker_steps=5,
+    )  # fmt: skip
+    rows += _paired_runs("straggler_ps", "adpsgd", ((100, 92), (100, 94)))
+    _write(tmp_path / "results" / "straggler_ps", rows)
+    text = readme_table.generate("results", root=str(tmp_path))
+    row = _line(text, "| DOWNPOUR_N4 (`downpour_n4`) | worker 3, 4x")
+    assert "| 89.0 [88.0-90.0] (n=2) % |" in row
+    assert row.endswith(
+        "| every worker's steps, from its pipeline's element times |"
+    )
+    row = _line(text, "| ADPSGD (`adpsgd`) | worker 3, 4x")
+    assert row.endswith("| every worker's steps, from its step end times |")
+
+
 def test_synchronous_ps_straggler_slowdown_is_its_step_growth(tmp_path):
     # S-PSGD's workers push once per update each, so their applied steps
     # are equal (slowdown 1 by construction): the straggler's slowdown is
@@ -639,6 +665,9 @@ def test_synchronous_ps_straggler_slowdown_is_its_step_growth(tmp_path):
     # 1 + (1.65 - 0.75) / 0.3 = 4.0; 1 + (1.63 - 0.76) / 0.3 = 3.9.
     assert "| 3.95 [3.90-4.00] (n=2) |" in row
     assert "| its step's growth over the compute (synchronous) |" in row
+    assert row.endswith(
+        "| the chief's steps (synchronous: every worker in each) |"
+    )
 
 
 def test_the_downpour_docstring_quotes_the_committed_round_trips():
