@@ -629,3 +629,26 @@ def test_summary_time_to_accuracy_pairs_seeds():
         "of AllReduce; final acc 0.820 [0.790-0.850] (n=2), -1.5 "
         "[-4.0-1.0] (n=2) pt" in line
     )
+
+
+def test_every_experiment_has_a_row_in_the_bench_readme():
+    # bench/README.md's experiments table lists each of run.py's presets
+    # (read from the source: importing run.py would parse its flags).
+    import ast
+
+    tree = ast.parse((_BENCH / "run.py").read_text())
+    (presets,) = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [t.id for t in node.targets if isinstance(t, ast.Name)]
+        == ["EXPERIMENTS"]
+    ]
+    names = [key.value for key in presets.keys]
+    assert "straggler_ps" in names and "tta16" in names
+    rows = [
+        line.split(" | ")[0][2:].strip("`")
+        for line in (_BENCH / "README.md").read_text().splitlines()
+        if line.startswith("| `")
+    ]
+    assert [n for n in names if n not in rows] == []
