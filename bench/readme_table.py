@@ -1347,7 +1347,8 @@ def generate(results_dir, root=None):
          *compute_bound_table(runs)],
         ["**Throughput kept with a straggler** (samples/s of every worker "
          "over a window in which all of them train, with the straggler "
-         "over without; the straggler's slowdown as achieved in the run)",
+         "over without, except where the window column says the chief's; "
+         "the straggler's slowdown as achieved in the run)",
          "", *straggler_table(runs)],
         ["**Time to accuracy** (Fashion-MNIST, the whole test set; a "
          "repeat is a seed; the local models' mean accuracy over training "
