@@ -44,6 +44,7 @@ sys.path.insert(0, _BENCH_DIR)
 sys.path.insert(1, _REPO_ROOT)
 import plots  # noqa: E402  (bench/plots.py: CSV helpers)
 import schemes as schemes_lib  # noqa: E402  (bench/schemes.py)
+import stragglers as stragglers_lib  # noqa: E402  (bench/stragglers.py)
 from report import _by_repeat  # noqa: E402
 from report import _column  # noqa: E402
 from report import _paired  # noqa: E402
@@ -925,12 +926,16 @@ def _round_trip_source(r, counts):
 def predicted_step(r, round_trips=None):
     """The cost model's step of run `r` as `bench/run.py` predicts it
     (`predicted_step_s`: each worker's compute measured alone; a PS
-    scheme's workers all take the chief's measured twin), with
-    `round_trips` in place of the protocol's when given."""
+    scheme's workers all take the chief's measured twin, its straggler
+    that times its factor), with `round_trips` in place of the protocol's
+    when given."""
     scheme = schemes_lib.SCHEMES[r["scheme"]]
     workers = int(_f(r["workers"]))
     compute = [_f(r["compute_s"])] * workers
-    if not scheme.parameter_servers:
+    if scheme.parameter_servers:
+        strag = stragglers_lib.Stragglers.parse(r["stragglers"])
+        compute = [c * strag.factor(i) for i, c in enumerate(compute)]
+    else:
         compute[-1] = _f(r["compute_max_s"])
     times = cost_model.worker_step_times(
         scheme.cost,
@@ -946,13 +951,28 @@ def predicted_step(r, round_trips=None):
     return float(statistics.median(times))
 
 
+def _ps_straggler(r):
+    """Whether `r` is a PS scheme's run with a straggler: `bench/run.py`
+    until session 16 predicted it with the chief's compute for every
+    worker, the straggler's too (its pipeline sleeps or burns its factor
+    times that, which the chief's twin does not)."""
+    scheme = schemes_lib.SCHEMES.get(r["scheme"])
+    return bool(scheme and scheme.parameter_servers) and (
+        r["stragglers"] != "none"
+    )
+
+
 def _predictions(runs):
     """`{run_id: (a priori prediction, with the measured round trips)}`:
-    the second is the first for the schemes without a measured count."""
+    the second is the first for the schemes without a measured count. A
+    PS scheme's run with a straggler is predicted here (`predicted_step`,
+    with the straggler's factor), not read from `predicted_step_s`."""
     counts = measured_round_trips(runs)
     out = {}
     for r in runs:
         a_priori = _f(r["predicted_step_s"])
+        if _ps_straggler(r) and not math.isnan(a_priori):
+            a_priori = predicted_step(r)
         count = _round_trip_source(r, counts)
         counted = a_priori
         if count is not None and not math.isnan(a_priori):

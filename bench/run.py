@@ -904,7 +904,10 @@ def predict(spec, scheme, results, overhead_ms):
     by_node = sorted(results, key=lambda r: r.get("node", 0))
     compute = [r["calibration"]["median_s"] for r in by_node]
     if scheme.parameter_servers and len(compute) == 1:
-        compute = compute * spec.workers  # the chief timed the twin
+        # The chief timed the twin; a straggler's pipeline sleeps (or
+        # burns) its factor times that.
+        strag = stragglers_lib.Stragglers.parse(spec.stragglers)
+        compute = [compute[0] * strag.factor(i) for i in range(spec.workers)]
     if len(compute) != spec.workers:
         return {}
     network = cost_model.Network.from_netsim(

@@ -651,6 +651,38 @@ def test_straggler_rows_name_the_window_of_their_throughput(tmp_path):
     assert row.endswith("| every worker's steps, from its step end times |")
 
 
+def test_a_ps_straggler_is_predicted_with_its_factor_of_the_compute():
+    # A PS scheme's workers take the chief's measured compute (its twin),
+    # but the straggler's pipeline sleeps its factor times that: S-PSGD's
+    # step waits for it, so the prediction grows by 3 x 0.3 s.
+    from tf_decentral import cost_model
+
+    rows = _paired_runs(
+        "straggler_ps", "spsgd", ((340, 150),), compute_s=0.3,
+        predicted_step_s=0.38, step=(0.44, 1.31), run_id=("plain", "slow"),
+    )  # fmt: skip
+    predictions = readme_table._predictions(rows)
+    plain, slow = (predictions[r["run_id"]][0] for r in rows)
+    assert plain == pytest.approx(0.38)  # as recorded: no straggler
+    expected = cost_model.worker_step_times(
+        "ps_sync",
+        model_bytes=400000,
+        num_workers=8,
+        network=cost_model.Network.from_netsim(1000, 1.0),
+        compute=[0.3, 0.3, 0.3, 1.2, 0.3, 0.3, 0.3, 0.3],
+        **readme_table.schemes_lib.SCHEMES["spsgd"].cost_kwargs(),
+    )
+    assert slow == pytest.approx(float(sorted(expected)[4]), rel=1e-6)
+    assert slow > 1.2
+    # Asynchronous Downpour: the median worker is not the straggler.
+    rows = _paired_runs(
+        "straggler_ps", "downpour", ((700, 650),), compute_s=0.3,
+        predicted_step_s=0.33, run_id=("plain", "slow"),
+    )  # fmt: skip
+    _, slow = (readme_table._predictions(rows)[r["run_id"]][0] for r in rows)
+    assert slow < 0.6
+
+
 def test_synchronous_ps_straggler_slowdown_is_its_step_growth(tmp_path):
     # S-PSGD's workers push once per update each, so their applied steps
     # are equal (slowdown 1 by construction): the straggler's slowdown is
