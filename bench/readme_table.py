@@ -931,11 +931,11 @@ def predicted_step(r, round_trips=None):
     when given."""
     scheme = schemes_lib.SCHEMES[r["scheme"]]
     workers = int(_f(r["workers"]))
-    compute = [_f(r["compute_s"])] * workers
     if scheme.parameter_servers:
         strag = stragglers_lib.Stragglers.parse(r["stragglers"])
-        compute = [c * strag.factor(i) for i, c in enumerate(compute)]
+        compute = strag.per_worker(_f(r["compute_s"]), workers)
     else:
+        compute = [_f(r["compute_s"])] * workers
         compute[-1] = _f(r["compute_max_s"])
     times = cost_model.worker_step_times(
         scheme.cost,

@@ -907,7 +907,7 @@ def predict(spec, scheme, results, overhead_ms):
         # The chief timed the twin; a straggler's pipeline sleeps (or
         # burns) its factor times that.
         strag = stragglers_lib.Stragglers.parse(spec.stragglers)
-        compute = [compute[0] * strag.factor(i) for i in range(spec.workers)]
+        compute = strag.per_worker(compute[0], spec.workers)
     if len(compute) != spec.workers:
         return {}
     network = cost_model.Network.from_netsim(

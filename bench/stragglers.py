@@ -123,6 +123,13 @@ class Stragglers:
         """Returns the compute multiplier of `worker` (1 if not slow)."""
         return float(self.factors.get(worker, 1.0))
 
+    def per_worker(self, seconds: float, num_workers: int) -> list[float]:
+        """Returns `seconds` of compute for each of `num_workers` workers,
+        a straggler's multiplied by its factor (the cost model's compute of
+        a PS scheme's workers: the chief's twin, times each one's factor).
+        """
+        return [seconds * self.factor(i) for i in range(num_workers)]
+
     def compute_seconds(self, worker: int, compute_ms: float) -> float:
         """Returns the slept compute per step of `worker`: sleep mode's
         (the straggler's multiplied); none in cpu_quota mode, whose
@@ -303,17 +310,22 @@ def _parse_burn(name):
         return None
 
 
-def read_burns(log_dir, start=None, end=None):
-    """Returns the wall seconds of the burns logged in `log_dir` (see
-    `COMPUTE_LOG_ENV`), oldest first, that ended within [start, end]."""
+def _logged_burns(log_dir):
+    """`[(end, seconds)]` of the burns logged in `log_dir` (see
+    `COMPUTE_LOG_ENV`), oldest first; none if it does not exist."""
     try:
         names = os.listdir(log_dir)
     except OSError:
         return []
-    burns = sorted(filter(None, map(_parse_burn, names)))
+    return sorted(filter(None, map(_parse_burn, names)))
+
+
+def read_burns(log_dir, start=None, end=None):
+    """Returns the wall seconds of the burns logged in `log_dir` (see
+    `COMPUTE_LOG_ENV`), oldest first, that ended within [start, end]."""
     return [
         seconds
-        for ended, seconds in burns
+        for ended, seconds in _logged_burns(log_dir)
         if (start is None or ended >= start) and (end is None or ended <= end)
     ]
 
@@ -322,11 +334,7 @@ def element_times(log_dir):
     """Returns the end times (epoch seconds) of the burns logged in
     `log_dir`, oldest first: in a PS worker's pipeline, the time each
     element was produced (`process_delayed_dataset`)."""
-    try:
-        names = os.listdir(log_dir)
-    except OSError:
-        return []
-    return sorted(ended for ended, _ in filter(None, map(_parse_burn, names)))
+    return [ended for ended, _ in _logged_burns(log_dir)]
 
 
 def compact_burns(burns_dir):
